@@ -1,0 +1,3 @@
+"""Synaptic Geometry Lab."""
+
+__version__ = "0.1.0"
