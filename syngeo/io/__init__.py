@@ -1,0 +1,1 @@
+"""Input layer: read uploaded weight data (see `syngeo.io.weights`)."""
