@@ -1,0 +1,97 @@
+"""Uploads of before/after weights."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from syngeo.backend import deps
+from syngeo.backend.errors import ApiError
+from syngeo.backend.schemas import DatasetOut
+from syngeo.backend.uploads import receive_files
+from syngeo.io.weights import example_path, read_weight_pairs
+from syngeo.settings import Settings
+from syngeo.store import crud
+from syngeo.store.artifacts import ArtifactStore
+from syngeo.store.models import Dataset
+
+router = APIRouter(prefix="/api/datasets", tags=["datasets"])
+
+
+def _ingest(session: Session, store: ArtifactStore, files: list[crud.StoredFile], name: str,
+            include_all: bool) -> tuple[Dataset, bool]:
+    """Validate and store; an identical upload returns the stored dataset. Nothing is
+    stored unless the files read cleanly."""
+    pairs = read_weight_pairs([f.path for f in files], [f.name for f in files],
+                              include_all=include_all)
+    combined = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
+    existing = session.scalar(select(Dataset).where(Dataset.sha256 == combined))
+    if existing is not None:
+        return existing, False
+    dataset = crud.create_dataset(session, store, name=name, format=pairs.format, files=files,
+                                  summary=pairs.summary(), n_pairs=pairs.n_pairs,
+                                  combined_sha256=combined)
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        for f in dataset.files:
+            store.delete(session, f["artifact"])
+        raise
+    return dataset, True
+
+
+@router.post("", response_model=DatasetOut, status_code=201,
+             summary="Upload before/after weights (one or two files, form field 'files')")
+async def upload_dataset(request: Request, response: Response,
+                         session: Session = Depends(deps.session),
+                         store: ArtifactStore = Depends(deps.store),
+                         settings: Settings = Depends(deps.settings)) -> DatasetOut:
+    folder = Path(tempfile.mkdtemp(prefix="syngeo-upload-"))
+    try:
+        files, fields = await receive_files(request, folder, settings.max_upload_bytes)
+        name = fields.get("name") or " + ".join(f.name for f in files)
+        include_all = fields.get("include_all", "").lower() in {"1", "true", "on", "yes"}
+        dataset, created = await run_in_threadpool(_ingest, session, store, files, name[:255],
+                                                   include_all)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if not created:
+        response.status_code = 200
+    return DatasetOut.of(dataset)
+
+
+@router.post("/example", response_model=DatasetOut, status_code=201,
+             summary="Load the bundled example pair (generated with negative entropy)")
+def load_example(response: Response, session: Session = Depends(deps.session),
+                 store: ArtifactStore = Depends(deps.store)) -> DatasetOut:
+    path = example_path()
+    data = path.read_bytes()
+    stored = crud.StoredFile(path=path, name=path.name, size=len(data),
+                             sha256=hashlib.sha256(data).hexdigest())
+    dataset, created = _ingest(session, store, [stored], "Example: negative-entropy plasticity",
+                               False)
+    if not created:
+        response.status_code = 200
+    return DatasetOut.of(dataset)
+
+
+@router.get("", response_model=list[DatasetOut], summary="Recent datasets, newest first")
+def list_datasets(limit: int = 50, session: Session = Depends(deps.session)) -> list[DatasetOut]:
+    return [DatasetOut.of(d) for d in crud.list_datasets(session, min(max(limit, 1), 500))]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: Session = Depends(deps.session)) -> DatasetOut:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise ApiError(404, f"Dataset {dataset_id!r} does not exist.",
+                       "List datasets with GET /api/datasets or upload one.")
+    return DatasetOut.of(dataset)

@@ -1,0 +1,290 @@
+"""The ``syngeo`` command line: serve the dashboard, analyse files, run specs, submit jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Synaptic Geometry Lab: which geometry did learning use?",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+analyze_app = typer.Typer(help="Analyse local weight files in-process.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True):  # noqa: ANN201
+    """A progress bar on stderr; yields the callback kinds and the engine report to."""
+    if not enabled:
+        yield lambda fraction, message="": None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("Starting", total=1.0)
+
+        def update(fraction: float, message: str = "") -> None:
+            bar.update(task, completed=fraction, description=message or "Working")
+
+        yield update
+
+
+# --- analyse ---------------------------------------------------------------------------------
+
+@analyze_app.command("geometry")
+def analyze_geometry(
+    before: Annotated[Path, typer.Argument(help="Two-column CSV/TSV (before, after), .npy/.npz, "
+                                           "or the 'before' file of a pair.")],
+    after: Annotated[Path | None, typer.Argument(help="The 'after' file of a pair.")] = None,
+    potentials: Annotated[str | None, typer.Option(
+        help="Comma-separated candidates, e.g. 'ne,p1.5,p2'. Default: NE and p = 1.1…3.0.")] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="The paper's grid rule instead of the "
+                                       "exact ΔCDF.")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates (0: no intervals).")] = 200,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    include_all: Annotated[bool, typer.Option(help="Keep biases and normalisation tensors "
+                                              "of checkpoints.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Which potential makes the weight change Gaussian in its dual space?"""
+    from pydantic import ValidationError
+
+    from syngeo.io.weights import WeightDataError
+    from syngeo.runner import run_local
+
+    spec = {"dataset": [str(before)] + ([str(after)] if after else []),
+            "potentials": potentials.split(",") if potentials else None,
+            "method": "grid" if grid else "exact", "bootstrap": bootstrap, "seed": seed,
+            "device": device, "include_all": include_all}
+    try:
+        with progress_bar(err.is_terminal) as update:
+            _, result = run_local("geometry", spec, on_progress=update)
+    except (WeightDataError, ValidationError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    summary = result.summary
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    print_geometry(summary)
+
+
+def print_geometry(summary: dict[str, Any]) -> None:
+    pooled = summary["pooled"]
+    for layer in summary["layers"] + ([pooled] if len(summary["layers"]) > 1 else []):
+        table = Table(title=f"{layer['name']}: {layer['n']:,} weights", title_justify="left")
+        for column in ("potential", "ΔCDF", "interval", "Δφ", "weights used"):
+            table.add_column(column, justify="left" if column == "potential" else "right")
+        best = layer["verdict"]["best"]["key"] if layer["verdict"]["best"] else None
+        for c in layer["candidates"]:
+            ci = c["delta_cdf_ci"]
+            mark = " ◀ best" if c["key"] == best else ""
+            table.add_row(c["label"] + mark, _num(c["delta_cdf"]),
+                          f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "—", _num(c["dual_change"]),
+                          f"{c['n_used']:,}", style="bold" if mark else None)
+        out.print(table)
+        if layer["n_zero"] or layer["n_sign_flips"]:
+            out.print(f"  {layer['n_zero']:,} weights are exactly zero and "
+                      f"{layer['n_sign_flips']:,} change sign (left out for negative entropy).")
+    out.print(summary["verdict"]["text"])
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+# --- kinds and specs -------------------------------------------------------------------------
+
+@app.command()
+def kinds() -> None:
+    """List the experiment kinds."""
+    from syngeo.kinds import KINDS
+
+    for kind in KINDS.values():
+        out.print(f"[bold]{kind.name}[/]  {kind.title}\n    {kind.description}")
+
+
+@app.command()
+def spec(kind: Annotated[str, typer.Argument(help="Experiment kind, see 'syngeo kinds'.")]) -> None:
+    """Print a documented YAML template of a kind's spec."""
+    from syngeo.kinds import UnknownKind, get_kind
+
+    try:
+        spec_model = get_kind(kind).Spec
+    except UnknownKind as exc:
+        raise fail(str(exc)) from None
+    schema = spec_model.model_json_schema()
+    lines = [f"kind: {kind}", "spec:"]
+    for name, prop in schema["properties"].items():
+        bounds = ", ".join(f"{k} {prop[k]}" for k in ("minimum", "maximum", "exclusiveMinimum",
+                                                       "exclusiveMaximum") if k in prop)
+        doc = prop.get("description", "") + (f" ({bounds})" if bounds else "")
+        lines.append(f"  # {doc}" if doc else "  #")
+        default = prop.get("default", "<required>")
+        value = yaml.safe_dump({name: default}, default_flow_style=True, allow_unicode=True)
+        lines.append("  " + value.strip()[1:-1])
+    typer.echo("\n".join(lines))
+
+
+def _load_spec_file(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict) or "kind" not in document or \
+            not isinstance(document.get("spec"), dict):
+        raise fail(f"{path} must hold 'kind: NAME' and a 'spec:' mapping; "
+                   "'syngeo spec KIND' prints a template")
+    return document["kind"], document["spec"]
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="YAML or JSON file with 'kind' and 'spec'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run any experiment kind in-process, from the same spec the API takes."""
+    from pydantic import ValidationError
+
+    from syngeo.io.weights import WeightDataError
+    from syngeo.kinds import UnknownKind
+    from syngeo.runner import run_local
+
+    kind_name, raw = _load_spec_file(spec_file)
+    base = spec_file.resolve().parent
+    if isinstance(raw.get("dataset"), str | list):  # paths in the spec are relative to it
+        paths = [raw["dataset"]] if isinstance(raw["dataset"], str) else raw["dataset"]
+        raw["dataset"] = [str((base / p) if not Path(p).is_absolute() else p) for p in paths]
+    try:
+        with progress_bar(err.is_terminal) as update:
+            full_spec, result = run_local(kind_name, raw, on_progress=update)
+    except (UnknownKind, WeightDataError, ValidationError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"kind": kind_name, "spec": full_spec.model_dump(mode="json"),
+                               "summary": result.summary}, indent=2))
+    elif kind_name == "geometry":
+        print_geometry(result.summary)
+    else:
+        typer.echo(json.dumps(result.summary, indent=2))
+
+
+# --- server ----------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Also start a local Celery worker.")] = True,
+) -> None:
+    """Start the dashboard (and, by default, a local worker). With no SYNGEO_* settings it
+    uses the embedded default: a SQLite file, local artifacts and a filesystem broker."""
+    import uvicorn
+
+    from syngeo.settings import get_settings
+    from syngeo.store.db import engine_for, migrate
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(engine_for(settings.resolved_database_url))
+    worker_proc = None
+    if worker:
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "syngeo.worker.app:celery_app", "worker",
+             "--concurrency=1", "--loglevel=INFO", "-n", f"embedded-{os.getpid()}@%h"])
+    err.print(f"Synaptic Geometry Lab on http://{host}:{port}  "
+              f"(database: {settings.resolved_database_url.split('://')[0]}, "
+              f"broker: {settings.resolved_broker_url.split('://')[0]})")
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exception so the
+    # worker below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run("syngeo.backend.app:create_app", factory=True, host=host, port=port)
+    finally:
+        if worker_proc is not None:
+            worker_proc.terminate()
+            try:
+                worker_proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+
+
+@app.command("worker")
+def run_worker(
+    concurrency: Annotated[int, typer.Option(help="Parallel tasks (each may use all cores).")] = 1,
+) -> None:
+    """Start a Celery worker for the configured database and broker."""
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A",
+                              "syngeo.worker.app:celery_app", "worker",
+                              f"--concurrency={concurrency}", "--loglevel=INFO"])
+
+
+@app.command()
+def submit(
+    inputs: Annotated[list[Path], typer.Argument(help="A spec file (.yaml/.json) or one or two "
+                                                 "weight files to analyse.")],
+    server: Annotated[str, typer.Option(envvar="SYNGEO_SERVER", help="Dashboard URL.")] =
+    "http://127.0.0.1:8000",
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
+) -> None:
+    """Send an analysis or a spec to a running server and print the run's URL."""
+    import httpx
+
+    server = server.rstrip("/")
+    try:
+        with httpx.Client(base_url=server, timeout=600) as client:
+            if len(inputs) == 1 and inputs[0].suffix.lower() in {".yaml", ".yml", ".json"}:
+                kind_name, raw = _load_spec_file(inputs[0])
+            else:
+                files = [("files", (p.name, p.open("rb"))) for p in inputs]
+                response = client.post("/api/datasets", files=files)
+                _check(response)
+                kind_name, raw = "geometry", {"dataset": response.json()["id"]}
+            response = client.post("/api/runs", json={"kind": kind_name, "spec": raw})
+            _check(response)
+            run_record = response.json()
+            out.print(f"{server}/runs/{run_record['id']}")
+            if wait:
+                with progress_bar(err.is_terminal) as update:
+                    while run_record["status"] in {"queued", "running"}:
+                        time.sleep(1)
+                        run_record = client.get(f"/api/runs/{run_record['id']}").json()
+                        update(run_record["progress"], run_record["message"])
+                out.print(f"status: {run_record['status']}")
+                if run_record["status"] != "succeeded":
+                    raise typer.Exit(1)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {server}: {exc}") from None
+
+
+def _check(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("detail", response.text)
+        except ValueError:
+            message = response.text
+        raise fail(f"{response.status_code}: {message}")
+
+
+if __name__ == "__main__":
+    app()

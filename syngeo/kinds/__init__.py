@@ -1,0 +1,37 @@
+"""The registry of experiment kinds: it drives the API, the form, the CLI and the worker.
+Adding a kind means adding its module and one line here."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.geometry import GeometryKind
+
+KINDS: dict[str, ExperimentKind] = {kind.name: kind for kind in (GeometryKind(),)}
+
+
+class UnknownKind(KeyError):
+    def __str__(self) -> str:
+        return (f"unknown experiment kind {self.args[0]!r}: choose one of "
+                f"{', '.join(sorted(KINDS))}")
+
+
+def get_kind(name: str) -> ExperimentKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownKind(name) from None
+
+
+def prepare_spec(kind: ExperimentKind, raw: dict[str, Any]):  # noqa: ANN201
+    """Validate a spec and fill in its seed so the run can be reproduced exactly."""
+    spec = kind.Spec.model_validate(raw)
+    if "seed" in kind.Spec.model_fields and spec.seed is None:
+        spec = spec.model_copy(update={"seed": secrets.randbelow(2**31)})
+    return spec
+
+
+__all__ = ["KINDS", "Cancelled", "ExperimentKind", "KindResult", "RunContext", "UnknownKind",
+           "get_kind", "prepare_spec"]

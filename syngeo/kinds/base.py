@@ -1,0 +1,61 @@
+"""What an experiment kind is: a validated spec, a ``run`` and the figures of its result.
+
+A kind never touches HTTP, the database or Celery. It gets a :class:`RunContext` that
+reports progress, tells it when to stop and loads its input data; the CLI, the worker
+and the tests each provide one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from syngeo.io.weights import WeightPairs
+
+
+class Cancelled(Exception):
+    """Raised from :meth:`RunContext.progress` when the user cancelled the run."""
+
+
+class RunContext(Protocol):
+    device: str
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress in [0, 1]; raises :class:`Cancelled` when the run was cancelled."""
+
+    def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
+        """Load before/after weights by dataset id (server) or file path(s) (CLI)."""
+
+
+@dataclass
+class KindResult:
+    """A run's outcome: a JSON-able summary and named numeric arrays (stored as .npz)."""
+
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ExperimentKind(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    Spec: ClassVar[type[BaseModel]]
+
+    @abstractmethod
+    def run(self, spec: BaseModel, ctx: RunContext) -> KindResult: ...
+
+    @abstractmethod
+    def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+        """Plotly figure JSON (``fig.to_plotly_json()``-shaped dicts) keyed by figure name."""
+
+    def datasets(self, spec: BaseModel) -> list[str]:
+        """Dataset ids this spec reads (recorded in the run for provenance)."""
+        return []
+
+    def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        """Flat rows for the CSV download."""
+        return []

@@ -1,0 +1,133 @@
+"""Geometry inference: which potential φ makes the weight change Gaussian in its dual space?
+
+Pogodin et al. (ICLR 2024), §3 "practical usage", §4.1–4.2 and appendix B: for each
+candidate potential the dual change ξ = ∇φ(w_after) − ∇φ(w_before), divided by its standard
+deviation (not centred), is compared with N(0, 1) by ΔCDF = ∫|eCDF − Φ|; the true
+potential gives the most Gaussian change.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from syngeo import figures
+from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+
+DEFAULT_POTENTIALS = ["ne"] + [f"p{1 + 0.1 * k:.1f}" for k in range(1, 21)]
+_P_FORM = re.compile(r"^(?:p\s*=?\s*)?(\d+(?:\.\d+)?)$")
+
+
+def potential_key(text: str) -> str:
+    """Canonical key of a potential name: 'ne' or 'p<value>' (kept free of torch so the
+    web backend can validate specs without it)."""
+    cleaned = text.strip().lower().replace("-", "_")
+    if cleaned in {"ne", "negative_entropy", "negative entropy", "negentropy"}:
+        return "ne"
+    match = _P_FORM.match(cleaned)
+    if match:
+        p = float(match.group(1))
+        if p > 1:
+            return f"p{p:g}"
+        raise ValueError(f"p-norm potentials need p > 1, got p = {p:g}")
+    raise ValueError(f"unknown potential {text!r}: use 'ne' (negative entropy) or a p-norm "
+                     "such as 'p1.5', 'p=2' or '3'")
+
+
+class GeometrySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | list[str] = Field(
+        ..., description="Dataset id of an upload (server), or one or two file paths (CLI).")
+    potentials: list[str] | None = Field(
+        None, description="Candidate potentials: 'ne' and p-norms like 'p1.5'. Default: "
+        "negative entropy and p = 1.1, 1.2, …, 3.0.")
+    method: Literal["exact", "grid"] = Field(
+        "exact", description="'exact': closed-form ΔCDF (1-Wasserstein distance to N(0,1)); "
+        "'grid': the paper's Riemann sum on linspace(-5, 5, 1000).")
+    bootstrap: int = Field(200, ge=0, le=5000,
+                           description="Bootstrap replicates for confidence intervals (0: none).")
+    subsample: int = Field(20000, ge=100, le=1_000_000,
+                           description="Largest bootstrap resample; larger inputs use an "
+                           "m-out-of-n bootstrap rescaled by √(m/n).")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of intervals.")
+    include_all: bool = Field(False, description="Checkpoints: keep biases and normalisation "
+                              "parameters (left out by default, as in the paper).")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1,
+                             description="Random seed (filled in when the run is created).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+
+    @field_validator("potentials")
+    @classmethod
+    def _canonical_potentials(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one potential, or leave the field out for the "
+                             "default candidates")
+        keys = [potential_key(v) for v in value]
+        return list(dict.fromkeys(keys))
+
+    @field_validator("dataset")
+    @classmethod
+    def _one_or_two_paths(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError("give one file (two columns) or two files (before, after)")
+        return value
+
+
+class GeometryKind(ExperimentKind):
+    name: ClassVar[str] = "geometry"
+    title: ClassVar[str] = "Infer synaptic geometry"
+    description: ClassVar[str] = (
+        "Score candidate potentials (negative entropy, p-norms) by how Gaussian the weight "
+        "change is in their dual space (ΔCDF, lower is better), with bootstrap intervals.")
+    Spec: ClassVar[type[BaseModel]] = GeometrySpec
+
+    def run(self, spec: GeometrySpec, ctx: RunContext) -> KindResult:
+        from syngeo.engine.geometry import analyze_geometry
+        from syngeo.engine.potentials import parse_potential
+
+        ctx.progress(0.0, "Reading weights")
+        pairs = ctx.load_weights(spec.dataset, include_all=spec.include_all)
+        potentials = [parse_potential(k) for k in (spec.potentials or DEFAULT_POTENTIALS)]
+        analysis = analyze_geometry(
+            pairs.layers, potentials, method=spec.method, bootstrap=spec.bootstrap,
+            subsample=spec.subsample, confidence=spec.confidence, seed=spec.seed or 0,
+            device=ctx.device if spec.device == "auto" else spec.device,
+            progress=lambda f, m="": ctx.progress(0.02 + 0.97 * f, m))
+        summary = analysis.to_summary()
+        summary["dataset"] = {"format": pairs.format, "skipped": pairs.skipped,
+                              "shapes": pairs.shapes}
+        return KindResult(summary=summary, arrays=analysis.to_arrays())
+
+    def datasets(self, spec: GeometrySpec) -> list[str]:
+        return [spec.dataset] if isinstance(spec.dataset, str) else []
+
+    def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+        candidates = summary["candidates"]
+        keys = [str(k) for k in arrays["candidate_keys"]]
+        labels = {c["key"]: c["label"] for c in candidates}
+        best = summary["best"]["key"]
+        return {
+            "delta_cdf": figures.delta_cdf_figure(candidates),
+            "histogram": figures.dual_change_histogram_figure(
+                arrays["hist_edges"], arrays["hist_density"], keys,
+                [labels.get(k, k) for k in keys], best),
+            "qq": figures.qq_figure(arrays["qq_theoretical"], arrays["qq_sample"], keys,
+                                    [labels.get(k, k) for k in keys], best),
+        }
+
+    def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for layer in summary["layers"] + ([summary["pooled"]] if len(summary["layers"]) > 1
+                                          else []):
+            for c in layer["candidates"]:
+                ci = c["delta_cdf_ci"] or [None, None]
+                rows.append({"layer": layer["name"], "family": c["family"], "p": c["p"],
+                             "delta_cdf": c["delta_cdf"], "ci_low": ci[0], "ci_high": ci[1],
+                             "dual_change": c["dual_change"], "n_used": c["n_used"]})
+        return rows

@@ -1,0 +1,11 @@
+"""Alembic environment: migrations run on the connection handed over by syngeo.store.db."""
+
+from alembic import context
+
+from syngeo.store.models import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata,
+                  render_as_batch=connection.dialect.name == "sqlite")
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,281 @@
+"""REST API against a real PostgreSQL. Runs execute in-process through the same task
+function the Celery worker calls (the end-to-end test drives a real worker)."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
+from sqlalchemy import func, select
+
+from syngeo.backend.app import create_app
+from syngeo.settings import get_settings
+from syngeo.store.db import session_factory
+from syngeo.store.models import ArtifactChunk, Dataset, Run, utcnow
+
+
+def ne_pairs(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Appendix B.2 with negative entropy: a Gaussian change in the dual space."""
+    rng = np.random.default_rng(seed)
+    d = 100
+    w0 = rng.choice([-1.0, 1.0], n) * rng.lognormal(-np.log(np.sqrt(2 * d)), np.sqrt(np.log(2)), n)
+    scale = 0.1 * (1 + np.log(1 / np.sqrt(d)))
+    z = np.sign(w0) * (1 + np.log(np.abs(w0))) + scale * rng.standard_normal(n)
+    return w0, np.sign(w0) * np.exp(np.sign(w0) * z - 1)
+
+
+def csv_bytes(before: np.ndarray, after: np.ndarray) -> bytes:
+    buf = io.StringIO()
+    np.savetxt(buf, np.column_stack([before, after]), delimiter=",", header="before,after",
+               comments="")
+    return buf.getvalue().encode()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def env(fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    values = {"SYNGEO_DATABASE_URL": fresh_postgres_url, "SYNGEO_ARTIFACTS": "database",
+              "SYNGEO_DATA_DIR": str(tmp_path), "SYNGEO_MAX_UPLOAD_BYTES": str(2 << 20)}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield values
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def queued(env: dict) -> list[str]:
+    return []
+
+
+@pytest.fixture
+def client(env: dict, queued: list[str]) -> TestClient:
+    with TestClient(create_app(enqueue=queued.append)) as c:
+        yield c
+
+
+def run_queued(queued: list[str]) -> None:
+    from syngeo.worker.tasks import run_experiment
+
+    while queued:
+        run_experiment.run(queued.pop(0))
+
+
+def upload(client: TestClient, *files: tuple[str, bytes], **fields: str):
+    return client.post("/api/datasets", files=[("files", f) for f in files], data=fields)
+
+
+def count(env: dict, model) -> int:
+    with session_factory(env["SYNGEO_DATABASE_URL"])() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_health_and_kinds(client: TestClient) -> None:
+    assert client.get("/api/health").json()["status"] == "ok"
+    kinds = {k["name"]: k for k in client.get("/api/kinds").json()}
+    props = kinds["geometry"]["schema"]["properties"]
+    assert {"dataset", "potentials", "method", "bootstrap", "seed"} <= set(props)
+    assert props["bootstrap"]["maximum"] == 5000
+    assert client.get("/openapi.json").json()["paths"]["/api/runs"]
+
+
+def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -> None:
+    before, after = ne_pairs()
+    response = upload(client, ("weights.csv", csv_bytes(before, after)))
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["format"] == "csv" and dataset["n_pairs"] == 3000
+    assert dataset["files"][0]["name"] == "weights.csv"
+    # The same bytes again are recognised, not stored twice.
+    again = upload(client, ("copy.csv", csv_bytes(before, after)))
+    assert again.status_code == 200 and again.json()["id"] == dataset["id"]
+
+    response = client.post("/api/runs", json={"kind": "geometry", "spec": {
+        "dataset": dataset["id"], "potentials": ["ne", "p1.5", "p2", "p3"], "bootstrap": 50}})
+    assert response.status_code == 201, response.text
+    run = response.json()
+    assert run["status"] == "queued" and queued == [run["id"]]
+    assert isinstance(run["spec"]["seed"], int)  # filled in for reproducibility
+    assert run["input_hashes"] == {dataset["id"]: dataset["sha256"]}
+    assert client.get(f"/api/runs/{run['id']}/result").status_code == 409
+
+    run_queued(queued)
+    run = client.get(f"/api/runs/{run['id']}").json()
+    assert run["status"] == "succeeded", run["error"]
+    assert [h["status"] for h in run["history"]] == ["queued", "running", "succeeded"]
+    assert run["progress"] == 1.0 and run["device"] == "cpu" and run["timings"]["run_s"] > 0
+
+    result = client.get(f"/api/runs/{run['id']}/result").json()
+    assert result["summary"]["best"]["family"] == "negative_entropy"
+    assert set(result["figures"]) == {"delta_cdf", "histogram", "qq"}
+    assert len(result["summary"]["candidates"]) == 4
+
+    csv_text = client.get(f"/api/runs/{run['id']}/download?format=csv").text
+    assert csv_text.splitlines()[0].startswith("layer,family,p,delta_cdf")
+    assert len(csv_text.splitlines()) == 5
+    downloaded = client.get(f"/api/runs/{run['id']}/download?format=json").json()
+    assert downloaded["run"]["spec"]["seed"] == run["spec"]["seed"]
+
+    share = client.post(f"/api/runs/{run['id']}/share")
+    assert share.status_code == 201
+    token = share.json()["token"]
+    assert share.json()["url"].endswith(f"/s/{token}")
+    assert client.post(f"/api/runs/{run['id']}/share").json()["token"] == token
+    shared = client.get(f"/api/share/{token}").json()
+    assert shared["run"]["id"] == run["id"]
+    assert shared["result"]["summary"]["best"] == result["summary"]["best"]
+    assert client.get("/api/share/not-a-token").status_code == 404
+
+
+def test_same_spec_same_result(client: TestClient, queued: list[str]) -> None:
+    before, after = ne_pairs(2000, seed=3)
+    dataset = upload(client, ("w.csv", csv_bytes(before, after))).json()
+    spec = {"dataset": dataset["id"], "potentials": ["ne", "p2"], "bootstrap": 30, "seed": 7}
+    ids = [client.post("/api/runs", json={"kind": "geometry", "spec": spec}).json()["id"]
+           for _ in range(2)]
+    run_queued(queued)
+    first, second = (client.get(f"/api/runs/{i}/result").json()["summary"] for i in ids)
+    assert first["candidates"] == second["candidates"]
+
+
+def test_two_npy_files_and_example(client: TestClient) -> None:
+    before, after = ne_pairs(500)
+    response = upload(client, ("before.npy", npy_bytes(before)), ("after.npy", npy_bytes(after)))
+    assert response.status_code == 201, response.text
+    assert response.json()["format"] == "npy"
+    example = client.post("/api/datasets/example")
+    assert example.status_code == 201 and example.json()["n_pairs"] > 1000
+    listed = [d["id"] for d in client.get("/api/datasets").json()]
+    assert example.json()["id"] in listed and response.json()["id"] in listed
+
+
+def test_safetensors_layers(client: TestClient, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    w = {"fc1.weight": rng.normal(size=(8, 4)), "fc1.bias": rng.normal(size=8),
+         "fc2.weight": rng.normal(size=(2, 8))}
+    save_file({k: v.astype(np.float32) for k, v in w.items()}, tmp_path / "a.safetensors")
+    save_file({k: (v * 1.01).astype(np.float32) for k, v in w.items()}, tmp_path / "b.safetensors")
+    response = upload(client, ("a.safetensors", (tmp_path / "a.safetensors").read_bytes()),
+                      ("b.safetensors", (tmp_path / "b.safetensors").read_bytes()))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [layer["name"] for layer in body["layers"]] == ["fc1.weight", "fc2.weight"]
+    assert body["skipped"] == ["fc1.bias"]
+
+
+BAD_UPLOADS = [
+    ("nan", [("w.csv", b"before,after\n0.1,0.2\nnan,0.3\n")], 422, "nan"),
+    ("inf", [("w.csv", b"before,after\n0.1,0.2\n0.2,inf\n")], 422, "inf"),
+    ("empty", [("w.csv", b"")], 422, "empty"),
+    ("unknown format", [("w.xlsx", b"PK\x03\x04whatever")], 422, "format"),
+    ("one column", [("w.csv", b"0.1\n0.2\n0.3\n")], 422, "column"),
+    ("length mismatch", [("b.npy", npy_bytes(np.ones(5))), ("a.npy", npy_bytes(np.ones(6)))],
+     422, "shape"),
+    ("truncated npy", [("b.npy", npy_bytes(np.ones(100))[:90]),
+                       ("a.npy", npy_bytes(np.ones(100)))], 422, "truncated"),
+    ("three files", [("a.npy", b"x"), ("b.npy", b"x"), ("c.npy", b"x")], 422, "files"),
+    ("too large", [("w.csv", b"0.1,0.2\n" * (400_000))], 413, "limit"),
+]
+
+
+@pytest.mark.parametrize("files,status,word", [c[1:] for c in BAD_UPLOADS],
+                         ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_are_refused_and_store_nothing(client: TestClient, env: dict, files,
+                                                   status: int, word: str) -> None:
+    good = upload(client, ("ok.csv", csv_bytes(*ne_pairs(100))))
+    assert good.status_code == 201
+    chunks = count(env, ArtifactChunk)
+    response = upload(client, *files)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert word in body["detail"].lower(), body
+    assert body["problem"] and body["fix"]
+    assert count(env, Dataset) == 1 and count(env, ArtifactChunk) == chunks
+    assert client.get(f"/api/datasets/{good.json()['id']}").status_code == 200
+
+
+def test_unmatched_layer_names(client: TestClient, tmp_path: Path) -> None:
+    save_file({"fc1.weight": np.ones((3, 3), np.float32)}, tmp_path / "a.safetensors")
+    save_file({"fc9.weight": np.ones((3, 3), np.float32)}, tmp_path / "b.safetensors")
+    response = upload(client, ("a.safetensors", (tmp_path / "a.safetensors").read_bytes()),
+                      ("b.safetensors", (tmp_path / "b.safetensors").read_bytes()))
+    assert response.status_code == 422
+    assert "fc1.weight" in response.json()["detail"] and "fc9.weight" in response.json()["detail"]
+
+
+def test_not_multipart(client: TestClient) -> None:
+    response = client.post("/api/datasets", content=b"0.1,0.2", headers={
+        "content-type": "text/csv"})
+    assert response.status_code == 415 and "multipart" in response.json()["detail"]
+
+
+def test_bad_run_requests(client: TestClient, queued: list[str]) -> None:
+    dataset = upload(client, ("w.csv", csv_bytes(*ne_pairs(100)))).json()
+    cases = [
+        ({"kind": "nope", "spec": {}}, "unknown experiment kind"),
+        ({"kind": "geometry", "spec": {"dataset": dataset["id"], "bootstrap": -1}},
+         "spec.bootstrap"),
+        ({"kind": "geometry", "spec": {"dataset": dataset["id"], "potentials": ["p0.5"]}},
+         "p > 1"),
+        ({"kind": "geometry", "spec": {"dataset": dataset["id"], "colour": "red"}},
+         "spec.colour"),
+        ({"kind": "geometry", "spec": {"dataset": "ds_missing"}}, "does not exist"),
+        ({"kind": "geometry"}, "spec"),
+    ]
+    for body, word in cases:
+        response = client.post("/api/runs", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert word in response.json()["detail"], (word, response.json())
+    assert queued == [] and client.get("/api/runs").json() == []
+
+
+def test_cancel_and_stale_runs(client: TestClient, queued: list[str], env: dict) -> None:
+    dataset = upload(client, ("w.csv", csv_bytes(*ne_pairs(100)))).json()
+    spec = {"kind": "geometry", "spec": {"dataset": dataset["id"]}}
+    run_id = client.post("/api/runs", json=spec).json()["id"]
+    cancelled = client.post(f"/api/runs/{run_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 409
+    run_queued(queued)  # a cancelled run delivered to a worker is left alone
+    assert client.get(f"/api/runs/{run_id}").json()["status"] == "cancelled"
+
+    # A worker that died mid-run stops heart-beating: the run fails instead of hanging.
+    stale_id = client.post("/api/runs", json=spec).json()["id"]
+    with session_factory(env["SYNGEO_DATABASE_URL"]).begin() as s:
+        run = s.get(Run, stale_id)
+        run.status, run.heartbeat_at = "running", utcnow() - timedelta(hours=1)
+    run = client.get(f"/api/runs/{stale_id}").json()
+    assert run["status"] == "failed" and "heartbeat" in run["error"]
+
+
+def test_failed_run_records_error(client: TestClient, queued: list[str], env: dict) -> None:
+    dataset = upload(client, ("w.csv", csv_bytes(*ne_pairs(100)))).json()
+    run_id = client.post("/api/runs", json={"kind": "geometry", "spec": {
+        "dataset": dataset["id"], "device": "cuda"}}).json()["id"]
+    run_queued(queued)
+    run = client.get(f"/api/runs/{run_id}").json()
+    if run["status"] == "succeeded":  # a machine with a GPU
+        pytest.skip("CUDA is available here")
+    assert run["status"] == "failed" and "cuda" in run["error"].lower()
+
+
+def test_backend_starts_without_torch(tmp_path: Path) -> None:
+    """The API process needs no torch: only workers (and checkpoint uploads) import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from syngeo.backend.app import create_app; create_app(); "
+            "import syngeo.worker.app; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"SYNGEO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr

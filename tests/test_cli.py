@@ -1,0 +1,87 @@
+"""The `syngeo` command line, in-process (CliRunner) and once as the installed script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from syngeo.cli import app
+from tests.test_api import csv_bytes, ne_pairs
+
+runner = CliRunner()
+
+
+def pnorm_pairs(p: float, n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Appendix B.2 with a p-norm: Gaussian start, Gaussian change in the dual space."""
+    rng = np.random.default_rng(seed)
+    d = 100
+    w0 = rng.normal(0, 1 / np.sqrt(d), n)
+    grad = lambda w: np.sign(w) * np.abs(w) ** (p - 1)  # noqa: E731
+    z = grad(w0) + 0.1 * grad(1 / np.sqrt(d)) * rng.standard_normal(n)
+    return w0, np.sign(z) * np.abs(z) ** (1 / (p - 1))
+
+
+def test_analyze_csv_json(tmp_path: Path) -> None:
+    path = tmp_path / "w.csv"
+    path.write_bytes(csv_bytes(*ne_pairs(20000)))  # p = 1.1 ties NE on fewer
+    result = runner.invoke(app, ["analyze", "geometry", str(path), "--json", "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["best"]["family"] == "negative_entropy" and body["best"]["p"] is None
+    assert len(body["candidates"]) == 21
+    first = body["candidates"][0]
+    assert {"family", "p", "delta_cdf", "delta_cdf_ci", "dual_change"} <= set(first)
+    assert first["delta_cdf_ci"][0] <= first["delta_cdf"] <= first["delta_cdf_ci"][1]
+
+
+def test_analyze_two_npy_table_and_grid(tmp_path: Path) -> None:
+    before, after = pnorm_pairs(2.0)
+    np.save(tmp_path / "before.npy", before)
+    np.save(tmp_path / "after.npy", after)
+    args = ["analyze", "geometry", str(tmp_path / "before.npy"), str(tmp_path / "after.npy"),
+            "--potentials", "ne,p1.5,p2,p3", "--bootstrap", "0"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "p = 2 ◀ best" in table.stdout
+    grid = json.loads(runner.invoke(app, [*args, "--grid", "--json"]).stdout)
+    assert grid["method"] == "grid" and grid["best"] == {"family": "p_norm", "p": 2.0,
+                                                         "label": "p = 2", "key": "p2"}
+
+
+def test_analyze_bad_input_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "w.csv"
+    path.write_text("before,after\n0.1,0.2\nnan,0.3\n")
+    result = runner.invoke(app, ["analyze", "geometry", str(path)])
+    assert result.exit_code == 2
+    assert "nan" in result.output.lower()
+    bad_potential = runner.invoke(app, ["analyze", "geometry", str(path), "--potentials", "q"])
+    assert bad_potential.exit_code == 2 and "unknown potential" in bad_potential.output
+
+
+def test_kinds_spec_and_run(tmp_path: Path) -> None:
+    assert "geometry" in runner.invoke(app, ["kinds"]).stdout
+    template = yaml.safe_load(runner.invoke(app, ["spec", "geometry"]).stdout)
+    assert template["kind"] == "geometry" and template["spec"]["bootstrap"] == 200
+    assert runner.invoke(app, ["spec", "nope"]).exit_code == 2
+
+    (tmp_path / "w.csv").write_bytes(csv_bytes(*ne_pairs(3000)))
+    spec = {**template, "spec": {**template["spec"], "dataset": "w.csv", "bootstrap": 20,
+                                 "potentials": ["ne", "p2"]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["run", str(tmp_path / "spec.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["summary"]["best"]["family"] == "negative_entropy"
+    assert isinstance(body["spec"]["seed"], int)
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("syngeo") or str(Path(__file__).parents[1] / ".venv/bin/syngeo")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "analyze" in done.stdout

@@ -1,0 +1,86 @@
+"""End to end through real services: uvicorn serving the API, a real Celery worker
+process, Redis as the broker and PostgreSQL as the database (artifacts in the database,
+as for a worker on another machine)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.test_api import csv_bytes, ne_pairs, npy_bytes
+
+pytestmark = pytest.mark.services
+
+_redis_db = itertools.count(1)
+
+
+@pytest.fixture
+def stack_env(fresh_postgres_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return {"SYNGEO_DATABASE_URL": fresh_postgres_url,
+            "SYNGEO_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db)}",
+            "SYNGEO_ARTIFACTS": "database", "SYNGEO_DATA_DIR": str(tmp_path / "data"),
+            "SYNGEO_STALE_AFTER_S": "6"}
+
+
+def wait_for(client: httpx.Client, run_id: str, done: Callable[[dict], bool],
+             timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/api/runs/{run_id}").json()
+        if done(run):
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not get there in {timeout} s: {run}")
+
+
+def test_analysis_through_redis_and_a_celery_worker(stack_env, api_server_factory,
+                                                    celery_worker_factory) -> None:
+    api = api_server_factory(stack_env)
+    celery_worker_factory(stack_env)
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        dataset = client.post("/api/datasets", files=[
+            ("files", ("w.csv", csv_bytes(*ne_pairs(20000))))]).json()
+        run = client.post("/api/runs", json={"kind": "geometry", "spec": {
+            "dataset": dataset["id"], "bootstrap": 100}}).json()
+        run = wait_for(client, run["id"], lambda r: r["status"] not in {"queued", "running"})
+        assert run["status"] == "succeeded", run["error"]
+        assert run["worker"] and run["device"] == "cpu"
+        result = client.get(f"/api/runs/{run['id']}/result").json()
+        assert result["summary"]["best"]["family"] == "negative_entropy"
+        assert len(result["summary"]["candidates"]) == 21
+
+
+def test_cancel_then_worker_death(stack_env, api_server_factory, celery_worker_factory) -> None:
+    api = api_server_factory(stack_env)
+    worker = celery_worker_factory(stack_env)
+    before, after = ne_pairs(200_000)
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        dataset = client.post("/api/datasets", files=[
+            ("files", ("b.npy", npy_bytes(before))), ("files", ("a.npy", npy_bytes(after)))]).json()
+        slow = {"kind": "geometry", "spec": {"dataset": dataset["id"], "bootstrap": 5000,
+                                             "subsample": 100_000}}
+
+        # Cancel: the worker stops at its next progress step and takes the next job.
+        run = client.post("/api/runs", json=slow).json()
+        wait_for(client, run["id"], lambda r: r["status"] == "running" and r["progress"] > 0.02)
+        assert client.post(f"/api/runs/{run['id']}/cancel").json()["status"] == "cancelled"
+        quick = client.post("/api/runs", json={"kind": "geometry", "spec": {
+            "dataset": dataset["id"], "potentials": ["ne"], "bootstrap": 0}}).json()
+        quick = wait_for(client, quick["id"], lambda r: r["status"] == "succeeded", timeout=60)
+        assert client.get(f"/api/runs/{run['id']}").json()["status"] == "cancelled"
+
+        # Worker death: the run does not stay 'running' forever.
+        run = client.post("/api/runs", json=slow).json()
+        wait_for(client, run["id"], lambda r: r["status"] == "running" and r["progress"] > 0.02)
+        os.kill(worker.pid, signal.SIGKILL)
+        run = wait_for(client, run["id"], lambda r: r["status"] != "running", timeout=30)
+        assert run["status"] == "failed" and "heartbeat" in run["error"]
+        assert np.isfinite(quick["progress"])

@@ -1,0 +1,51 @@
+"""The embedded default: `syngeo serve` alone (SQLite, local artifacts, a local Celery
+worker on kombu's filesystem broker) runs an analysis end to end."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.services import free_port, start_process
+
+
+def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNGEO_")}
+    env["SYNGEO_DATA_DIR"] = str(tmp_path / "var")
+    server = start_process([sys.executable, "-m", "syngeo.cli", "serve", "--port", str(port)],
+                           env, tmp_path / "serve.log", name="syngeo serve", cwd=tmp_path,
+                           timeout=60, url=url,
+                           ready=lambda: httpx.get(f"{url}/api/health").status_code == 200)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            dataset = client.post("/api/datasets/example").json()
+            run = client.post("/api/runs", json={"kind": "geometry", "spec": {
+                "dataset": dataset["id"], "bootstrap": 50}}).json()
+            deadline = time.monotonic() + 120
+            while run["status"] in {"queued", "running"} and time.monotonic() < deadline:
+                time.sleep(0.5)
+                run = client.get(f"/api/runs/{run['id']}").json()
+            assert run["status"] == "succeeded", (run, server.log_tail())
+            summary = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
+            assert summary["verdict"]["negative_entropy_vs_p_norm"]["winner"] == \
+                "negative_entropy"
+        assert (tmp_path / "var" / "syngeo.sqlite").exists()
+        assert any((tmp_path / "var" / "artifacts").rglob("*"))
+    finally:
+        server.stop()
+    worker_pids = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
+                   f"embedded-{server.pid}@".encode() in _cmdline(p)]
+    assert not worker_pids, "the embedded worker outlived `syngeo serve`"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -1,0 +1,71 @@
+"""The run context a worker hands to an experiment kind: progress and cancellation go
+through the run's database row, inputs come from the artifact store."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from syngeo.io.weights import WeightPairs, read_weight_pairs
+from syngeo.kinds import Cancelled
+from syngeo.store import crud
+from syngeo.store.artifacts import ArtifactStore
+from syngeo.store.models import Dataset
+
+PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+class WorkerContext:
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, run_id: str,
+                 device: str, heartbeat_s: float) -> None:
+        self.sessions, self.store, self.run_id, self.device = sessions, store, run_id, device
+        self._heartbeat_s = heartbeat_s
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._tmp = tempfile.TemporaryDirectory(prefix="syngeo-run-")
+
+    def __enter__(self) -> WorkerContext:
+        # Liveness even while a kind is busy between progress calls (e.g. reading a big file).
+        self._beater = threading.Thread(target=self._beat, daemon=True)
+        self._beater.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._beater.join(timeout=5)
+        self._tmp.cleanup()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            with self.sessions.begin() as session:
+                crud.heartbeat(session, self.run_id)
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_WRITE_INTERVAL_S and fraction < 1:
+            return
+        self._last_write = now
+        with self.sessions.begin() as session:
+            status = crud.heartbeat(session, self.run_id, min(max(fraction, 0.0), 1.0), message)
+        if status != "running":
+            raise Cancelled(f"run {self.run_id} is {status}")
+
+    def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
+        if not isinstance(dataset, str):
+            raise ValueError("a server run reads an uploaded dataset: upload the files with "
+                             "POST /api/datasets and pass its id as 'dataset'")
+        folder = Path(self._tmp.name) / dataset
+        folder.mkdir(exist_ok=True)
+        with self.sessions() as session:
+            record = session.get(Dataset, dataset)
+            if record is None:
+                raise ValueError(f"dataset {dataset!r} does not exist")
+            paths = crud.fetch_dataset_files(session, self.store, record, folder)
+            names = [f["name"] for f in record.files]
+        return read_weight_pairs(paths, names, include_all=include_all)
