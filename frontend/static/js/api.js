@@ -1,0 +1,203 @@
+// Talking to the JSON API, and small DOM/formatting helpers shared by every page.
+
+/** An API error: HTTP status plus the server's {problem, fix} when it gave them. */
+export class ApiError extends Error {
+  constructor(status, problem, fix, detail) {
+    super(detail || problem || `Request failed (HTTP ${status}).`);
+    this.status = status;
+    this.problem = problem || "";
+    this.fix = fix || "";
+    this.detail = detail || "";
+  }
+}
+
+function describeDetail(detail) {
+  // FastAPI validation errors come as a list of {loc, msg}.
+  if (Array.isArray(detail)) {
+    return detail
+      .map((d) => {
+        const loc = Array.isArray(d.loc) ? d.loc.filter((p) => p !== "body").join(".") : "";
+        return loc ? `${loc}: ${d.msg}` : d.msg || JSON.stringify(d);
+      })
+      .join("; ");
+  }
+  if (detail && typeof detail === "object") return JSON.stringify(detail);
+  return detail ? String(detail) : "";
+}
+
+/**
+ * Call the API. `body` is sent as JSON, `form` (a FormData) as multipart.
+ * Resolves to the parsed JSON (or null for an empty body); rejects with ApiError.
+ */
+export async function api(path, { method = "GET", body, form, signal } = {}) {
+  const init = { method, headers: { Accept: "application/json" }, signal };
+  if (form) {
+    init.body = form;
+  } else if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "The server could not be reached.", "Check that it is running, then try again.");
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    if (data && (data.problem || data.detail)) {
+      const detail = describeDetail(data.detail);
+      throw new ApiError(response.status, data.problem || detail, data.fix, detail);
+    }
+    const snippet = text && text.length < 300 ? ` ${text}` : "";
+    throw new ApiError(response.status, `The server answered HTTP ${response.status}.${snippet}`, "");
+  }
+  return data;
+}
+
+/** Create an element: el("a", {href: "/", class: "x"}, "text", child, ...). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else if (value === true) node.setAttribute(key, "");
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Show an ApiError (or any error) in a role="alert" box. */
+export function showError(box, err, heading) {
+  box.replaceChildren();
+  const problem = err instanceof ApiError ? err.problem : err && err.message ? err.message : String(err);
+  const fix = err instanceof ApiError ? err.fix : "";
+  if (heading) box.append(el("strong", {}, heading));
+  box.append(el("p", { class: "problem", style: "margin:0" }, problem));
+  if (fix) box.append(el("p", { class: "fix" }, fix));
+  box.hidden = false;
+}
+
+export function clearError(box) {
+  box.hidden = true;
+  box.replaceChildren();
+}
+
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+export function statusBadge(status) {
+  const s = String(status || "unknown");
+  return el("span", { class: `badge badge-${s}` }, s);
+}
+
+export function fmtNum(value, digits = 3) {
+  if (value === null || value === undefined || value === "") return "–";
+  const n = Number(value);
+  if (!Number.isFinite(n)) return "–";
+  if (n === 0) return "0";
+  const abs = Math.abs(n);
+  if (abs >= 1e5 || abs < 1e-3) return n.toExponential(Math.max(digits - 1, 1));
+  return Number(n.toPrecision(digits)).toString();
+}
+
+export function fmtInt(value) {
+  if (value === null || value === undefined) return "–";
+  const n = Number(value);
+  return Number.isFinite(n) ? n.toLocaleString("en-US") : String(value);
+}
+
+export function fmtCI(ci, digits = 3) {
+  if (!Array.isArray(ci) || ci.length !== 2) return "–";
+  return `[${fmtNum(ci[0], digits)}, ${fmtNum(ci[1], digits)}]`;
+}
+
+export function fmtBytes(n) {
+  const v = Number(n);
+  if (!Number.isFinite(v)) return "–";
+  if (v < 1024) return `${v} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let x = v;
+  let i = -1;
+  do {
+    x /= 1024;
+    i += 1;
+  } while (x >= 1024 && i < units.length - 1);
+  return `${x.toFixed(x < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+export function parseDate(value) {
+  if (!value) return null;
+  // Timestamps without a zone are UTC.
+  const s = /[zZ]|[+-]\d\d:?\d\d$/.test(value) ? value : `${value}Z`;
+  const d = new Date(s);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+export function fmtDate(value) {
+  const d = parseDate(value);
+  if (!d) return "–";
+  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+export function fmtRelative(value) {
+  const d = parseDate(value);
+  if (!d) return "–";
+  const s = Math.round((Date.now() - d.getTime()) / 1000);
+  if (s < 45) return "just now";
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  if (s < 7 * 86400) return `${Math.round(s / 86400)} d ago`;
+  return d.toLocaleDateString(undefined, { dateStyle: "medium" });
+}
+
+export function fmtDuration(seconds) {
+  const s = Number(seconds);
+  if (!Number.isFinite(s) || s < 0) return "–";
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+export function runDuration(run) {
+  const a = parseDate(run.started_at);
+  if (!a) return null;
+  const b = parseDate(run.finished_at) || new Date();
+  return (b.getTime() - a.getTime()) / 1000;
+}
+
+/** "run_5188a2f0c1d2…" → "run_5188a2f0": the kind prefix plus 8 characters. */
+export function shortId(id) {
+  const s = String(id || "");
+  const m = /^([a-z]{1,8}_)?(.*)$/.exec(s);
+  const prefix = m[1] || "";
+  return m[2].length > 10 ? prefix + m[2].slice(0, 8) : s;
+}
+
+/** Fill the footer's version from /api/health (best effort). */
+export async function showVersion() {
+  const slot = document.getElementById("app-version");
+  if (!slot) return;
+  try {
+    const health = await api("/api/health");
+    if (health && health.version) slot.textContent = `v${health.version}`;
+  } catch {
+    /* the footer can live without it */
+  }
+}

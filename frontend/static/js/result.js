@@ -1,0 +1,388 @@
+// Rendering a run's result and provenance. Shared by the run page and the share page.
+
+import { el, fmtCI, fmtDate, fmtDuration, fmtInt, fmtNum } from "./api.js";
+
+const PLOT_CONFIG = {
+  responsive: true,
+  displaylogo: false,
+  modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"],
+};
+
+/** Which figure goes in which div, with its caption. */
+const FIGURES = [
+  {
+    name: "delta_cdf",
+    id: "delta-cdf-plot",
+    heading: "ΔCDF per candidate potential",
+    caption:
+      "ΔCDF is the 1-Wasserstein distance between the normalised dual-space weight change and N(0, 1); " +
+      "lower means more Gaussian. Error bars are bootstrap confidence intervals; the shaded band is the " +
+      "best candidate's interval. Negative entropy (NE) is placed at p = 1.",
+    wide: true,
+  },
+  {
+    name: "histogram",
+    id: "histogram-plot",
+    heading: "Distribution of the dual change",
+    caption: "Histogram of the normalised dual change for the selected potential, against the N(0, 1) density.",
+  },
+  {
+    name: "qq",
+    id: "qq-plot",
+    heading: "Q-Q plot",
+    caption: "Sample quantiles of the normalised dual change against N(0, 1) quantiles; a Gaussian change lies on y = x.",
+  },
+];
+
+/** Look up a candidate's label from a verdict reference (dict, key or label). */
+function labelOf(ref, candidates = []) {
+  if (ref === null || ref === undefined) return null;
+  if (typeof ref === "object") {
+    if (ref.label) return ref.label;
+    ref = ref.key;
+  }
+  const c = candidates.find((x) => x.key === ref || x.label === ref);
+  return c ? c.label : String(ref);
+}
+
+function yesNo(value) {
+  if (value === null || value === undefined) return el("span", { class: "no" }, "–");
+  return value ? el("span", { class: "yes" }, "yes") : el("span", { class: "no" }, "no");
+}
+
+function familyName(family) {
+  const f = String(family || "").toLowerCase();
+  if (f.includes("entropy") || f === "ne") return "negative entropy";
+  if (f.includes("p")) return "p-norm";
+  return family || "–";
+}
+
+// ------------------------------------------------------------------ verdict
+
+function renderVerdict(summary) {
+  const verdict = summary.verdict || {};
+  const candidates = summary.candidates || [];
+  const bestLabel = (summary.best && summary.best.label) || labelOf(verdict.best, candidates) || "–";
+  const bestCandidate = candidates.find((c) => summary.best && c.key === summary.best.key);
+  const runnerUp = labelOf(verdict.runner_up, candidates);
+  const nevp = verdict.negative_entropy_vs_p_norm || null;
+
+  const facts = el("dl", { class: "facts" });
+  const fact = (term, ...value) => facts.append(el("div", {}, el("dt", {}, term), el("dd", {}, ...value)));
+  if (bestCandidate) fact("ΔCDF of best", fmtNum(bestCandidate.delta_cdf, 4), " ", el("span", { class: "muted small" }, fmtCI(bestCandidate.delta_cdf_ci, 3)));
+  if (runnerUp) fact("Runner-up", runnerUp);
+  if (verdict.distinguishable !== undefined) {
+    fact("Distinguishable from runner-up", yesNo(verdict.distinguishable), verdict.difference_ci ? el("span", { class: "muted small" }, ` Δ CI ${fmtCI(verdict.difference_ci, 3)}`) : null);
+  }
+  if (nevp && nevp.winner) {
+    // difference = ΔCDF(losing family) − ΔCDF(winning family) ≥ 0, with a paired bootstrap CI.
+    const winner = familyName(nevp.winner);
+    const margin = nevp.difference !== undefined && nevp.difference !== null ? ` by ${fmtNum(nevp.difference, 3)}` : "";
+    fact(
+      "Negative entropy vs p-norms",
+      `${winner} wins${margin}`,
+      nevp.difference_ci ? el("span", { class: "muted small" }, ` ${fmtCI(nevp.difference_ci, 3)}`) : null,
+      nevp.distinguishable === null || nevp.distinguishable === undefined
+        ? null
+        : el("span", { class: "small" }, nevp.distinguishable ? " (distinguishable)" : " (not distinguishable)"),
+    );
+    if (nevp.best_p !== null && nevp.best_p !== undefined) fact("Best p-norm", `p = ${fmtNum(nevp.best_p, 3)}`);
+  }
+  const n = summary.n_pairs;
+  if (n !== undefined) fact("Weight pairs", fmtInt(n));
+
+  return el(
+    "section",
+    { class: "card verdict", "aria-labelledby": "verdict-heading" },
+    el("h2", { id: "verdict-heading", class: "sr-only" }, "Verdict"),
+    summary.best || verdict.best
+      ? el("p", { class: "headline" }, "Most Gaussian dual change: ", el("span", { class: "best-name" }, bestLabel))
+      : el("p", { class: "headline" }, "No candidate potential could be scored on these weights."),
+    verdict.text ? el("p", { class: "text", id: "verdict-text" }, verdict.text) : null,
+    facts,
+  );
+}
+
+// ------------------------------------------------------------------ figures
+
+/** Plot one figure; turn a Plotly dropdown (updatemenus) into an accessible <select>. */
+export function plotFigure(div, fig, { selectId, controls } = {}) {
+  const data = (fig && fig.data) || [];
+  const layout = structuredClone((fig && fig.layout) || {});
+  // The card's heading names the figure, so the figure's own title (kept for notebook
+  // users) is dropped here, and with it the room reserved above the plot.
+  layout.title = { text: "" };
+  layout.margin = { ...(layout.margin || {}), t: 40 };
+  const menu = Array.isArray(layout.updatemenus) ? layout.updatemenus.find((m) => Array.isArray(m.buttons) && m.buttons.length) : null;
+  if (menu && controls) {
+    layout.updatemenus = layout.updatemenus.filter((m) => m !== menu);
+    if (!layout.updatemenus.length) delete layout.updatemenus;
+    const select = el("select", { id: selectId, name: selectId });
+    menu.buttons.forEach((button, i) => {
+      select.append(el("option", { value: String(i), selected: i === (menu.active || 0) }, button.label || `option ${i + 1}`));
+    });
+    select.addEventListener("change", () => {
+      const button = menu.buttons[Number(select.value)];
+      if (!button) return;
+      const [traceUpdate = {}, layoutUpdate = {}] = button.args || [];
+      const relayout = Object.fromEntries(Object.entries(layoutUpdate || {}).filter(([k]) => !k.startsWith("title")));
+      if (button.method === "restyle") window.Plotly.restyle(div, traceUpdate, layoutUpdate);
+      else if (button.method === "relayout") window.Plotly.relayout(div, Object.fromEntries(Object.entries(traceUpdate).filter(([k]) => !k.startsWith("title"))));
+      else window.Plotly.update(div, traceUpdate, relayout);
+      div.dataset.selected = select.value;
+    });
+    controls.replaceChildren(el("label", { for: selectId }, "Potential"), select);
+    controls.hidden = false;
+  }
+  window.Plotly.newPlot(div, data, layout, PLOT_CONFIG);
+}
+
+function renderFigures(figures) {
+  const wrap = el("div", { class: "stack" });
+  const pending = [];
+  let pair = null;
+  for (const spec of FIGURES) {
+    const fig = figures && figures[spec.name];
+    if (!fig) continue;
+    const div = el("div", { id: spec.id, class: "plot-div" });
+    const controls = el("div", { class: "plot-controls", hidden: true });
+    const headingId = `${spec.id}-heading`;
+    const card = el(
+      "section",
+      { class: "card", "aria-labelledby": headingId },
+      el("h2", { id: headingId }, spec.heading),
+      controls,
+      el("figure", { class: "plot" }, div, el("figcaption", {}, spec.caption)),
+    );
+    if (spec.wide) {
+      wrap.append(card);
+    } else {
+      if (!pair) {
+        pair = el("div", { class: "grid-2" });
+        wrap.append(pair);
+      }
+      pair.append(card);
+    }
+    pending.push(() => plotFigure(div, fig, { selectId: `${spec.id.replace("-plot", "")}-select`, controls }));
+  }
+  return { node: wrap, plot: () => pending.forEach((f) => f()) };
+}
+
+// ------------------------------------------------------------------ tables
+
+function renderCandidates(summary) {
+  const candidates = [...(summary.candidates || [])];
+  const bestKey = summary.best && summary.best.key;
+  candidates.sort((a, b) => {
+    const x = a.delta_cdf === null || a.delta_cdf === undefined ? Infinity : a.delta_cdf;
+    const y = b.delta_cdf === null || b.delta_cdf === undefined ? Infinity : b.delta_cdf;
+    return x - y;
+  });
+  const body = el("tbody");
+  candidates.forEach((c, i) => {
+    const isBest = c.key === bestKey;
+    body.append(
+      el(
+        "tr",
+        { class: isBest ? "is-best" : null },
+        el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "–" : String(i + 1)),
+        el("th", { scope: "row" }, c.label || c.key, isBest ? el("span", { class: "sr-only" }, " (best)") : null),
+        el("td", {}, familyName(c.family)),
+        el("td", { class: "num" }, c.p === null || c.p === undefined ? "–" : fmtNum(c.p, 3)),
+        el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "not defined" : fmtNum(c.delta_cdf, 4)),
+        el("td", { class: "num" }, fmtCI(c.delta_cdf_ci, 3)),
+        el("td", { class: "num" }, fmtNum(c.dual_change, 3)),
+        el("td", { class: "num" }, fmtInt(c.n_used)),
+      ),
+    );
+  });
+  const head = el(
+    "thead",
+    {},
+    el(
+      "tr",
+      {},
+      el("th", { scope: "col", class: "num" }, "Rank"),
+      el("th", { scope: "col" }, "Potential"),
+      el("th", { scope: "col" }, "Family"),
+      el("th", { scope: "col", class: "num" }, "p"),
+      el("th", { scope: "col", class: "num" }, "ΔCDF"),
+      el("th", { scope: "col", class: "num" }, "CI"),
+      el("th", { scope: "col", class: "num", title: "Dual change magnitude ‖ξ‖ / ‖∇φ(w₀)‖" }, "Dual change"),
+      el("th", { scope: "col", class: "num" }, "n used"),
+    ),
+  );
+  const conf = summary.bootstrap && summary.bootstrap.confidence;
+  const caption = el(
+    "caption",
+    {},
+    `Sorted by ΔCDF (pooled over all layers). CI: ${conf ? `${Math.round(conf * 100)} % ` : ""}bootstrap interval` +
+      (summary.bootstrap && summary.bootstrap.replicates ? ` from ${fmtInt(summary.bootstrap.replicates)} replicates.` : "."),
+  );
+  return el(
+    "section",
+    { class: "card", "aria-labelledby": "candidates-heading" },
+    el("h2", { id: "candidates-heading" }, "Candidate potentials"),
+    el("div", { class: "table-wrap" }, el("table", { class: "data", id: "candidates-table" }, caption, head, body)),
+  );
+}
+
+function layerRows(summary, table) {
+  // The result's table may already hold per-layer rows (syngeo.figures.layer_table);
+  // otherwise (e.g. it holds the CSV's per-candidate rows) derive them from the summary.
+  if (Array.isArray(table) && table.length && table[0] && "layer" in table[0] && "best" in table[0] && "runner_up" in table[0]) return table;
+  return (summary.layers || []).map((layer) => {
+    const v = layer.verdict || {};
+    const cands = layer.candidates || [];
+    const best = cands.find((c) => v.best && (c.key === (v.best.key || v.best) || c.label === (v.best.label || v.best)));
+    return {
+      layer: layer.name,
+      n: layer.n,
+      best: labelOf(v.best, cands),
+      delta_cdf: best ? best.delta_cdf : null,
+      runner_up: labelOf(v.runner_up, cands),
+      distinguishable: v.distinguishable,
+      n_zero: layer.n_zero,
+      n_sign_flips: layer.n_sign_flips,
+    };
+  });
+}
+
+function renderLayers(summary, table) {
+  const rows = layerRows(summary, table);
+  const body = el("tbody");
+  for (const r of rows) {
+    body.append(
+      el(
+        "tr",
+        {},
+        el("th", { scope: "row", class: "mono" }, r.layer ?? "–"),
+        el("td", { class: "num" }, fmtInt(r.n)),
+        el("td", {}, r.best ?? "–"),
+        el("td", { class: "num" }, fmtNum(r.delta_cdf, 4)),
+        el("td", {}, r.runner_up ?? "–"),
+        el("td", {}, yesNo(r.distinguishable)),
+        el("td", { class: "num" }, fmtInt(r.n_zero)),
+        el("td", { class: "num" }, fmtInt(r.n_sign_flips)),
+      ),
+    );
+  }
+  const head = el(
+    "thead",
+    {},
+    el(
+      "tr",
+      {},
+      ...["Layer", "Weights", "Best", "ΔCDF of best", "Runner-up", "Distinguishable", "Zero", "Sign flips"].map((h, i) =>
+        el("th", { scope: "col", class: [1, 3, 6, 7].includes(i) ? "num" : null }, h),
+      ),
+    ),
+  );
+  return el(
+    "section",
+    { class: "card", "aria-labelledby": "layers-heading" },
+    el("h2", { id: "layers-heading" }, "Per layer"),
+    el("div", { class: "table-wrap" }, el("table", { class: "data", id: "layers-table" }, el("caption", {}, "The same inference run on each layer separately. Zero: weights equal to zero before or after; sign flips: weights whose sign changed."), head, body)),
+  );
+}
+
+function renderDownloads(runId) {
+  const base = `/api/runs/${encodeURIComponent(runId)}/download`;
+  return el(
+    "section",
+    { class: "card", "aria-labelledby": "downloads-heading" },
+    el("div", { class: "card-head" }, el("h2", { id: "downloads-heading" }, "Downloads")),
+    el(
+      "div",
+      { class: "downloads" },
+      el("a", { class: "btn", href: `${base}?format=csv`, download: "", id: "download-csv" }, "Table (CSV)"),
+      el("a", { class: "btn", href: `${base}?format=json`, download: "", id: "download-json" }, "Full result (JSON)"),
+    ),
+  );
+}
+
+/**
+ * Render a succeeded run's result into `container`.
+ * `result` is the body of GET /api/runs/{id}/result: {summary, figures, table}.
+ */
+export function renderResult(container, run, result) {
+  const summary = (result && result.summary) || {};
+  const figures = renderFigures((result && result.figures) || {});
+  const parts = [renderVerdict(summary), figures.node, renderCandidates(summary)];
+  if ((summary.layers || []).length > 1) parts.push(renderLayers(summary, result.table));
+  parts.push(renderDownloads(run.id));
+  container.replaceChildren(...parts);
+  container.hidden = false;
+  // Plot only once the divs are in the document and visible, so Plotly sizes them right.
+  figures.plot();
+}
+
+// ------------------------------------------------------------------ provenance
+
+function kvList(entries) {
+  const dl = el("dl", { class: "kv" });
+  for (const [k, v] of entries) {
+    if (v === undefined) continue;
+    dl.append(el("dt", {}, k), el("dd", {}, v === null ? "–" : v));
+  }
+  return dl;
+}
+
+function renderHashes(hashes) {
+  if (!hashes || (typeof hashes === "object" && !Object.keys(hashes).length)) return el("p", { class: "muted" }, "–");
+  if (Array.isArray(hashes)) return kvList(hashes.map((h, i) => [String(i + 1), el("code", {}, typeof h === "string" ? h : JSON.stringify(h))]));
+  return kvList(Object.entries(hashes).map(([k, v]) => [k, el("code", {}, typeof v === "string" ? v : JSON.stringify(v))]));
+}
+
+function renderTimings(timings) {
+  if (!timings || !Object.keys(timings).length) return el("p", { class: "muted" }, "–");
+  return kvList(
+    Object.entries(timings).map(([k, v]) => {
+      const name = k.replace(/_s$/, "").replace(/_/g, " ");
+      return [name, typeof v === "number" ? fmtDuration(/_ms$/.test(k) ? v / 1000 : v) : JSON.stringify(v)];
+    }),
+  );
+}
+
+function renderHistory(history) {
+  if (!Array.isArray(history) || !history.length) return el("p", { class: "muted" }, "–");
+  const ol = el("ol", { class: "small", style: "margin:0;padding-left:1.2rem" });
+  for (const h of history) ol.append(el("li", {}, el("strong", {}, h.status), " — ", fmtDate(h.at)));
+  return ol;
+}
+
+/** Provenance of a run: spec, version, device, input hashes, timings, status history. */
+export function renderProvenance(container, run) {
+  container.replaceChildren(
+    el(
+      "section",
+      { class: "card provenance", "aria-labelledby": "provenance-heading" },
+      el("h2", { id: "provenance-heading" }, "Provenance"),
+      el("p", { class: "muted small" }, "Everything needed to reproduce this run."),
+      kvList([
+        ["Run", el("code", {}, run.id)],
+        ["Kind", run.kind],
+        ["Package version", run.version ?? null],
+        ["Device", run.device ?? null],
+        ["Worker", run.worker === undefined ? undefined : run.worker ?? null],
+        ["Created", fmtDate(run.created_at)],
+        ["Started", run.started_at ? fmtDate(run.started_at) : null],
+        ["Finished", run.finished_at ? fmtDate(run.finished_at) : null],
+      ]),
+      el("h3", {}, "Input hashes (SHA-256)"),
+      renderHashes(run.input_hashes),
+      el("div", { class: "grid-2", style: "margin-top:0.5rem" },
+        el("div", {}, el("h3", {}, "Timings"), renderTimings(run.timings)),
+        el("div", {}, el("h3", {}, "Status history"), renderHistory(run.history)),
+      ),
+      el("details", { style: "margin-top:1rem" }, el("summary", {}, "Full spec (JSON)"), el("pre", { class: "json" }, JSON.stringify(run.spec ?? {}, null, 2))),
+    ),
+  );
+  container.hidden = false;
+}
+
+/** Human description of a run for headings. */
+export function runTitle(run) {
+  const kind = run.kind === "geometry" ? "Geometry inference" : run.kind || "Run";
+  return kind;
+}

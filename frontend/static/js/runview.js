@@ -1,0 +1,99 @@
+// The parts of a run view shared by the run page and the share page: header, progress,
+// failure text, result and provenance. `showRun` is idempotent: call it on every poll.
+
+import { api, el, fmtDuration, fmtRelative, runDuration, shortId, statusBadge, TERMINAL } from "./api.js";
+import { renderProvenance, renderResult, runTitle } from "./result.js";
+
+const $ = (id) => document.getElementById(id);
+
+let datasetNameFor = null;
+
+async function datasetLabel(run) {
+  const id = run.spec && run.spec.dataset;
+  if (!id) return null;
+  if (datasetNameFor && datasetNameFor.id === id) return datasetNameFor.label;
+  datasetNameFor = { id, label: null };
+  try {
+    const ds = await api(`/api/datasets/${encodeURIComponent(id)}`);
+    datasetNameFor.label = ds && ds.name ? ds.name : null;
+  } catch {
+    /* a shared run may outlive its dataset listing; the id is enough */
+  }
+  return datasetNameFor.label;
+}
+
+export async function showHeader(run) {
+  document.title = `${runTitle(run)} ${shortId(run.id)} · Synaptic Geometry Lab`;
+  $("run-title").textContent = `${runTitle(run)} `;
+  const badge = $("run-status");
+  // Replace the badge only when the status changes: it is a live region.
+  if (badge.dataset.status !== run.status) {
+    badge.dataset.status = run.status;
+    badge.replaceChildren(statusBadge(run.status));
+  }
+  const crumb = $("run-id-short");
+  if (crumb) crumb.textContent = shortId(run.id);
+  const sub = $("run-sub");
+  const bits = [];
+  const name = await datasetLabel(run);
+  if (name) bits.push(`Dataset “${name}”`);
+  else if (run.spec && run.spec.dataset) bits.push(`Dataset ${shortId(run.spec.dataset)}`);
+  bits.push(`created ${fmtRelative(run.created_at)}`);
+  const d = runDuration(run);
+  if (d !== null) bits.push(`${TERMINAL.has(run.status) ? "ran" : "running for"} ${fmtDuration(d)}`);
+  sub.textContent = bits.join(" · ");
+}
+
+export function showProgress(run) {
+  const panel = $("progress-panel");
+  const active = !TERMINAL.has(run.status);
+  panel.hidden = !active;
+  if (!active) return;
+  const fraction = Math.max(0, Math.min(1, Number(run.progress) || 0));
+  const bar = $("progress-bar");
+  const fill = bar.firstElementChild;
+  const queued = run.status === "queued";
+  bar.classList.toggle("indeterminate", queued);
+  fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+  bar.setAttribute("aria-valuenow", queued ? "0" : String(Math.round(fraction * 100)));
+  bar.setAttribute("aria-valuetext", queued ? "Waiting for a worker" : `${Math.round(fraction * 100)} percent`);
+  $("progress-message").textContent = run.message || (queued ? "Waiting for a worker…" : "Running…");
+  $("progress-percent").textContent = queued ? "queued" : `${Math.round(fraction * 100)} %`;
+}
+
+export function showOutcome(run) {
+  const box = $("run-error");
+  if (run.status === "failed") {
+    box.className = "alert";
+    box.replaceChildren(
+      el("strong", {}, "The run failed."),
+      el("p", { id: "run-error-text", style: "margin:0;white-space:pre-wrap" }, run.error || run.message || "No error text was recorded."),
+    );
+    box.hidden = false;
+  } else if (run.status === "cancelled") {
+    box.className = "notice";
+    box.replaceChildren(el("p", { style: "margin:0" }, "This run was cancelled", run.message ? `: ${run.message}` : "."));
+    box.hidden = false;
+  } else {
+    box.hidden = true;
+  }
+}
+
+let rendered = null;
+
+/** Render the result once per run (re-rendering would reset the user's plot state). */
+export function showResult(run, result) {
+  if (!result || rendered === run.id) return;
+  rendered = run.id;
+  renderResult($("result"), run, result);
+}
+
+let provenanceSignature = null;
+
+export function showProvenance(run) {
+  // Re-render only when something changed, so an opened <details> stays open.
+  const signature = JSON.stringify([run.id, run.status, run.history, run.timings, run.device, run.version]);
+  if (signature === provenanceSignature) return;
+  provenanceSignature = signature;
+  renderProvenance($("provenance"), run);
+}

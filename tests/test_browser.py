@@ -1,0 +1,211 @@
+"""The web frontend in headless Chromium against the real stack: uvicorn serving the app,
+a Celery worker process, Redis as the broker and PostgreSQL as the database.
+
+Uses the system Chromium (never downloads a browser); `bash scripts/setup.sh --test`
+installs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright import sync_api
+
+pytestmark = [pytest.mark.browser, pytest.mark.services]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+RUN_TIMEOUT_MS = 120_000
+
+# Redis databases of their own, so that queues left by other test modules cannot interfere.
+_redis_db = itertools.count(11)
+
+
+def _chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    path = _chromium_path()
+    if path is None:
+        pytest.fail("Chromium is not installed: run `bash scripts/setup.sh --test`")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def stack_env(fresh_postgres_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "SYNGEO_DATABASE_URL": fresh_postgres_url,
+        "SYNGEO_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db) % 16}",
+        "SYNGEO_ARTIFACTS": "database",
+        "SYNGEO_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+@pytest.fixture
+def page_errors() -> list[str]:
+    return []
+
+
+def _new_page(browser, errors: list[str]):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    return context, page
+
+
+def _ne_csv(path: Path, n: int = 2000, seed: int = 0) -> Path:
+    """Before/after weights whose change is Gaussian in negative entropy's dual space."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.lognormal(-3.0, 0.7, n)
+    w1 = np.exp(np.log(w0) + 0.05 * rng.standard_normal(n))
+    lines = ["before,after"] + [f"{a:.10g},{b:.10g}" for a, b in zip(w0, w1, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _diagnose(page, api, worker) -> str:
+    """What the page, the API and the worker say when a run does not finish in time."""
+    import httpx
+
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        run = httpx.get(f"{api.url}/api/runs/{run_id}", timeout=10).text
+    except httpx.HTTPError as exc:
+        run = f"(GET /api/runs/{run_id} failed: {exc})"
+    return (f"run {run_id} did not finish in {RUN_TIMEOUT_MS / 1000:.0f} s\n"
+            f"page status: {page.locator('#run-status').inner_text()!r}\n"
+            f"API: {run}\n--- api log ---\n{api.log_tail()}\n"
+            f"--- worker log ---\n{worker.log_tail()}")
+
+
+def _visible_trace(page, div_id: str) -> list[bool]:
+    return page.evaluate(
+        "id => document.getElementById(id).data.map(t => t.visible !== false)", div_id)
+
+
+def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_worker_factory,
+                              tmp_path: Path, page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    worker = celery_worker_factory(stack_env)
+    csv_path = _ne_csv(tmp_path / "weights.csv")
+
+    context, page = _new_page(browser, page_errors)
+    try:
+        page.goto(f"{api.url}/analyze")
+        page.set_input_files("#file-input", str(csv_path))
+        page.get_by_role("button", name="Upload", exact=True).click()
+
+        summary = page.locator("#dataset-summary")
+        summary.wait_for(state="visible")
+        assert "2,000" in summary.inner_text()
+        assert "weights.csv" in summary.inner_text()
+
+        # Fewer bootstrap replicates keep the test quick; the form comes from the JSON Schema.
+        page.locator("#advanced > summary").click()
+        page.fill("#opt-bootstrap", "50")
+        page.get_by_role("button", name="Run analysis").click()
+        page.wait_for_url("**/runs/*")
+
+        status = page.locator("#run-status .badge")
+        try:
+            page.wait_for_function(
+                "() => ['succeeded', 'failed', 'cancelled'].includes("
+                "document.querySelector('#run-status .badge')?.textContent)",
+                timeout=RUN_TIMEOUT_MS)
+        except sync_api.TimeoutError:
+            pytest.fail(_diagnose(page, api, worker), pytrace=False)
+        assert status.text_content() == "succeeded", page.locator("#run-error").inner_text()
+
+        page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
+        assert page.locator("#verdict-text").inner_text().strip()
+        assert page.locator("#cancel-btn").is_hidden()
+        assert page.locator("#candidates-table tbody tr").count() == 21
+        assert page.locator("#qq-plot .plot-container").count() == 1
+
+        # The histogram's potential selector shows one candidate at a time.
+        select = page.locator("#histogram-select")
+        assert select.locator("option").count() >= 2
+        before = _visible_trace(page, "histogram-plot")
+        chosen = 1 if before[0] else 0
+        select.select_option(index=chosen)
+        page.wait_for_function(
+            "i => document.getElementById('histogram-plot').data[i].visible === true", arg=chosen)
+        after = _visible_trace(page, "histogram-plot")
+        assert after != before
+        assert after[-1] is True  # the N(0, 1) curve stays
+
+        page.get_by_role("button", name="Copy share link").click()
+        page.wait_for_function("() => document.querySelector('#share-url').value.length > 0")
+        share_url = page.input_value("#share-url")
+        assert "/s/" in share_url
+    finally:
+        context.close()
+
+    # A colleague opens the link in a fresh browser context: no cookies, nothing shared.
+    context, page = _new_page(browser, page_errors)
+    try:
+        page.goto(share_url)
+        page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
+        assert page.locator("#run-status .badge").text_content() == "succeeded"
+        assert page.locator("#cancel-btn").count() == 0
+        assert page.get_by_role("button", name="Cancel run").count() == 0
+        assert page.get_by_role("button", name="Copy share link").count() == 0
+        assert page.locator("input[type=file]").count() == 0
+        assert page.locator("#histogram-select option").count() >= 2
+    finally:
+        context.close()
+    assert not page_errors, page_errors
+
+
+def test_bad_upload_shows_the_problem(browser, stack_env, api_server_factory, tmp_path: Path,
+                                      page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("before,after\n0.1,0.2\nnan,0.3\n0.2,0.1\n0.3,0.35\n")
+
+    context, page = _new_page(browser, page_errors)
+    try:
+        page.goto(f"{api.url}/analyze")
+        page.set_input_files("#file-input", str(bad))
+        page.get_by_role("button", name="Upload", exact=True).click()
+        alert = page.locator("#upload-error[role=alert]")
+        alert.wait_for(state="visible")
+        text = alert.inner_text()
+        assert "NaN" in text, text
+        assert page.locator("#dataset-summary").is_hidden()
+        assert page.get_by_role("button", name="Run analysis").is_disabled()
+    finally:
+        context.close()
+    assert not page_errors, page_errors
+
+
+def test_pages_and_plotly_are_served(api_server_factory, stack_env) -> None:
+    import httpx
+
+    api = api_server_factory(stack_env)
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        for path in ("/", "/analyze", "/runs/some-id", "/s/some-token"):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith("text/html")
+        js = client.get("/static/vendor/plotly.min.js")
+        assert js.status_code == 200
+        assert "javascript" in js.headers["content-type"]
+        assert len(js.content) > 1_000_000
+        for asset in ("/static/css/app.css", "/static/js/result.js", "/static/js/api.js"):
+            assert client.get(asset).status_code == 200, asset
+

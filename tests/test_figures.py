@@ -1,0 +1,292 @@
+"""The geometry result figures: JSON-safe Plotly dicts with the expected traces and menus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from syngeo.figures import (
+    NE_X,
+    delta_cdf_figure,
+    dual_change_histogram_figure,
+    is_negative_entropy,
+    json_safe,
+    layer_table,
+    qq_figure,
+)
+
+
+def _candidates(*, missing: tuple[str, ...] = ()) -> list[dict]:
+    out = [dict(family="negative_entropy", p=None, label="negative entropy", key="ne",
+                delta_cdf=0.04, delta_cdf_ci=[0.03, 0.05], dual_change=0.1, n_used=500)]
+    for p in (1.1, 1.5, 2.0, 3.0):
+        key = f"p{p:g}"
+        value = 0.05 + 0.1 * (p - 1)
+        out.append(dict(family="p_norm", p=p, label=f"p = {p:g}", key=key,
+                        delta_cdf=None if key in missing else value,
+                        delta_cdf_ci=None if key in missing else [value - 0.01, value + 0.01],
+                        dual_change=0.1, n_used=500))
+    return out
+
+
+def _dumps(fig: dict) -> str:
+    # allow_nan=False: browsers' JSON.parse rejects NaN, so the figures must not hold any.
+    return json.dumps(fig, allow_nan=False)
+
+
+def _visible(trace: dict) -> bool:
+    return trace.get("visible", True) is True
+
+
+# ------------------------------------------------------------------ ΔCDF
+
+
+def test_delta_cdf_figure_serialises_and_has_named_traces():
+    fig = delta_cdf_figure(_candidates())
+    _dumps(fig)
+    assert set(fig) >= {"data", "layout"}
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["p-norm", "negative entropy", "best: negative entropy"]
+    assert all(t["type"] == "scatter" for t in fig["data"])
+    # The figure round-trips through plotly, so it is a valid figure.
+    go.Figure(fig)
+
+
+def test_delta_cdf_places_negative_entropy_at_p_1_labelled_ne():
+    fig = delta_cdf_figure(_candidates())
+    ne = next(t for t in fig["data"] if t["name"] == "negative entropy")
+    assert ne["x"] == [NE_X] == [1.0]
+    assert ne["y"] == [pytest.approx(0.04)]
+    xaxis = fig["layout"]["xaxis"]
+    assert xaxis["tickmode"] == "array"
+    assert xaxis["tickvals"][0] == 1.0
+    assert xaxis["ticktext"][0] == "NE"
+    assert dict(zip(xaxis["tickvals"], xaxis["ticktext"], strict=True))[2.0] == "2"
+    pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
+    assert pnorm["x"] == [1.1, 1.5, 2.0, 3.0]
+
+
+def test_delta_cdf_error_bars_come_from_the_ci():
+    fig = delta_cdf_figure(_candidates())
+    pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
+    err = pnorm["error_y"]
+    assert err["symmetric"] is False
+    assert err["array"] == pytest.approx([0.01] * 4)
+    assert err["arrayminus"] == pytest.approx([0.01] * 4)
+
+
+def test_delta_cdf_skips_candidates_without_a_score():
+    fig = delta_cdf_figure(_candidates(missing=("p1.5", "p3")))
+    _dumps(fig)
+    pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
+    assert pnorm["x"] == [1.1, 2.0]
+    assert None not in pnorm["y"]
+
+
+def test_delta_cdf_highlights_the_best_candidate():
+    cands = _candidates()
+    cands[0]["delta_cdf"] = 0.5  # negative entropy is now the worst
+    fig = delta_cdf_figure(cands)
+    best = fig["data"][-1]
+    assert best["name"] == "best: p = 1.1"
+    assert best["x"] == [1.1]
+    assert fig["layout"]["meta"]["best"] == "p1.1"
+    # An explicit best key wins over the lowest ΔCDF.
+    fig = delta_cdf_figure(cands, best_key="p2")
+    assert fig["data"][-1]["name"] == "best: p = 2"
+
+
+def test_delta_cdf_handles_only_p_norms_and_nothing_at_all():
+    only_p = [c for c in _candidates() if c["key"] != "ne"]
+    fig = delta_cdf_figure(only_p)
+    assert [t["name"] for t in fig["data"]] == ["p-norm", "best: p = 1.1"]
+    empty = delta_cdf_figure([])
+    _dumps(empty)
+    assert empty["data"] == []
+    assert "annotations" in empty["layout"]
+
+
+def test_delta_cdf_accepts_numpy_values():
+    cands = _candidates()
+    for c in cands:
+        c["delta_cdf"] = np.float64(c["delta_cdf"])
+        c["delta_cdf_ci"] = np.array(c["delta_cdf_ci"])
+        c["n_used"] = np.int64(c["n_used"])
+    _dumps(delta_cdf_figure(cands))
+
+
+# ------------------------------------------------------------------ histogram
+
+KEYS = ["ne", "p1.5", "p2"]
+LABELS = ["negative entropy", "p = 1.5", "p = 2"]
+
+
+def _hist(selected: str | None = "p1.5", per_candidate_edges: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-4, 4, 33)
+    densities = [np.histogram(rng.normal(size=500), bins=edges, density=True)[0] for _ in KEYS]
+    e = [edges] * len(KEYS) if per_candidate_edges else edges
+    return dual_change_histogram_figure(e, densities, KEYS, LABELS, selected)
+
+
+def test_histogram_serialises_with_one_trace_per_candidate_and_the_normal_curve():
+    fig = _hist()
+    _dumps(fig)
+    go.Figure(fig)
+    names = [t["name"] for t in fig["data"]]
+    assert names == [*LABELS, "N(0, 1) density"]
+    assert [t["type"] for t in fig["data"]] == ["bar", "bar", "bar", "scatter"]
+    bar = fig["data"][0]
+    assert isinstance(bar["x"], list) and len(bar["x"]) == 32
+    assert bar["x"][0] == pytest.approx(-3.875)
+    assert bar["width"][0] == pytest.approx(0.25)
+    curve = fig["data"][-1]
+    assert max(curve["y"]) == pytest.approx(1 / np.sqrt(2 * np.pi), rel=1e-3)
+
+
+def test_histogram_shows_the_selected_candidate_first():
+    fig = _hist("p1.5")
+    assert [_visible(t) for t in fig["data"]] == [False, True, False, True]
+    menu = fig["layout"]["updatemenus"][0]
+    assert menu["active"] == 1
+    assert LABELS[1] in fig["layout"]["title"]["text"]
+
+
+def test_histogram_dropdown_has_one_button_per_candidate():
+    fig = _hist()
+    buttons = fig["layout"]["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == LABELS
+    for i, b in enumerate(buttons):
+        assert b["method"] == "update"
+        visible = b["args"][0]["visible"]
+        assert visible == [j == i for j in range(len(KEYS))] + [True]
+
+
+def test_histogram_accepts_per_candidate_edges_and_defaults_to_the_first():
+    fig = _hist(selected=None, per_candidate_edges=True)
+    assert [_visible(t) for t in fig["data"]] == [True, False, False, True]
+    fig = _hist(selected="unknown")
+    assert fig["layout"]["updatemenus"][0]["active"] == 0
+
+
+def test_histogram_and_qq_leave_out_candidates_that_were_not_scored():
+    edges = np.linspace(-4, 4, 9)
+    densities = [np.full(8, 0.1), np.full(8, np.nan), np.full(8, 0.2)]
+    fig = dual_change_histogram_figure(edges, densities, KEYS, LABELS, "p2")
+    _dumps(fig)
+    assert [t["name"] for t in fig["data"]] == [LABELS[0], LABELS[2], "N(0, 1) density"]
+    menu = fig["layout"]["updatemenus"][0]
+    assert [b["label"] for b in menu["buttons"]] == [LABELS[0], LABELS[2]]
+    assert menu["active"] == 1
+    assert [_visible(t) for t in fig["data"]] == [False, True, True]
+
+    theoretical = np.linspace(-2, 2, 5)
+    sample = [theoretical, np.full(5, np.nan), theoretical]
+    fig = qq_figure(theoretical, sample, KEYS, LABELS, "p1.5")  # selected one is gone
+    _dumps(fig)
+    assert [t["name"] for t in fig["data"]] == [LABELS[0], LABELS[2], "y = x"]
+    assert [_visible(t) for t in fig["data"]] == [True, False, True]
+
+
+def test_histogram_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="edges"):
+        dual_change_histogram_figure(np.linspace(0, 1, 5), [np.ones(3)], ["ne"], ["NE"], "ne")
+    with pytest.raises(ValueError, match="one key"):
+        dual_change_histogram_figure(np.linspace(0, 1, 5), [np.ones(4)], ["ne", "p2"], ["NE"])
+
+
+# ------------------------------------------------------------------ Q-Q
+
+
+def _qq(selected: str | None = "p2") -> dict:
+    rng = np.random.default_rng(1)
+    theoretical = np.linspace(-2.5, 2.5, 50)
+    sample = [np.sort(rng.normal(size=50)) for _ in KEYS]
+    return qq_figure(theoretical, sample, KEYS, LABELS, selected)
+
+
+def test_qq_serialises_with_candidates_and_the_identity_line():
+    fig = _qq()
+    _dumps(fig)
+    go.Figure(fig)
+    assert [t["name"] for t in fig["data"]] == [*LABELS, "y = x"]
+    line = fig["data"][-1]
+    assert line["x"] == line["y"]
+    lo = min(min(t["x"] + t["y"]) for t in fig["data"][:-1])
+    hi = max(max(t["x"] + t["y"]) for t in fig["data"][:-1])
+    assert line["x"][0] <= lo and line["x"][1] >= hi
+
+
+def test_qq_dropdown_selects_the_potential():
+    fig = _qq("p2")
+    assert [_visible(t) for t in fig["data"]] == [False, False, True, True]
+    menu = fig["layout"]["updatemenus"][0]
+    assert menu["active"] == 2
+    assert [b["label"] for b in menu["buttons"]] == LABELS
+    assert menu["buttons"][0]["args"][0]["visible"] == [True, False, False, True]
+
+
+def test_qq_non_finite_values_become_null():
+    fig = qq_figure([0.0, 1.0], [[np.nan, 1.0]], ["ne"], ["NE"], "ne")
+    _dumps(fig)
+    assert fig["data"][0]["y"] == [None, 1.0]
+
+
+# ------------------------------------------------------------------ tables and helpers
+
+
+def _summary() -> dict:
+    cands = _candidates()
+    return {
+        "layers": [
+            {"name": "fc1.weight", "n": 400, "n_zero": 2, "n_sign_flips": 5, "candidates": cands,
+             "verdict": {"best": "ne", "runner_up": "p1.1", "distinguishable": True}},
+            {"name": "fc2.weight", "n": 100, "n_zero": 0, "n_sign_flips": 1,
+             "candidates": _candidates(missing=("p1.1",)),
+             "verdict": {"best": {"key": "p1.5", "label": "p = 1.5"}, "runner_up": None,
+                         "distinguishable": False}},
+            {"name": "fc3.weight", "n": 50, "n_zero": 0, "n_sign_flips": 0, "candidates": cands},
+        ],
+    }
+
+
+def test_layer_table_rows():
+    rows = layer_table(_summary())
+    json.dumps(rows, allow_nan=False)
+    assert len(rows) == 3
+    assert set(rows[0]) == {"layer", "n", "best", "delta_cdf", "runner_up", "distinguishable",
+                            "n_zero", "n_sign_flips"}
+    assert rows[0] == {"layer": "fc1.weight", "n": 400, "best": "negative entropy",
+                       "delta_cdf": pytest.approx(0.04), "runner_up": "p = 1.1",
+                       "distinguishable": True, "n_zero": 2, "n_sign_flips": 5}
+    # A verdict that names the best by dict; an explicit null runner-up stays null.
+    assert rows[1]["best"] == "p = 1.5"
+    assert rows[1]["delta_cdf"] == pytest.approx(0.1)
+    assert rows[1]["runner_up"] is None
+    assert rows[1]["distinguishable"] is False
+    # No verdict: the lowest ΔCDF is the best and the next one the runner-up.
+    assert rows[2]["best"] == "negative entropy"
+    assert rows[2]["runner_up"] == "p = 1.1"
+    assert rows[2]["distinguishable"] is None
+    assert layer_table({}) == []
+
+
+def test_json_safe_decodes_numpy_and_typed_arrays():
+    fig = go.Figure(go.Scatter(x=np.arange(3), y=np.array([0.5, np.nan, 2.0]))).to_plotly_json()
+    safe = json_safe(fig)
+    json.dumps(safe, allow_nan=False)
+    assert safe["data"][0]["x"] == [0, 1, 2]
+    assert safe["data"][0]["y"] == [0.5, None, 2.0]
+    assert json_safe({"a": np.float32(1.5), "b": (np.int64(2), float("inf"))}) == {
+        "a": 1.5, "b": [2, None]}
+
+
+def test_is_negative_entropy_spellings():
+    assert is_negative_entropy({"family": "negative_entropy"})
+    assert is_negative_entropy({"family": "negentropy"})
+    assert is_negative_entropy({"family": "ne"})
+    assert is_negative_entropy({"key": "ne", "family": ""})
+    assert not is_negative_entropy({"family": "p_norm", "key": "p1.5"})
