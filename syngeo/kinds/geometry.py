@@ -111,7 +111,7 @@ class GeometryKind(ExperimentKind):
         candidates = summary["candidates"]
         keys = [str(k) for k in arrays["candidate_keys"]]
         labels = {c["key"]: c["label"] for c in candidates}
-        best = summary["best"]["key"]
+        best = (summary.get("best") or {}).get("key") or (keys[0] if keys else None)
         return {
             "delta_cdf": figures.delta_cdf_figure(candidates),
             "histogram": figures.dual_change_histogram_figure(
