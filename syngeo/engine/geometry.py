@@ -437,8 +437,10 @@ def _as_weights(values: Any, layer: str, which: str, device: torch.device) -> Te
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"layer {layer!r}: {which} weights must be real numbers, "
                              f"got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).reshape(-1))
-        t = t.to(device)
+        arr = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+        if not arr.flags.writeable:  # memory-mapped uploads are read-only; torch wants to own
+            arr = arr.copy()
+        t = torch.from_numpy(arr).to(device)
     if t.numel() == 0:
         raise ValueError(f"layer {layer!r}: {which} weights are empty")
     if not bool(torch.isfinite(t).all()):
