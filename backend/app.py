@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
+from fastapi_offline import FastAPIOffline
 
 from syngeo import __version__
 from syngeo.backend.errors import install_error_handlers
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None,
         migrate(engine_for(settings.resolved_database_url))
         yield
 
-    app = FastAPI(title="Synaptic Geometry Lab", version=__version__, lifespan=lifespan,
+    # FastAPIOffline serves the Swagger UI and ReDoc assets itself: /docs works offline.
+    app = FastAPIOffline(title="Synaptic Geometry Lab", version=__version__, lifespan=lifespan,
                   description="Infer the geometry of synaptic plasticity from weights measured "
                   "before and after learning; run and share experiments.")
     app.state.settings = settings

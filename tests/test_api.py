@@ -87,6 +87,10 @@ def test_health_and_kinds(client: TestClient) -> None:
     assert {"dataset", "potentials", "method", "bootstrap", "seed"} <= set(props)
     assert props["bootstrap"]["maximum"] == 5000
     assert client.get("/openapi.json").json()["paths"]["/api/runs"]
+    docs = client.get("/docs").text  # users run this offline: no CDN
+    assert "cdn" not in docs.lower()
+    script = docs.split('<script src="', 1)[1].split('"', 1)[0]
+    assert client.get(script).status_code == 200
 
 
 def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -> None:
@@ -159,7 +163,7 @@ def test_two_npy_files_and_example(client: TestClient) -> None:
     assert example.json()["id"] in listed and response.json()["id"] in listed
 
 
-def test_safetensors_layers(client: TestClient, tmp_path: Path) -> None:
+def test_safetensors_layers(client: TestClient, queued: list[str], tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     w = {"fc1.weight": rng.normal(size=(8, 4)), "fc1.bias": rng.normal(size=8),
          "fc2.weight": rng.normal(size=(2, 8))}
@@ -171,6 +175,16 @@ def test_safetensors_layers(client: TestClient, tmp_path: Path) -> None:
     body = response.json()
     assert [layer["name"] for layer in body["layers"]] == ["fc1.weight", "fc2.weight"]
     assert body["skipped"] == ["fc1.bias"]
+
+    run_id = client.post("/api/runs", json={"kind": "geometry", "spec": {
+        "dataset": body["id"], "potentials": ["ne", "p2"], "bootstrap": 20}}).json()["id"]
+    run_queued(queued)
+    result = client.get(f"/api/runs/{run_id}/result").json()
+    summary = result["summary"]
+    assert [layer["name"] for layer in summary["layers"]] == ["fc1.weight", "fc2.weight"]
+    assert summary["pooled"]["n"] == 32 + 16
+    layers_in_csv = {row["layer"] for row in result["table"]}
+    assert layers_in_csv == {"fc1.weight", "fc2.weight", "pooled"}
 
 
 BAD_UPLOADS = [

@@ -4,6 +4,7 @@ worker on kombu's filesystem broker) runs an analysis end to end."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.services import free_port, start_process
+from tests.test_api import csv_bytes, ne_pairs
 
 
 def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
@@ -35,6 +37,17 @@ def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
             summary = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
             assert summary["verdict"]["negative_entropy_vs_p_norm"]["winner"] == \
                 "negative_entropy"
+            # `syngeo submit` uploads local files to the running server and follows the run.
+            (tmp_path / "w.csv").write_bytes(csv_bytes(*ne_pairs(2000)))
+            submitted = subprocess.run(
+                [sys.executable, "-m", "syngeo.cli", "submit", str(tmp_path / "w.csv"),
+                 "--server", url, "--wait"], capture_output=True, text=True, timeout=120)
+            assert submitted.returncode == 0, submitted.stderr
+            run_url = submitted.stdout.splitlines()[0]
+            assert run_url.startswith(f"{url}/runs/run_")
+            assert "status: succeeded" in submitted.stdout
+            assert client.get(f"/api/runs/{run_url.rsplit('/', 1)[1]}").json()["status"] == \
+                "succeeded"
         assert (tmp_path / "var" / "syngeo.sqlite").exists()
         assert any((tmp_path / "var" / "artifacts").rglob("*"))
     finally:
