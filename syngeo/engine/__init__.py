@@ -13,7 +13,9 @@ from syngeo.engine.geometry import (
     delta_cdf_exact,
     delta_cdf_grid,
 )
+from syngeo.engine.mirror_descent import MirrorDescent
 from syngeo.engine.potentials import (
+    Hypentropy,
     NegativeEntropy,
     PNorm,
     Potential,
@@ -32,7 +34,9 @@ __all__ = [
     "CandidateScore",
     "FamilyComparison",
     "GeometryAnalysis",
+    "Hypentropy",
     "LayerScore",
+    "MirrorDescent",
     "NegativeEntropy",
     "PNorm",
     "Potential",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "Hypentropy",
     "NegativeEntropy",
     "PNorm",
     "Potential",
@@ -169,6 +170,65 @@ class NegativeEntropy(Potential):
         return 1.0 / w.abs()
 
 
+@dataclass(frozen=True)
+class Hypentropy(Potential):
+    """Hypentropy φ_β(w) = Σ_i [w_i·arsinh(w_i/β) − √(w_i² + β²)], β > 0 (Ghai, Hazan & Singer
+    2020, "Exponentiated gradient meets gradient descent").
+
+    ∇φ(w) = arsinh(w/β), ∇φ⁻¹(z) = β·sinh(z) and ∇²φ(w) = 1/√(w² + β²). The dual map is
+    defined and invertible on the whole line, so, unlike negative entropy, weights may change
+    sign. It interpolates between the paper's two families: for |w| ≪ β it is (β/2)·‖w/β‖²,
+    i.e. gradient descent with the learning rate scaled by β; for |w| ≫ β, ∇φ(w) ≈
+    sign(w)·log(2|w|/β), and the mirror step (Eq. 6) tends to the sign-preserving exponentiated
+    gradient of Eq. 7 as β → 0. ``beta`` defaults to 1 (the unit weight scale, where the two
+    regimes meet); the label and key always show it.
+
+    Not a candidate of the geometry analysis (``analyze_geometry`` takes p-norms and negative
+    entropy, the families the paper compares); used by the mirror-descent simulations.
+    """
+
+    beta: float = 1.0
+    # The geometry summary's Family literal stays the paper's two families (see above).
+    family: ClassVar[Literal["hypentropy"]] = "hypentropy"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        beta = float(self.beta)
+        # β ≤ 0 makes the potential non-convex (or ∇φ undefined): no mirror map.
+        if not math.isfinite(beta) or beta <= 0.0:
+            raise ValueError(f"hypentropy needs a finite β > 0, got beta = {self.beta!r}")
+        object.__setattr__(self, "beta", beta)
+
+    @property
+    def p(self) -> None:
+        """Hypentropy is not a p-norm; it has no exponent."""
+        return None
+
+    @property
+    def label(self) -> str:
+        return f"hypentropy (β = {_format_p(self.beta)})"
+
+    @property
+    def key(self) -> str:
+        return f"hyp{_format_p(self.beta)}"
+
+    def _hypot(self, w: Tensor) -> Tensor:
+        # √(w² + β²) without overflow of w² for huge weights.
+        return torch.hypot(w, w.new_tensor(self.beta))
+
+    def value(self, w: Tensor) -> Tensor:
+        return (w * torch.asinh(w / self.beta) - self._hypot(w)).sum()
+
+    def grad(self, w: Tensor) -> Tensor:
+        return torch.asinh(w / self.beta)
+
+    def inverse_grad(self, z: Tensor, sign: Tensor | None = None) -> Tensor:
+        # arsinh is a bijection of the real line, so ``sign`` is not needed.
+        return self.beta * torch.sinh(z)
+
+    def hessian_diag(self, w: Tensor) -> Tensor:
+        return 1.0 / self._hypot(w)
+
+
 def default_potentials() -> list[Potential]:
     """The candidates of the paper's robustness test (§4.2): negative entropy and p ∈ [1.1, 3].
 
@@ -180,22 +240,35 @@ def default_potentials() -> list[Potential]:
 
 _NE_NAMES = frozenset({"ne", "negative_entropy", "negative entropy", "negative-entropy"})
 _P_PATTERN = re.compile(r"^(?:p\s*=?\s*)?([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)$")
+_NUMBER = r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)"
+# "hypentropy", "hypentropy(beta=0.1)", "hypentropy (β = 0.1)" (the label), "hypentropy(0.1)",
+# "hyp0.1" (the key), "hyp=0.1".
+_HYP_PATTERN = re.compile(
+    rf"^hyp(?:entropy)?(?:\s*\(\s*(?:(?:beta|β)\s*=\s*)?{_NUMBER}\s*\)|\s*=?\s*{_NUMBER})?$"
+)
 
 
 def parse_potential(text: str) -> Potential:
-    """Parse a potential name: "ne" / "negative_entropy" / "negative entropy", or a p-norm
-    written "p=1.5", "p = 1.5", "p1.5" or "1.5" (case and surrounding spaces ignored).
+    """Parse a potential name: "ne" / "negative_entropy" / "negative entropy", a p-norm
+    written "p=1.5", "p = 1.5", "p1.5" or "1.5", or a hypentropy written "hypentropy(beta=0.1)",
+    "hypentropy (β = 0.1)", "hyp0.1" or plain "hypentropy" (β = 1, the class default) — case
+    and surrounding spaces ignored.
     """
     cleaned = " ".join(str(text).strip().lower().split())
     if cleaned in _NE_NAMES:
         return NegativeEntropy()
     match = _P_PATTERN.match(cleaned)
-    if match is None:
-        raise ValueError(
-            f"unknown potential {text!r}: use 'ne', 'negative_entropy' or 'negative entropy' "
-            "for negative entropy, or 'p=1.5', 'p1.5' or '1.5' for a p-norm with p > 1"
-        )
-    return PNorm(float(match.group(1)))
+    if match is not None:
+        return PNorm(float(match.group(1)))
+    match = _HYP_PATTERN.match(cleaned)
+    if match is not None:
+        beta = match.group(1) or match.group(2)
+        return Hypentropy() if beta is None else Hypentropy(float(beta))
+    raise ValueError(
+        f"unknown potential {text!r}: use 'ne', 'negative_entropy' or 'negative entropy' "
+        "for negative entropy, 'p=1.5', 'p1.5' or '1.5' for a p-norm with p > 1, or "
+        "'hypentropy(beta=0.1)' or 'hyp0.1' for a hypentropy with β > 0"
+    )
 
 
 class SignLog(NamedTuple):
