@@ -130,10 +130,9 @@ def spec(kind: Annotated[str, typer.Argument(help="Experiment kind, see 'syngeo 
     from syngeo.kinds import UnknownKind, get_kind
 
     try:
-        spec_model = get_kind(kind).Spec
+        schema = get_kind(kind).schema()
     except UnknownKind as exc:
         raise fail(str(exc)) from None
-    schema = spec_model.model_json_schema()
     lines = [f"kind: {kind}", "spec:"]
     for name, prop in schema["properties"].items():
         bounds = ", ".join(f"{k} {prop[k]}" for k in ("minimum", "maximum", "exclusiveMinimum",

@@ -19,4 +19,4 @@ def health() -> dict[str, str]:
 @router.get("/kinds", response_model=list[KindOut], response_model_by_alias=True)
 def kinds() -> list[KindOut]:
     return [KindOut(name=k.name, title=k.title, description=k.description,
-                    schema=k.Spec.model_json_schema()) for k in KINDS.values()]
+                    schema=k.schema()) for k in KINDS.values()]

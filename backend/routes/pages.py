@@ -17,6 +17,8 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from syngeo.kinds import KINDS
+
 router = APIRouter(include_in_schema=False)
 
 PLOTLY_JS_URL = "/static/vendor/plotly.min.js"
@@ -44,11 +46,12 @@ def plotly_js_path() -> Path:
     return path
 
 
-def _page(name: str) -> FileResponse:
+def _page(name: str, status_code: int = 200) -> FileResponse:
     path = frontend_dir() / name
     if not path.is_file():  # pragma: no cover - a broken install
         raise HTTPException(status_code=500, detail=f"Page {name} is missing from the install.")
-    return FileResponse(path, media_type="text/html; charset=utf-8", headers=_NO_CACHE)
+    return FileResponse(path, status_code=status_code, media_type="text/html; charset=utf-8",
+                        headers=_NO_CACHE)
 
 
 @router.get("/", response_class=FileResponse)
@@ -61,6 +64,19 @@ def home_page() -> FileResponse:
 def analyze_page() -> FileResponse:
     """Upload before/after weights (or load the example) and start a geometry analysis."""
     return _page("analyze.html")
+
+
+@router.get("/new", response_class=FileResponse)
+def new_page() -> FileResponse:
+    """Every experiment kind, each leading to its form (geometry leads to /analyze)."""
+    return _page("new.html")
+
+
+@router.get("/new/{kind}", response_class=FileResponse)
+def new_kind_page(kind: str) -> FileResponse:
+    """The form of one kind, generated from its JSON Schema. An unknown kind gets the same
+    page with status 404; the page then says so and lists the kinds there are."""
+    return _page("new.html", 200 if kind in KINDS else 404)
 
 
 @router.get("/runs/{run_id}", response_class=FileResponse)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from syngeo.io.weights import WeightPairs
 
@@ -51,6 +51,17 @@ class ExperimentKind(ABC):
     @abstractmethod
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         """Plotly figure JSON (``fig.to_plotly_json()``-shaped dicts) keyed by figure name."""
+
+    def schema(self) -> dict[str, Any]:
+        """The spec's JSON Schema with every default filled in: pydantic leaves out defaults
+        made by a ``default_factory``, and the forms and templates need to show them."""
+        schema = self.Spec.model_json_schema()
+        for name, field_info in self.Spec.model_fields.items():
+            prop = schema.get("properties", {}).get(name)
+            if prop is not None and "default" not in prop and not field_info.is_required():
+                value = field_info.get_default(call_default_factory=True)
+                prop["default"] = TypeAdapter(Any).dump_python(value, mode="json")
+        return schema
 
     def datasets(self, spec: BaseModel) -> list[str]:
         """Dataset ids this spec reads (recorded in the run for provenance)."""

@@ -7,6 +7,7 @@ import {
 
 const $ = (id) => document.getElementById(id);
 const datasetNames = new Map();
+const kindTitles = new Map([["geometry", "Geometry inference"]]);
 
 function table(id, caption, headers, rows) {
   return el(
@@ -27,7 +28,7 @@ function renderRuns(runs) {
   box.setAttribute("aria-busy", "false");
   if (!runs.length) {
     box.replaceChildren(
-      el("p", { class: "empty" }, "No runs yet. ", el("a", { href: "/analyze" }, "Start an analysis"), " — or load the bundled example there."),
+      el("p", { class: "empty" }, "No runs yet. ", el("a", { href: "/analyze" }, "Start an analysis"), " (or load the bundled example there), or ", el("a", { href: "/new" }, "launch a simulation"), "."),
     );
     return;
   }
@@ -39,7 +40,7 @@ function renderRuns(runs) {
       "tr",
       {},
       el("th", { scope: "row" }, el("a", { href: `/runs/${encodeURIComponent(run.id)}`, class: "mono" }, shortId(run.id))),
-      el("td", { class: "hide-sm" }, run.kind === "geometry" ? "Geometry inference" : run.kind),
+      el("td", { class: "hide-sm" }, kindTitles.get(run.kind) || run.kind),
       el("td", {}, ds ? datasetNames.get(ds) || el("span", { class: "mono" }, shortId(ds)) : "–"),
       el("td", {}, statusBadge(run.status), el("span", { class: "small muted" }, progress)),
       el("td", { class: "nowrap", title: fmtDate(run.created_at) }, fmtRelative(run.created_at)),
@@ -87,6 +88,14 @@ async function loadDatasets() {
   }
 }
 
+async function loadKindTitles() {
+  try {
+    for (const kind of await api("/api/kinds")) if (kind.name !== "geometry") kindTitles.set(kind.name, kind.title || kind.name);
+  } catch {
+    /* the kind's name is shown instead */
+  }
+}
+
 let timer = null;
 
 async function loadRuns() {
@@ -105,5 +114,5 @@ async function loadRuns() {
 }
 
 showVersion();
-await loadDatasets();
+await Promise.all([loadDatasets(), loadKindTitles()]);
 loadRuns();

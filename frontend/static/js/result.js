@@ -106,7 +106,7 @@ function renderVerdict(summary) {
 // ------------------------------------------------------------------ figures
 
 /** Plot one figure; turn a Plotly dropdown (updatemenus) into an accessible <select>. */
-export function plotFigure(div, fig, { selectId, controls } = {}) {
+export function plotFigure(div, fig, { selectId, controls, controlLabel = "Potential" } = {}) {
   const data = (fig && fig.data) || [];
   const layout = structuredClone((fig && fig.layout) || {});
   // The card's heading names the figure, so the figure's own title (kept for notebook
@@ -131,7 +131,7 @@ export function plotFigure(div, fig, { selectId, controls } = {}) {
       else window.Plotly.update(div, traceUpdate, relayout);
       div.dataset.selected = select.value;
     });
-    controls.replaceChildren(el("label", { for: selectId }, "Potential"), select);
+    controls.replaceChildren(el("label", { for: selectId }, controlLabel), select);
     controls.hidden = false;
   }
   window.Plotly.newPlot(div, data, layout, PLOT_CONFIG);
@@ -286,7 +286,7 @@ function renderLayers(summary, table) {
   );
 }
 
-function renderDownloads(runId) {
+function renderDownloads(runId, { csv = true } = {}) {
   const base = `/api/runs/${encodeURIComponent(runId)}/download`;
   return el(
     "section",
@@ -295,7 +295,7 @@ function renderDownloads(runId) {
     el(
       "div",
       { class: "downloads" },
-      el("a", { class: "btn", href: `${base}?format=csv`, download: "", id: "download-csv" }, "Table (CSV)"),
+      csv ? el("a", { class: "btn", href: `${base}?format=csv`, download: "", id: "download-csv" }, "Table (CSV)") : null,
       el("a", { class: "btn", href: `${base}?format=json`, download: "", id: "download-json" }, "Full result (JSON)"),
     ),
   );
@@ -306,6 +306,10 @@ function renderDownloads(runId) {
  * `result` is the body of GET /api/runs/{id}/result: {summary, figures, table}.
  */
 export function renderResult(container, run, result) {
+  if (run.kind !== "geometry") {
+    renderGenericResult(container, run, result);
+    return;
+  }
   const summary = (result && result.summary) || {};
   const figures = renderFigures((result && result.figures) || {});
   const parts = [renderVerdict(summary), figures.node, renderCandidates(summary)];
@@ -314,6 +318,217 @@ export function renderResult(container, run, result) {
   container.replaceChildren(...parts);
   container.hidden = false;
   // Plot only once the divs are in the document and visible, so Plotly sizes them right.
+  figures.plot();
+}
+
+// ------------------------------------------------------------------ any other kind
+//
+// Kinds other than geometry get one generic view built from their result alone: the
+// summary's top-level scalars as key facts (plus the raw JSON), one card per figure
+// titled from its layout.title, the table rows as a sortable table, and the downloads.
+
+const TABLE_PAGE = 50;
+const RAW_JSON_LIMIT = 200_000;
+
+function humanise(key) {
+  const words = String(key).replace(/_/g, " ").replace(/([a-z])([A-Z])/g, "$1 $2").trim();
+  return words ? words[0].toUpperCase() + words.slice(1) : String(key);
+}
+
+function slug(text) {
+  return String(text).toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "") || "x";
+}
+
+const isScalar = (v) => v === null || ["number", "string", "boolean"].includes(typeof v);
+
+/** Plotly titles may hold <br>, <b>, <sup>…: the first line is the heading, the rest a caption. */
+function figureTitle(fig, name) {
+  const title = fig && fig.layout ? fig.layout.title : null;
+  const raw = typeof title === "string" ? title : title && typeof title.text === "string" ? title.text : "";
+  const sub = title && title.subtitle && typeof title.subtitle.text === "string" ? title.subtitle.text : "";
+  const toText = (html) => new DOMParser().parseFromString(`<body>${html}</body>`, "text/html").body.textContent.replace(/\s+/g, " ").trim();
+  const [first, ...rest] = raw.split(/<br\s*\/?>/i);
+  const heading = toText(first || "");
+  const caption = [toText(rest.join(" ")), toText(sub)].filter(Boolean).join(" ");
+  return { heading: heading || humanise(name), caption };
+}
+
+/** A figure with several subplots (or a declared width) gets the whole row. */
+function isWide(fig) {
+  const layout = (fig && fig.layout) || {};
+  if (layout.grid) return true;
+  if (Object.keys(layout).some((k) => /^(x|y)axis[2-9]/.test(k))) return true;
+  return Number(layout.width) > 700;
+}
+
+// Seeds and ids are copied, not read as quantities: no thousands separators.
+const isVerbatim = (key) => /(^|_)(seed|id)$/i.test(String(key));
+
+function factValue(v, key) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "boolean") return yesNo(v);
+  if (typeof v === "number" && isVerbatim(key)) return String(v);
+  if (typeof v === "number") {
+    const text = Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, 4);
+    return el("span", { title: String(v) }, text);
+  }
+  if (Array.isArray(v)) return v.map((x) => (typeof x === "number" ? fmtNum(x, 4) : String(x))).join(", ");
+  return String(v);
+}
+
+function factsList(entries, id) {
+  const facts = el("dl", { class: "facts", id });
+  for (const [key, value] of entries) facts.append(el("div", {}, el("dt", {}, humanise(key)), el("dd", {}, factValue(value, key))));
+  return facts;
+}
+
+function renderGenericSummary(summary) {
+  const entries = Object.entries(summary || {});
+  // Long text (a verdict, a note) reads better as a paragraph than as a tile.
+  const texts = entries.filter(([, v]) => typeof v === "string" && v.length > 80);
+  const facts = entries.filter(([, v]) => (isScalar(v) && !(typeof v === "string" && v.length > 80)) ||
+    (Array.isArray(v) && v.length <= 8 && v.every((x) => typeof x === "number" || typeof x === "string")));
+  // One level down: small objects made only of scalars (e.g. a fit's parameters).
+  const groups = entries.filter(([, v]) => v && typeof v === "object" && !Array.isArray(v) &&
+    Object.keys(v).length && Object.keys(v).length <= 12 && Object.values(v).every(isScalar));
+
+  let json = JSON.stringify(summary ?? {}, null, 2);
+  const truncated = json.length > RAW_JSON_LIMIT;
+  if (truncated) json = `${json.slice(0, RAW_JSON_LIMIT)}\n…`;
+
+  return el(
+    "section",
+    { class: "card summary-card", "aria-labelledby": "summary-heading" },
+    el("h2", { id: "summary-heading" }, "Summary"),
+    ...texts.map(([k, v]) => el("p", { class: "summary-text" }, el("strong", {}, `${humanise(k)}: `), v)),
+    facts.length ? factsList(facts, "summary-facts") : null,
+    ...groups.map(([k, v]) => el("div", { class: "fact-group" }, el("h3", {}, humanise(k)), factsList(Object.entries(v)))),
+    !facts.length && !texts.length && !groups.length ? el("p", { class: "muted" }, "The summary has no single values; see the JSON below.") : null,
+    el(
+      "details",
+      { class: "raw-json", id: "summary-json" },
+      el("summary", {}, "Full summary (JSON)"),
+      truncated ? el("p", { class: "small muted" }, "Shortened here; the JSON download has all of it.") : null,
+      el("pre", { class: "json" }, json),
+    ),
+  );
+}
+
+function renderGenericFigures(figures) {
+  const entries = Object.entries(figures || {}).filter(([, f]) => f && Array.isArray(f.data));
+  const grid = el("div", { class: "plot-grid", id: "figures" });
+  const pending = [];
+  // Narrow figures go two to a row; one left without a partner takes the whole row.
+  const wide = entries.map(([, fig]) => isWide(fig));
+  for (let i = 0; i < entries.length; i += 1) {
+    if (wide[i]) continue;
+    if (i + 1 < entries.length && !wide[i + 1]) i += 1;
+    else wide[i] = true;
+  }
+  for (const [index, [name, fig]] of entries.entries()) {
+    const id = `fig-${slug(name)}`;
+    const { heading, caption } = figureTitle(fig, name);
+    const div = el("div", { id: `${id}-plot`, class: "plot-div", dataset: { figure: name } });
+    const controls = el("div", { class: "plot-controls", hidden: true });
+    grid.append(
+      el(
+        "section",
+        { class: `card figure-card${wide[index] ? " wide" : ""}`, "aria-labelledby": `${id}-heading` },
+        el("h2", { id: `${id}-heading` }, heading),
+        controls,
+        el("figure", { class: "plot" }, div, caption ? el("figcaption", {}, caption) : null),
+      ),
+    );
+    pending.push(() => plotFigure(div, fig, { selectId: `${id}-select`, controls, controlLabel: "Show" }));
+  }
+  return { node: entries.length ? grid : null, plot: () => pending.forEach((f) => f()) };
+}
+
+function cellValue(v, key) {
+  if (v === null || v === undefined || v === "") return "–";
+  if (typeof v === "boolean") return yesNo(v);
+  if (typeof v === "number" && isVerbatim(key)) return String(v);
+  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, 4);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function compareValues(a, b) {
+  const missing = (x) => x === null || x === undefined || x === "" || (typeof x === "number" && Number.isNaN(x));
+  if (missing(a) || missing(b)) return missing(a) - missing(b);
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  if (typeof a === "boolean" && typeof b === "boolean") return Number(a) - Number(b);
+  const text = (x) => (typeof x === "object" ? JSON.stringify(x) : String(x));
+  return text(a).localeCompare(text(b), undefined, { numeric: true });
+}
+
+/** The result's rows as a table sorted by clicking (or pressing Enter on) a column heading. */
+function renderSortableTable(rows) {
+  const columns = [];
+  for (const row of rows) for (const key of Object.keys(row || {})) if (!columns.includes(key)) columns.push(key);
+  const numeric = new Set(columns.filter((c) => rows.every((r) => r[c] === null || r[c] === undefined || typeof r[c] === "number")));
+  let order = rows.map((_, i) => i);
+  let sortBy = null;
+  let direction = 1;
+  let limit = TABLE_PAGE;
+
+  const body = el("tbody");
+  const more = el("button", { type: "button", class: "btn btn-small", id: "table-show-all" });
+  const headers = columns.map((c) => {
+    const button = el("button", { type: "button", class: "sort-btn" }, humanise(c), el("span", { class: "sort-icon", "aria-hidden": "true" }));
+    const th = el("th", { scope: "col", class: numeric.has(c) ? "num" : null, dataset: { column: c } }, button);
+    button.addEventListener("click", () => {
+      direction = sortBy === c ? -direction : 1;
+      sortBy = c;
+      // A stable sort on the original order: ties keep the kind's own row order.
+      order = rows.map((_, i) => i).sort((i, j) => direction * compareValues(rows[i][c], rows[j][c]) || i - j);
+      headers.forEach((h) => h.removeAttribute("aria-sort"));
+      th.setAttribute("aria-sort", direction > 0 ? "ascending" : "descending");
+      fill();
+    });
+    return th;
+  });
+
+  function fill() {
+    body.replaceChildren(
+      ...order.slice(0, limit).map((i) =>
+        el("tr", {}, ...columns.map((c) => el("td", { class: numeric.has(c) ? "num" : null, title: typeof rows[i][c] === "number" ? String(rows[i][c]) : null }, cellValue(rows[i][c], c)))),
+      ),
+    );
+    more.hidden = rows.length <= limit;
+    more.textContent = `Show all ${fmtInt(rows.length)} rows`;
+  }
+  more.addEventListener("click", () => {
+    limit = rows.length;
+    fill();
+  });
+  fill();
+
+  return el(
+    "section",
+    { class: "card", "aria-labelledby": "table-heading" },
+    el("div", { class: "card-head" }, el("h2", { id: "table-heading" }, "Table"), el("span", { class: "small muted" }, `${fmtInt(rows.length)} row${rows.length === 1 ? "" : "s"}`)),
+    el(
+      "div",
+      { class: "table-wrap" },
+      el("table", { class: "data sortable", id: "result-table" },
+        el("caption", {}, "Select a column heading to sort by it; select it again to reverse the order."),
+        el("thead", {}, el("tr", {}, ...headers)), body),
+    ),
+    el("div", { class: "table-more" }, more),
+  );
+}
+
+/** The result of any kind other than geometry. */
+function renderGenericResult(container, run, result) {
+  const summary = (result && result.summary) || {};
+  const rows = Array.isArray(result && result.table) ? result.table.filter((r) => r && typeof r === "object") : [];
+  const figures = renderGenericFigures((result && result.figures) || {});
+  const parts = [renderGenericSummary(summary), figures.node];
+  if (rows.length) parts.push(renderSortableTable(rows));
+  parts.push(renderDownloads(run.id, { csv: rows.length > 0 }));
+  container.replaceChildren(...parts.filter(Boolean));
+  container.hidden = false;
   figures.plot();
 }
 
@@ -381,8 +596,8 @@ export function renderProvenance(container, run) {
   container.hidden = false;
 }
 
-/** Human description of a run for headings. */
-export function runTitle(run) {
-  const kind = run.kind === "geometry" ? "Geometry inference" : run.kind || "Run";
-  return kind;
+/** Human description of a run for headings (`kindTitle`: the kind's title from /api/kinds). */
+export function runTitle(run, kindTitle) {
+  if (run.kind === "geometry") return "Geometry inference";
+  return kindTitle || run.kind || "Run";
 }

@@ -22,9 +22,34 @@ async function datasetLabel(run) {
   return datasetNameFor.label;
 }
 
+let kindTitles = null;
+
+/** The kind's title from /api/kinds (read once per page; geometry has its own wording). */
+async function kindTitle(run) {
+  if (run.kind === "geometry") return null;
+  if (!kindTitles) {
+    kindTitles = api("/api/kinds")
+      .then((kinds) => new Map((kinds || []).map((k) => [k.name, k.title])))
+      .catch(() => new Map());
+  }
+  return (await kindTitles).get(run.kind) || null;
+}
+
+/** On the run page (not the read-only share page): start a new run from this one's spec. */
+function offerRerun(run) {
+  const actions = document.querySelector(".page-head .actions");
+  if (run.kind === "geometry" || !$("cancel-btn") || !actions || $("rerun-link")) return;
+  actions.append(el("a", {
+    class: "btn", id: "rerun-link",
+    href: `/new/${encodeURIComponent(run.kind)}?from=${encodeURIComponent(run.id)}`,
+  }, "New run from these settings"));
+}
+
 export async function showHeader(run) {
-  document.title = `${runTitle(run)} ${shortId(run.id)} · Synaptic Geometry Lab`;
-  $("run-title").textContent = `${runTitle(run)} `;
+  const title = runTitle(run, await kindTitle(run));
+  document.title = `${title} ${shortId(run.id)} · Synaptic Geometry Lab`;
+  $("run-title").textContent = `${title} `;
+  offerRerun(run);
   const badge = $("run-status");
   // Replace the badge only when the status changes: it is a live region.
   if (badge.dataset.status !== run.status) {
@@ -38,6 +63,7 @@ export async function showHeader(run) {
   const name = await datasetLabel(run);
   if (name) bits.push(`Dataset “${name}”`);
   else if (run.spec && run.spec.dataset) bits.push(`Dataset ${shortId(run.spec.dataset)}`);
+  if (run.kind !== "geometry" && run.spec && run.spec.seed !== undefined && run.spec.seed !== null) bits.push(`seed ${run.spec.seed}`);
   bits.push(`created ${fmtRelative(run.created_at)}`);
   const d = runDuration(run);
   if (d !== null) bits.push(`${TERMINAL.has(run.status) ? "ran" : "running for"} ${fmtDuration(d)}`);
