@@ -7,9 +7,13 @@ import secrets
 from typing import Any
 
 from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
+from syngeo.kinds.robustness import RobustnessKind
 
-KINDS: dict[str, ExperimentKind] = {kind.name: kind for kind in (GeometryKind(),)}
+KINDS: dict[str, ExperimentKind] = {
+    kind.name: kind for kind in (GeometryKind(), RobustnessKind(), FinetuningKind())
+}
 
 
 class UnknownKind(KeyError):

@@ -1,0 +1,270 @@
+"""Robustness to the hypothesised potential (Pogodin et al., §4.2, Fig. 3B, appendix B.2).
+
+Weights are moved by a Gaussian step in the dual space of a true potential φ, starting from
+Gaussian or ±log-normal weights, and the change is scored by ΔCDF in the dual space of every
+hypothesised potential φ'. Only φ' near φ gives a Gaussian change, so the most Gaussian φ'
+recovers the geometry even when it is not known in advance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from syngeo import figures
+from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
+
+# The engine holds T·S·H·seeds·n float64 values in chunks, but time grows with the total.
+MAX_VALUES = 200_000_000
+_LINE_COLORS = ("#6b4c9a", "#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a")
+
+
+def _canonical(values: list[str]) -> list[str]:
+    keys = [potential_key(v) for v in values]
+    return list(dict.fromkeys(keys))
+
+
+class RobustnessSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    true_potentials: list[str] = Field(
+        default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,
+        description="Potentials φ that generate the change: 'ne' (negative entropy) or "
+        "p-norms such as 'p2', 'p=3' (p > 1). Paper: NE, p = 2, p = 3.")
+    hypothesised: list[str] | None = Field(
+        None, max_length=60,
+        description="Potentials φ' the change is scored in. Default: negative entropy and "
+        "p = 1.1, 1.2, …, 3.0 (as in Fig. 3B).")
+    starts: list[Literal["gaussian", "lognormal"]] = Field(
+        default_factory=lambda: ["gaussian", "lognormal"], min_length=1, max_length=2,
+        description="Initial weights: 'gaussian' w0 ~ N(0, 1/D); 'lognormal' ±1 × "
+        "log-normal with μ = −log √(2D), σ² = log 2 (appendix B.2).")
+    d: int = Field(100, ge=2, le=10_000_000,
+                   description="Width D: sets the weight scale 1/√D (dimensionless). Paper: 100.")
+    n_weights: int = Field(1000, ge=10, le=1_000_000,
+                           description="Weights per sample. Paper: 1000.")
+    scale: float = Field(0.1, gt=0.0, le=10.0,
+                         description="Step s in w = ∇φ⁻¹(∇φ(w0) + s·∇φ(1/√D)·N(0, 1)), "
+                         "relative to the dual value of a typical weight. Paper: 0.1.")
+    seeds: int = Field(30, ge=1, le=1000,
+                       description="Independent samples per (true potential, start). Paper: 30.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1,
+                             description="Random seed (filled in when the run is created).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+
+    @field_validator("true_potentials")
+    @classmethod
+    def _canonical_true(cls, value: list[str]) -> list[str]:
+        return _canonical(value)
+
+    @field_validator("hypothesised")
+    @classmethod
+    def _canonical_hypothesised(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one hypothesised potential, or leave the field out "
+                             "for negative entropy and p = 1.1 … 3.0")
+        return _canonical(value)
+
+    @field_validator("starts")
+    @classmethod
+    def _unique_starts(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> RobustnessSpec:
+        n_h = len(self.hypothesised or DEFAULT_POTENTIALS)
+        total = (len(self.true_potentials) * len(self.starts) * n_h * self.seeds
+                 * self.n_weights)
+        if total > MAX_VALUES:
+            raise ValueError(
+                f"the run would score {total:,} dual values (true potentials × starts × "
+                f"hypothesised × seeds × n_weights), more than {MAX_VALUES:,}; lower seeds or "
+                "n_weights, or test fewer potentials")
+        return self
+
+
+class RobustnessKind(ExperimentKind):
+    name: ClassVar[str] = "robustness"
+    title: ClassVar[str] = "Robustness to the hypothesised potential"
+    description: ClassVar[str] = (
+        "Simulate a Gaussian change in the dual space of a true potential (negative entropy, "
+        "p-norms) and score it in the dual space of every hypothesised potential (ΔCDF, lower "
+        "is more Gaussian): paper §4.2, Fig. 3B.")
+    Spec: ClassVar[type[BaseModel]] = RobustnessSpec
+
+    def run(self, spec: RobustnessSpec, ctx: RunContext) -> KindResult:
+        from syngeo.engine.potentials import parse_potential
+        from syngeo.engine.robustness import run_robustness
+
+        ctx.progress(0.0, "Simulating")
+        result = run_robustness(
+            [parse_potential(k) for k in spec.true_potentials],
+            [parse_potential(k) for k in (spec.hypothesised or DEFAULT_POTENTIALS)],
+            spec.starts, d=spec.d, n_weights=spec.n_weights, scale=spec.scale,
+            seeds=spec.seeds, seed=spec.seed or 0,
+            device=ctx.device if spec.device == "auto" else spec.device,
+            progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
+        ctx.progress(1.0, "Done")
+        return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
+
+    def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+        return {
+            "heatmap": heatmap_figure(summary),
+            "lines": lines_figure(summary),
+        }
+
+    def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for t, true in enumerate(summary["true_potentials"]):
+            for s, start in enumerate(summary["starts"]):
+                for h, hyp in enumerate(summary["hypothesised"]):
+                    rows.append({
+                        "true": true["key"], "start": start, "hypothesised": hyp["key"],
+                        "p": hyp["p"], "mean_delta_cdf": summary["mean_delta_cdf"][t][s][h],
+                        "std_delta_cdf": summary["std_delta_cdf"][t][s][h],
+                    })
+        return rows
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _short(pot: dict[str, Any]) -> str:
+    return "NE" if pot["family"] == "negative_entropy" else f"p = {pot['p']:g}"
+
+
+def _column_order(hyps: list[dict[str, Any]]) -> list[int]:
+    """Negative entropy first, then p-norms by increasing p (paper footnote 2)."""
+    return sorted(range(len(hyps)), key=lambda i: (hyps[i]["family"] != "negative_entropy",
+                                                   hyps[i]["p"] or 0.0))
+
+
+def _x_of(pot: dict[str, Any]) -> float:
+    return figures.NE_X if pot["family"] == "negative_entropy" else float(pot["p"])
+
+
+def _layout(title: str, **extra: Any) -> dict[str, Any]:
+    layout: dict[str, Any] = dict(
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
+        font=dict(family=figures.FONT, size=13, color=figures.INK),
+        paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+        margin=dict(l=72, r=24, t=64, b=56), height=420, autosize=True,
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.06, yanchor="bottom"),
+    )
+    layout.update(extra)
+    return layout
+
+
+def _finish(fig: Any) -> dict[str, Any]:
+    out = figures.json_safe(fig.to_plotly_json())
+    out.setdefault("layout", {}).pop("template", None)
+    return out
+
+
+def heatmap_figure(summary: dict[str, Any]) -> dict[str, Any]:
+    """Mean ΔCDF: rows true potential × start, columns hypothesised potential (NE first).
+    The lowest mean ΔCDF of each row is ringed."""
+    import plotly.graph_objects as go
+
+    hyps = summary["hypothesised"]
+    order = _column_order(hyps)
+    columns = ["NE" if hyps[i]["family"] == "negative_entropy" else f"{hyps[i]['p']:g}"
+               for i in order]
+    rows, z, err, best_x, best_y = [], [], [], [], []
+    for t, true in enumerate(summary["true_potentials"]):
+        for s, start in enumerate(summary["starts"]):
+            label = f"true {_short(true)} · {start}"
+            rows.append(label)
+            mean = [summary["mean_delta_cdf"][t][s][i] for i in order]
+            std = [summary["std_delta_cdf"][t][s][i] for i in order]
+            z.append(mean)
+            err.append(std)
+            finite = [(v, j) for j, v in enumerate(mean) if v is not None]
+            if finite:
+                best_x.append(columns[min(finite)[1]])
+                best_y.append(label)
+    custom = [[[r, c, e] for c, e in zip(columns, row_err, strict=True)]
+              for r, row_err in zip(rows, err, strict=True)]
+    heat = go.Heatmap(
+        z=z, x=columns, y=rows, customdata=custom, colorscale="Viridis", zmin=0,
+        colorbar=dict(title=dict(text="mean ΔCDF")),
+        hovertemplate=("<b>%{customdata[0]}</b><br>hypothesised %{customdata[1]}"
+                       "<br>ΔCDF %{z:.4f} ± %{customdata[2]:.4f}<extra></extra>"),
+    )
+    best = go.Scatter(
+        x=best_x, y=best_y, mode="markers", name="lowest mean ΔCDF",
+        marker=dict(symbol="circle-open", size=16, color="#ffffff", line=dict(width=2.5)),
+        hoverinfo="skip",
+    )
+    layout = _layout(
+        "Mean ΔCDF of the change scored in each hypothesised potential (lower is more Gaussian)",
+        xaxis=dict(title=dict(text="hypothesised potential φ' (NE, then p)", standoff=8),
+                   type="category", automargin=True),
+        yaxis=dict(type="category", autorange="reversed", automargin=True),
+        height=max(320, 60 + 44 * len(rows)),
+        meta=dict(seeds=summary["seeds"], columns=columns, rows=rows),
+    )
+    return _finish(go.Figure(data=[heat, best], layout=layout))
+
+
+def lines_figure(summary: dict[str, Any]) -> dict[str, Any]:
+    """The paper's Fig. 3B: ΔCDF against hypothesised p (NE at p = 1, footnote 2), one line
+    per true potential with a mean ± std band, one panel per start."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    hyps = summary["hypothesised"]
+    order = _column_order(hyps)
+    xs = [_x_of(hyps[i]) for i in order]
+    starts = summary["starts"]
+    fig = make_subplots(rows=1, cols=len(starts), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{s} w0" for s in starts])
+    for t, true in enumerate(summary["true_potentials"]):
+        color = _LINE_COLORS[t % len(_LINE_COLORS)]
+        name = f"true {_short(true)}"
+        for s in range(len(starts)):
+            mean = [summary["mean_delta_cdf"][t][s][i] for i in order]
+            std = [summary["std_delta_cdf"][t][s][i] for i in order]
+            pts = [(x, m, e or 0.0) for x, m, e in zip(xs, mean, std, strict=True)
+                   if m is not None]
+            px = [p[0] for p in pts]
+            upper = [p[1] + p[2] for p in pts]
+            lower = [max(p[1] - p[2], 0.0) for p in pts]
+            fig.add_trace(go.Scatter(x=px, y=upper, mode="lines", line=dict(width=0),
+                                     showlegend=False, hoverinfo="skip", legendgroup=name),
+                          row=1, col=s + 1)
+            fig.add_trace(go.Scatter(x=px, y=lower, mode="lines", line=dict(width=0),
+                                     fill="tonexty", fillcolor=_rgba(color, 0.18),
+                                     showlegend=False, hoverinfo="skip", legendgroup=name),
+                          row=1, col=s + 1)
+            fig.add_trace(go.Scatter(
+                x=px, y=[p[1] for p in pts], mode="lines+markers", name=name,
+                legendgroup=name, showlegend=s == 0, line=dict(color=color, width=2),
+                marker=dict(size=5, color=color),
+                customdata=[p[2] for p in pts],
+                hovertemplate=(f"<b>{name}</b>, {starts[s]} w0<br>hypothesised p %{{x}}"
+                               "<br>ΔCDF %{y:.4f} ± %{customdata:.4f}<extra></extra>"),
+            ), row=1, col=s + 1)
+    tickvals = [figures.NE_X] + [v / 2 for v in range(3, 13) if v / 2 <= max(xs + [1.0]) + 1e-9]
+    ticktext = ["NE"] + [f"{v:g}" for v in tickvals[1:]]
+    for s in range(len(starts)):
+        fig.update_xaxes(title_text="hypothesised p (NE at 1)", tickmode="array",
+                         tickvals=tickvals, ticktext=ticktext, showline=True,
+                         linecolor=figures.AXIS, gridcolor=figures.GRID, row=1, col=s + 1)
+    fig.update_yaxes(showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID,
+                     rangemode="tozero")
+    fig.update_yaxes(title_text="ΔCDF (mean ± std over seeds)", row=1, col=1)
+    fig.update_layout(**_layout(
+        f"ΔCDF of a change made with the true potential, by hypothesised potential "
+        f"({summary['seeds']} seeds)", hovermode="closest"))
+    return _finish(fig)
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
