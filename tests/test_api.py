@@ -245,12 +245,20 @@ def test_bad_run_requests(client: TestClient, queued: list[str]) -> None:
          "spec.colour"),
         ({"kind": "geometry", "spec": {"dataset": "ds_missing"}}, "does not exist"),
         ({"kind": "geometry"}, "spec"),
+        ({"kind": "geometry", "spec": {"dataset": ["/etc/passwd", "/etc/hosts"]}},
+         "file paths only work with the CLI"),
+        ({"kind": "spine_fit", "spec": {"dataset": "/etc/passwd"}},
+         "file paths only work with the CLI"),
     ]
     for body, word in cases:
         response = client.post("/api/runs", json=body)
         assert response.status_code == 422, (body, response.text)
         assert word in response.json()["detail"], (word, response.json())
     assert queued == [] and client.get("/api/runs").json() == []
+    # Simulation kinds with list-valued fields and the bundled example are accepted.
+    response = client.post("/api/runs", json={"kind": "spine_fit", "spec": {
+        "dataset": "example", "potentials": ["ne"], "init_models": ["point_masses"]}})
+    assert response.status_code == 201, response.text
 
 
 def test_cancel_and_stale_runs(client: TestClient, queued: list[str], env: dict) -> None:

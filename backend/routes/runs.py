@@ -57,6 +57,10 @@ def create_run(body: RunIn, request: Request, session: Session = Depends(deps.se
         raise ApiError(422, str(exc), "Set 'kind' to one of the names from GET /api/kinds.") \
             from None
     spec = prepare_spec(kind, body.spec)  # pydantic errors become a 422 naming the field
+    if kind.local_paths(spec):
+        raise ApiError(422, "spec.dataset: file paths only work with the CLI's in-process "
+                       "'syngeo run'.", "Upload the files (POST /api/datasets) and pass the "
+                       "dataset id.")
     input_hashes: dict[str, Any] = {}
     for dataset_id in kind.datasets(spec):
         dataset = session.get(Dataset, dataset_id)
@@ -65,11 +69,6 @@ def create_run(body: RunIn, request: Request, session: Session = Depends(deps.se
                            "Upload the weights first (POST /api/datasets) and use the id it "
                            "returns.")
         input_hashes[dataset_id] = dataset.sha256
-    if any(isinstance(v, list) for v in spec.model_dump().values()) and not input_hashes and \
-            "dataset" in kind.Spec.model_fields:
-        raise ApiError(422, "spec.dataset: file paths only work with the CLI's in-process "
-                       "'syngeo run'.", "Upload the files (POST /api/datasets) and pass the "
-                       "dataset id.")
     run = crud.create_run(session, kind=kind.name, spec=spec.model_dump(mode="json"),
                           version=__version__, input_hashes=input_hashes)
     session.commit()

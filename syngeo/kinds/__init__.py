@@ -10,9 +10,10 @@ from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
 from syngeo.kinds.robustness import RobustnessKind
+from syngeo.kinds.spine_fit import SpineFitKind
 
 KINDS: dict[str, ExperimentKind] = {
-    kind.name: kind for kind in (GeometryKind(), RobustnessKind(), FinetuningKind())
+    kind.name: kind for kind in (GeometryKind(), RobustnessKind(), FinetuningKind(), SpineFitKind())
 }
 
 

@@ -67,6 +67,11 @@ class ExperimentKind(ABC):
         """Dataset ids this spec reads (recorded in the run for provenance)."""
         return []
 
+    def local_paths(self, spec: BaseModel) -> list[str]:
+        """Files on the local disk this spec reads: allowed in-process (CLI), refused by the
+        server, which must never read its own disk on a user's behalf."""
+        return []
+
     def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         """Flat rows for the CSV download."""
         return []

@@ -107,6 +107,9 @@ class GeometryKind(ExperimentKind):
     def datasets(self, spec: GeometrySpec) -> list[str]:
         return [spec.dataset] if isinstance(spec.dataset, str) else []
 
+    def local_paths(self, spec: GeometrySpec) -> list[str]:
+        return list(spec.dataset) if isinstance(spec.dataset, list) else []
+
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         candidates = summary["candidates"]
         keys = [str(k) for k in arrays["candidate_keys"]]

@@ -1,0 +1,354 @@
+"""Fit one observed weight distribution (e.g. spine volumes) with a mirror-descent model.
+
+Pogodin et al., §4.4, Fig. 5 and appendix B.4: initial weights w0 (a few point masses, or a
+point mass and a log-normal) plus a zero-mean Gaussian change in the dual space of a
+potential, w = ∇φ⁻¹(∇φ(w0) + ξ), fitted by maximum likelihood for negative entropy and
+p-norms. Which model fits best says which geometries the data allow: without w0 several
+potentials can fit, but a Euclidean geometry (p = 2) with point-mass starts cannot.
+
+Input: one column of positive values. For now ``dataset`` is a file path (CLI, in-process
+runs) or "example" (the bundled synthetic spine volumes); the run context's
+``load_weights`` reads before/after pairs only, so server uploads of single distributions
+will come with their own dataset type later.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from syngeo import figures
+from syngeo.io.weights import WeightDataError, example_path
+from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.geometry import potential_key
+
+EXAMPLE = "example"
+EXAMPLE_FILE = "spine_volumes_synthetic.csv"
+#: Fewest values accepted (mirrors syngeo.engine.distribution_fit.MIN_SAMPLE, kept here so
+#: reading a file does not import torch).
+MIN_VALUES = 20
+TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
+ACCEPTED = "Accepted: a one-column .csv, .tsv or .txt table (optional header row) or a 1-D .npy."
+_MODEL_LABEL = {"point_masses": "point masses", "point_mass_lognormal": "point mass + log-normal"}
+_COLORS = {"negative_entropy": "#6b4c9a"}
+_P_COLORS = ("#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a", "#8c2d5a")
+EXCLUSION_NOTE = (
+    "p-norm models can map a dual value ∇φ(w0) + ξ ≤ 0 to a weight ≤ 0; as in the paper "
+    "(appendix B.4) such outputs are excluded from the support and the likelihood is "
+    "renormalised over w > 0. 'excluded_mass' is the model probability removed that way. "
+    "Negative entropy keeps every weight positive. The KS statistic is a distance only: a "
+    "p-value would be too optimistic because the parameters were fitted to the same data.")
+
+
+class SpineFitSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        EXAMPLE, min_length=1,
+        description="'example' (1961 synthetic spine volumes, µm³, from the paper's negative-"
+        "entropy fit) or the path of a one-column .csv/.tsv/.txt/.npy file of positive values "
+        "(CLI and in-process runs; server uploads of single distributions come later).")
+    potentials: list[str] = Field(
+        default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=12,
+        description="Potentials to fit: 'ne' (negative entropy) and p-norms such as 'p2', "
+        "'p=3' (p > 1).")
+    init_models: list[Literal["point_masses", "point_mass_lognormal"]] = Field(
+        default_factory=lambda: ["point_masses", "point_mass_lognormal"], min_length=1,
+        max_length=2,
+        description="Initial-weight models: 'point_masses' (n_components values μ_k with "
+        "probabilities π_k) and/or 'point_mass_lognormal' (one point mass and a log-normal, "
+        "as for the paper's 3-norm fit).")
+    n_components: int = Field(2, ge=1, le=6,
+                              description="Number of point masses K of 'point_masses'.")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1,
+        description="Recorded with the run; the fit itself is deterministic (its starting "
+        "points are data quantiles).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+
+    @field_validator("potentials")
+    @classmethod
+    def _canonical_potentials(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(potential_key(v) for v in value))
+
+    @field_validator("init_models")
+    @classmethod
+    def _unique_models(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def resolve_dataset(dataset: str) -> Path:
+    """The file behind ``dataset``: the bundled example or a local path."""
+    if dataset.strip().lower() == EXAMPLE:
+        return example_path(EXAMPLE_FILE)
+    path = Path(dataset).expanduser()
+    if not path.is_file():
+        raise WeightDataError(f"No file at {dataset!r}.",
+                              "Give the path of an existing file, or 'example'.")
+    return path
+
+
+def read_distribution(path: Path | str) -> np.ndarray:
+    """Read one column of positive values from a .csv/.tsv/.txt table or a 1-D .npy file.
+
+    Text: blank lines and lines starting with '#' are skipped, the first row may be a
+    header, cells are separated by ',', tab, ';' (then ',' is the decimal mark) or spaces.
+    Raises :class:`~syngeo.io.weights.WeightDataError` (a ValueError) saying what is wrong
+    and how to fix it: several columns, text cells, NaN/Inf, values ≤ 0, too few values.
+    """
+    path = Path(path)
+    name = path.name
+    suffix = path.suffix.lower()
+    if suffix in TEXT_EXTENSIONS:
+        values, rows = _read_text_column(path, name)
+    elif suffix == ".npy":
+        values = _read_npy_column(path, name)
+        rows = np.arange(values.size)
+    else:
+        raise WeightDataError(f"The file type {suffix or '(none)'} is not supported.", ACCEPTED,
+                              file=name)
+    where = "row" if suffix in TEXT_EXTENSIONS else "index"
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise WeightDataError(
+            f"{int(bad.sum())} value(s) are NaN or infinite; the first is at {where} "
+            f"{int(rows[np.argmax(bad)])}.", "Remove or replace them and try again.", file=name)
+    nonpositive = values <= 0
+    if nonpositive.any():
+        first = int(np.argmax(nonpositive))
+        raise WeightDataError(
+            f"{int(nonpositive.sum())} value(s) are ≤ 0; the first, {values[first]:g}, is at "
+            f"{where} {int(rows[first])}.",
+            "The model describes positive quantities such as spine volumes: remove zero and "
+            "negative values (or fix their units) and try again.", file=name)
+    if values.size < MIN_VALUES:
+        raise WeightDataError(f"The file holds {values.size} value(s).",
+                              f"Give at least {MIN_VALUES} values to fit.", file=name)
+    return values
+
+
+def _read_text_column(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise WeightDataError("The file is not UTF-8 text.",
+                              f"Save it as a plain-text table. {ACCEPTED}", file=name) from None
+    lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
+    lines = [(i, line) for i, line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise WeightDataError("The file is empty.", f"Give at least {MIN_VALUES} values.",
+                              file=name)
+    # One delimiter for the whole file: any row holding one has more than one cell.
+    body = "\n".join(line for _, line in lines)
+    delimiter = next((d for d in ("\t", ";", ",") if d in body), None)
+    decimal_comma = delimiter == ";"
+    values: list[float] = []
+    rows: list[int] = []
+    for k, (line_no, line) in enumerate(lines):
+        if delimiter is None:
+            cells = line.split()
+        else:
+            cells = [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
+            while cells and not cells[-1]:
+                cells.pop()  # spreadsheet exports end rows with a delimiter
+        if len(cells) != 1:
+            raise WeightDataError(
+                f"Row {line_no} has {len(cells)} values; this experiment reads one column.",
+                "Keep only the column of values (e.g. spine volumes), one value per row; if "
+                "',' is your decimal mark, write '.' instead or end each row with ';'.",
+                file=name)
+        cell = cells[0].strip("\"'")
+        try:
+            value = float(cell.replace(",", ".") if decimal_comma else cell)
+        except ValueError:
+            if k == 0:
+                continue  # a header row
+            raise WeightDataError(f"Row {line_no} holds {cell[:40]!r}, which is not a number.",
+                                  "Make every row below the optional header a plain number "
+                                  "(e.g. 0.042 or 4.2e-2), or delete that row.",
+                                  file=name) from None
+        values.append(value)
+        rows.append(line_no)
+    return np.asarray(values, dtype=np.float64), np.asarray(rows)
+
+
+def _read_npy_column(path: Path, name: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise WeightDataError(f"The file could not be read as a NumPy array ({exc}).",
+                              f"Save it with np.save(path, values). {ACCEPTED}",
+                              file=name) from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf":
+        raise WeightDataError("The file does not hold a numeric array.",
+                              "Save a float array with np.save(path, values).", file=name)
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise WeightDataError(f"The array has shape {array.shape}; one column is expected.",
+                              "Save a 1-D array of values with np.save(path, values).",
+                              file=name)
+    return np.asarray(array, dtype=np.float64)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the kind
+
+
+class SpineFitKind(ExperimentKind):
+    name: ClassVar[str] = "spine_fit"
+    title: ClassVar[str] = "Fit a single weight distribution"
+    description: ClassVar[str] = (
+        "Fit one positive distribution (e.g. spine volumes) with initial point masses or a "
+        "point mass + log-normal plus a Gaussian change in the dual space of negative entropy "
+        "or a p-norm, by maximum likelihood; compare fits by log-likelihood, AIC/BIC and KS "
+        "(paper §4.4, Fig. 5).")
+    Spec: ClassVar[type[BaseModel]] = SpineFitSpec
+
+    def local_paths(self, spec: SpineFitSpec) -> list[str]:
+        return [] if spec.dataset.strip().lower() == EXAMPLE else [spec.dataset]
+
+    def run(self, spec: SpineFitSpec, ctx: RunContext) -> KindResult:
+        from syngeo.engine.distribution_fit import fit_distributions
+        from syngeo.engine.potentials import parse_potential
+
+        ctx.progress(0.0, "Reading the sample")
+        path = resolve_dataset(spec.dataset)
+        values = read_distribution(path)
+        fits = fit_distributions(
+            values, [parse_potential(k) for k in spec.potentials], spec.init_models,
+            n_components=spec.n_components,
+            device=ctx.device if spec.device == "auto" else spec.device,
+            progress=lambda f, m="": ctx.progress(0.02 + 0.96 * f, m))
+        summary = fits.to_summary()
+        summary["dataset"] = {
+            "source": EXAMPLE if spec.dataset.strip().lower() == EXAMPLE else path.name,
+            "sha256": _sha256(path),
+            "n": int(values.size),
+            "min": float(values.min()),
+            "median": float(np.median(values)),
+            "max": float(values.max()),
+        }
+        summary["table"] = _table(summary)
+        summary["note"] = EXCLUSION_NOTE
+        ctx.progress(1.0, "Done")
+        return KindResult(summary=summary, arrays=fits.to_arrays())
+
+    def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+        return {"fit": fit_figure(summary, arrays)}
+
+    def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(summary.get("table") or _table(summary))
+
+
+def _short(pot: dict[str, Any]) -> str:
+    return "NE" if pot["family"] == "negative_entropy" else f"p = {pot['p']:g}"
+
+
+def _table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per fit: quality and parameters, best (lowest BIC) marked."""
+    best = summary["best"]["key"]
+    rows = []
+    for fit in summary["fits"]:
+        row: dict[str, Any] = {
+            "potential": _short(fit["potential"]),
+            "init_model": fit["model"],
+            "best": fit["key"] == best,
+            "log_likelihood": fit["log_likelihood"],
+            "n_params": fit["n_params"],
+            "aic": fit["aic"],
+            "bic": fit["bic"],
+            "delta_bic": fit["delta_bic"],
+            "ks": fit["ks"],
+            "excluded_mass": fit["excluded_mass"],
+            "converged": fit["converged"],
+        }
+        for name, value in fit["params"].items():
+            row[name] = value
+            row[f"{name}_se"] = fit["stderr"].get(name)
+        rows.append(row)
+    return rows
+
+
+def _color(pot: dict[str, Any], index: int) -> str:
+    return _COLORS.get(pot["family"]) or _P_COLORS[index % len(_P_COLORS)]
+
+
+def fit_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Histogram of the data on a log axis (log-spaced bins, density per unit log10 w) with
+    each fitted model's density; dotted lines mark the best fit's point masses (Fig. 5)."""
+    import plotly.graph_objects as go
+
+    edges = np.asarray(arrays["hist_edges"], dtype=float)
+    density = np.asarray(arrays["hist_density"], dtype=float)
+    curve_w = np.asarray(arrays["curve_w"], dtype=float)
+    curves = np.asarray(arrays["curve_density"], dtype=float)
+    keys = [str(k) for k in arrays["fit_keys"]]
+    fits = {f["key"]: f for f in summary["fits"]}
+    best = summary["best"]["key"]
+    data: list[Any] = [go.Scatter(
+        x=edges.tolist(), y=np.append(density, density[-1]).tolist(), mode="lines",
+        line=dict(shape="hv", color="#d4719b", width=1), fill="tozeroy",
+        fillcolor="rgba(212,113,155,0.30)", name=f"data (n = {summary['n']:,})",
+        hovertemplate="from %{x:.4g}<br>density %{y:.3f}<extra>data</extra>",
+    )]
+    p_index: dict[str, int] = {}
+    for key, curve in zip(keys, curves, strict=True):
+        fit = fits[key]
+        pot = fit["potential"]
+        if pot["family"] != "negative_entropy":
+            p_index.setdefault(pot["key"], len(p_index))
+        label = f"{_short(pot)} · {_MODEL_LABEL[fit['model']]}"
+        if key == best:
+            label += " (best BIC)"
+        data.append(go.Scatter(
+            x=curve_w.tolist(), y=curve.tolist(), mode="lines", name=label,
+            line=dict(color=_color(pot, p_index.get(pot["key"], 0)),
+                      width=3 if key == best else 1.8,
+                      dash="solid" if fit["model"] == "point_masses" else "dash"),
+            hovertemplate=(f"<b>{label}</b><br>w %{{x:.4g}}<br>density %{{y:.3f}}"
+                           f"<br>log L {fit['log_likelihood']:.1f}, KS {fit['ks']:.3f}"
+                           "<extra></extra>"),
+        ))
+    shapes = []
+    best_fit = fits.get(best)
+    if best_fit is not None:
+        for name, value in best_fit["params"].items():
+            if name.startswith("log10_mu_"):
+                shapes.append(dict(type="line", xref="x", yref="paper", x0=10.0 ** value,
+                                   x1=10.0 ** value, y0=0, y1=1,
+                                   line=dict(color=figures.INK, width=1, dash="dot")))
+    layout = dict(
+        title=dict(text="Observed distribution and fitted mirror-descent models", x=0,
+                   xanchor="left", font=dict(size=15)),
+        font=dict(family=figures.FONT, size=13, color=figures.INK),
+        paper_bgcolor="#ffffff", plot_bgcolor="#ffffff", height=460, autosize=True,
+        margin=dict(l=72, r=24, t=64, b=56), hovermode="closest",
+        legend=dict(x=1, xanchor="right", y=1, yanchor="top", bgcolor="rgba(255,255,255,0.8)"),
+        xaxis=dict(type="log", title=dict(text="value (log scale; dotted: best fit's w0)"),
+                   showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID,
+                   range=[math.log10(edges[0]) - 0.3, math.log10(edges[-1]) + 0.3]),
+        yaxis=dict(title=dict(text="density per unit log₁₀ value"), rangemode="tozero",
+                   showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID),
+        shapes=shapes,
+        meta=dict(best=best),
+    )
+    out = figures.json_safe(go.Figure(data=data, layout=layout).to_plotly_json())
+    out.setdefault("layout", {}).pop("template", None)
+    return out

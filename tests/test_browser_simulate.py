@@ -1,0 +1,146 @@
+"""Launching a simulation kind from the generated form, in headless Chromium against the real
+stack (uvicorn, a Celery worker, Redis, PostgreSQL), and its generic result view.
+
+Uses the system Chromium, like tests/test_browser.py (whose fixtures and helpers it reuses).
+"""
+# The fixtures imported from tests.test_browser are parameters of the tests below.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright import sync_api
+
+from tests.test_browser import (  # noqa: F401  (fixtures are found by name)
+    RUN_TIMEOUT_MS,
+    _diagnose,
+    _new_page,
+    browser,
+    page_errors,
+    stack_env,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.services]
+
+KIND = "robustness"
+TERMINAL = ("() => ['succeeded', 'failed', 'cancelled'].includes("
+            "document.querySelector('#run-status .badge')?.textContent)")
+
+
+def _open_form(page, api) -> None:
+    """From /new, pick the kind's card and wait for its generated form."""
+    page.goto(f"{api.url}/new")
+    card = page.locator(f".kind-card[data-kind={KIND}]")
+    card.wait_for()
+    card.locator("a.kind-link").click()
+    page.wait_for_url(f"**/new/{KIND}")
+    page.locator("#spec-seeds").wait_for()
+
+
+def test_launch_from_the_form_and_see_the_result(
+        browser, stack_env, api_server_factory, celery_worker_factory,
+        page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    worker = celery_worker_factory(stack_env)
+
+    context, page = _new_page(browser, page_errors)
+    try:
+        _open_form(page, api)
+        # The form comes from the kind's JSON Schema: defaults filled in, bounds on the input.
+        assert page.input_value("#spec-d") == "100"
+        seeds = page.locator("#spec-seeds")
+        assert seeds.input_value() == "30"
+        assert seeds.get_attribute("min") == "1"
+        assert "random seed" in page.locator("[data-field=seed]").inner_text()
+
+        seeds.fill("2")
+        page.get_by_role("button", name="Start run").click()
+        page.wait_for_url("**/runs/*")
+        try:
+            page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
+        except sync_api.TimeoutError:
+            pytest.fail(_diagnose(page, api, worker), pytrace=False)
+        status = page.locator("#run-status .badge").text_content()
+        assert status == "succeeded", page.locator("#run-error").inner_text()
+
+        # Every figure of the result gets a card titled from its layout.title.
+        page.locator("#figures .plot-container svg.main-svg").first.wait_for()
+        cards = page.locator("#figures .figure-card")
+        assert cards.count() >= 1
+        assert all(h.strip() for h in cards.locator("h2").all_inner_texts())
+        assert page.locator("#summary-facts").is_visible()
+        assert page.locator("#result-table tbody tr").count() >= 1
+        assert page.locator("#download-json").is_visible()
+        assert page.locator("#verdict-text").count() == 0  # no geometry-specific view
+
+        # The table sorts by a column heading.
+        heading = page.locator("#result-table thead th").first
+        heading.locator("button").click()
+        assert heading.get_attribute("aria-sort") == "ascending"
+
+        # The server recorded the spec as submitted, with the seed it filled in.
+        run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        spec = httpx.get(f"{api.url}/api/runs/{run_id}", timeout=10).json()["spec"]
+        assert spec["seeds"] == 2
+        assert isinstance(spec["seed"], int)
+
+        page.get_by_role("button", name="Copy share link").click()
+        page.wait_for_function("() => document.querySelector('#share-url').value.length > 0")
+        share_url = page.input_value("#share-url")
+    finally:
+        context.close()
+
+    context, page = _new_page(browser, page_errors)
+    try:
+        page.goto(share_url)
+        page.locator("#figures .plot-container svg.main-svg").first.wait_for()
+        assert page.get_by_role("button", name="Cancel run").count() == 0
+        assert page.locator("#rerun-link").count() == 0
+    finally:
+        context.close()
+    assert not page_errors, page_errors
+
+
+def test_out_of_bounds_values_are_refused(
+        browser, stack_env, api_server_factory, page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    context, page = _new_page(browser, page_errors)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    alert = page.locator("#form-error[role=alert]")
+    try:
+        _open_form(page, api)
+
+        # The form checks the schema's bounds itself, before anything is sent.
+        page.fill("#spec-seeds", "0")
+        page.get_by_role("button", name="Start run").click()
+        alert.wait_for(state="visible")
+        assert "Seeds must be at least 1" in alert.inner_text()
+        assert page.get_attribute("#spec-seeds", "aria-invalid") == "true"
+        assert posts == []
+
+        # Without the bound on the input the server refuses it, naming the field.
+        page.evaluate("document.getElementById('spec-seeds').removeAttribute('min')")
+        page.get_by_role("button", name="Start run").click()
+        page.wait_for_function(
+            "() => document.getElementById('form-error').innerText.includes('spec.seeds')")
+        text = alert.inner_text()
+        assert "greater than or equal to 1" in text, text
+        assert "Seeds" in page.locator("#spec-seeds-error").inner_text()
+        assert [u for u in posts if u.endswith("/api/runs")]
+        assert page.url.endswith(f"/new/{KIND}")
+
+        page.get_by_role("button", name="Reset to defaults").click()
+        assert page.input_value("#spec-seeds") == "30"
+        assert alert.is_hidden()
+
+        # An unknown kind: status 404 and a page that says so.
+        response = page.goto(f"{api.url}/new/no-such-kind")
+        assert response is not None and response.status == 404
+        page.locator("#page-error").wait_for(state="visible")
+        assert "no-such-kind" in page.locator("#page-error").inner_text()
+        assert page.locator(f".kind-card[data-kind={KIND}]").count() == 1
+    finally:
+        context.close()
+    assert not page_errors, page_errors
