@@ -27,17 +27,6 @@ def _migrate_on_start(**_: object) -> None:
     migrate(engine_for(get_settings().resolved_database_url))
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("the spec asks for device 'cuda' but this worker has no CUDA GPU: "
-                         "use 'auto' or 'cpu', or run a GPU worker")
-    return requested
-
-
 @celery_app.task(name="syngeo.run_experiment")
 def run_experiment(run_id: str) -> str:
     """Run a stored run to completion. Safe to deliver twice: a finished run is left alone
@@ -63,8 +52,10 @@ def run_experiment(run_id: str) -> str:
 
     started = time.perf_counter()
     try:
+        from syngeo.engine.device import resolve_device  # torch: only workers need it
+
         requested = getattr(spec, "device", "auto")
-        device = resolve_device(settings.device if requested == "auto" else requested)
+        device = resolve_device(settings.device if requested == "auto" else requested).type
         with sessions.begin() as session:
             session.get(Run, run_id).device = device
         with WorkerContext(sessions, store, run_id, device,

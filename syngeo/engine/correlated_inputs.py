@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from syngeo.engine.device import resolve_device
+
 __all__ = [
     "MAX_DOUBLINGS",
     "UNIFORM_VARIANCE",
@@ -204,15 +206,6 @@ def _check_positive_int(value: int, name: str) -> None:
         raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available; "
-                         "use 'cpu' or 'auto'")
-    return dev
-
 
 def _fill_seed(out: Tensor, emb: CirculantEmbedding, gen: torch.Generator,
                standardize: bool) -> None:
@@ -277,7 +270,7 @@ def correlated_inputs(
     emb = circulant_embedding(d, c, scale, tolerance=tolerance)
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if (seeds is None) == (generator is None):
         raise ValueError("give exactly one of seeds (a list of ints) or generator")
     if generator is not None:

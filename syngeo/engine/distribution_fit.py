@@ -37,8 +37,7 @@ Hessian of the negative log-likelihood (delta method to the reported scale).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ import torch
 from scipy import optimize
 from torch import Tensor
 
+from syngeo.engine.device import resolve_device, single_cpu_thread
 from syngeo.engine.potentials import NegativeEntropy, PNorm, Potential
 
 __all__ = [
@@ -78,34 +78,7 @@ _GL = tuple(torch.as_tensor(a, dtype=torch.float64)
 _BAD_OBJECTIVE = 1e10
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but CUDA is not available; "
-                             "use device='auto' or 'cpu'")
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
-
-@contextmanager
-def _cpu_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on CPU while fitting: the tensors are small (n × 72 values), so
-    extra threads only add synchronisation, and on a busy machine their spin-waits made fits
-    tens of times slower (measured: 300 s vs 19 s for the six default fits)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def validate_sample(values: Any) -> np.ndarray:
@@ -433,7 +406,7 @@ class DistributionFit:
         if pos.any():
             model = _Model(self.potential, self.model, self.n_components)
             dev = torch.device(self.device)
-            with torch.no_grad(), _cpu_threads(dev):
+            with torch.no_grad(), single_cpu_thread(dev):
                 u = torch.as_tensor(np.log(x[pos]), device=dev)
                 out[pos] = fn(model, u, torch.as_tensor(self.theta, device=dev)).cpu().numpy()
         return out
@@ -566,8 +539,8 @@ def fit_distribution(
             not 1 <= n_components <= 8:
         raise ValueError(f"n_components must be a whole number from 1 to 8, got {n_components!r}")
     mdl = _Model(potential, model, int(n_components))
-    dev = _resolve_device(device)
-    with _cpu_threads(dev):
+    dev = resolve_device(device)
+    with single_cpu_thread(dev):
         return _fit(mdl, x, dev, max_iter)
 
 
@@ -678,7 +651,7 @@ def fit_distributions(
         raise ValueError("give at least one potential")
     if not models:
         raise ValueError(f"give at least one initial model ({', '.join(INIT_MODELS)})")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     pairs = [(pot, mdl) for pot in potentials for mdl in models]
     fits = []
     for i, (pot, mdl) in enumerate(pairs):

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from syngeo.engine.device import resolve_device
 from syngeo.engine.geometry import analyze_geometry
 from syngeo.engine.mirror_descent import MirrorDescent
 from syngeo.engine.potentials import (
@@ -729,19 +730,6 @@ class FinetuningResult:
         }
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but CUDA is not available; "
-                             "use device='auto' or 'cpu'")
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-
 
 def _checked_data(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(images)
@@ -814,7 +802,7 @@ def run_finetuning(
     train_pots, eval_pots = _checked_potentials(training, evaluation)
     _whole("seeds", seeds, 1)
     _whole("seed", seed, 0)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     with deterministic():
         return _Experiment(x_all, y_all, train_pots, eval_pots, settings, int(seeds),
                            int(seed), dev, progress).run(started)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from syngeo.engine.device import resolve_device
 from syngeo.engine.potentials import (
     Family,
     NegativeEntropy,
@@ -409,19 +410,6 @@ class GeometryAnalysis:
 # Input preparation
 # ---------------------------------------------------------------------------------------
 
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but CUDA is not available; "
-                             "use device='auto' or 'cpu'")
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
 def _as_weights(values: Any, layer: str, which: str, device: torch.device) -> Tensor:
@@ -1028,7 +1016,7 @@ def analyze_geometry(
     pots = _validate_settings(potentials, method, bootstrap, subsample, confidence, seed)
     if not isinstance(layers, Mapping) or len(layers) == 0:
         raise ValueError("layers must be a non-empty mapping of name → (before, after)")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     settings = _Settings(pots, method, int(bootstrap), int(subsample), float(confidence),
                          int(seed), dev)
     prepared = [_prepare_layer(str(name), pair, dev) for name, pair in layers.items()]

@@ -23,8 +23,7 @@ the request would not fit the memory budget).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from syngeo.engine.device import resolve_device, single_cpu_thread
 from syngeo.engine.geometry import delta_cdf_exact
 from syngeo.engine.potentials import (
     NegativeEntropy,
@@ -63,31 +63,7 @@ _BUFFERS = 3
 _SINGLE_THREAD_VALUES = 2**24
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but CUDA is not available; "
-                             "use device='auto' or 'cpu'")
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
-
-@contextmanager
-def _cpu_threads(device: torch.device, n_values: int) -> Iterator[None]:
-    if device.type != "cpu" or n_values >= _SINGLE_THREAD_VALUES:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def sample_start(start: Start, d: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -278,7 +254,7 @@ def run_robustness(
     hyps = tuple(default_potentials() if hypothesised is None else hypothesised)
     start_list = tuple(starts)
     _validate(trues, hyps, start_list, d, n_weights, scale, seeds, seed)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     n_t, n_s, n_h = len(trues), len(start_list), len(hyps)
 
     def report(fraction: float, message: str) -> None:
@@ -304,7 +280,7 @@ def run_robustness(
     chunk = max(1, min(seeds, _CHUNK_BYTES // max(per_seed, 1)))
     delta = np.empty((n_t, n_s, n_h, seeds))
     flips = np.zeros((n_t, n_s))
-    with _cpu_threads(dev, n_t * n_s * n_h * chunk * n_weights):
+    with single_cpu_thread(dev, n_t * n_s * n_h * chunk * n_weights < _SINGLE_THREAD_VALUES):
         for lo in range(0, seeds, chunk):
             hi = min(seeds, lo + chunk)
             w0 = torch.as_tensor(w0_all[:, lo:hi], device=dev)
