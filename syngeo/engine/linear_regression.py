@@ -1,0 +1,375 @@
+"""Linear regression across widths (Pogodin et al., §4.1, Fig. 3A and Fig. 6, appendix B.1).
+
+For each width D on a log10 grid, N = round(D^a) samples x ∈ R^D with the correlation
+E[x_i x_j] = (−1)^|i−j|/(1 + |i−j|^c) (plus U(−0.5, 0.5) noise, :mod:`correlated_inputs`),
+labels y = ±1 with equal probability and initial weights w⁰ ~ N(0, 1/D). Mirror descent on
+the MSE loss converges to w∞ = argmin_{Xw = y} D_φ(w, w⁰) (Eq. 8), whose dual change
+ξ = ∇φ(w∞) − ∇φ(w⁰) = Xᵀλ (Eq. 13) Theorem 1 predicts to be Gaussian. Each run is scored by
+
+* ΔCDF = ∫|eCDF(t) − Φ(t)| dt of ξ/std(ξ) (population std, not centred; §4.1, footnote 1),
+  computed exactly over the sorted sample (:func:`~syngeo.engine.geometry.delta_cdf_exact`);
+* Δφ = ‖ξ‖₂ / ‖∇φ(w⁰)‖₂ (§4.1), small in the lazy regime where Eq. 14 holds.
+
+w∞ comes from one of two solvers: ``"exact"`` solves Eq. 8 by Newton's method
+(:func:`~syngeo.engine.implicit_bias.solve_implicit_bias`); ``"training"`` follows the paper's
+protocol (appendix B.1): mirror descent with momentum 0.9 and a cosine learning-rate schedule
+on the MSE loss (full batch: one step per epoch), the learning rate chosen on one seed by a
+grid search over log10-spaced points, with 100 more epochs (up to a cap) while the best MSE
+stays above a target.
+
+Randomness: every (c, a, D) cell draws its seeds from ``numpy.random.SeedSequence(seed,
+spawn_key=(c index, a index, D index))``, so cells are independent and reproducible, and
+every potential sees the same x, y and w⁰ of a cell (paired comparison, one data draw).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from syngeo.engine.correlated_inputs import correlated_inputs
+from syngeo.engine.device import resolve_device
+from syngeo.engine.geometry import delta_cdf_exact
+from syngeo.engine.implicit_bias import seeds_per_chunk, solve_implicit_bias
+from syngeo.engine.mirror_descent import MirrorDescent
+from syngeo.engine.potentials import Potential
+
+__all__ = [
+    "LinearRegressionResult",
+    "TrainingConfig",
+    "choose_learning_rate",
+    "n_samples_for",
+    "problem_seeds",
+    "run_linear_regression",
+    "sample_problem",
+    "score_change",
+    "train_mirror_descent",
+    "width_grid",
+]
+
+Solver = Literal["exact", "training"]
+ProgressFn = Callable[[float, str], None]
+
+#: Acceptance thresholds of §4.1: ΔCDF "always relatively small (≤ 0.2)"; Δφ ≪ 1 at large D.
+DELTA_CDF_LIMIT = 0.2
+DPHI_LIMIT = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The paper's training protocol (appendix B.1); every number can be reduced for speed.
+
+    Learning rates: ``lr_points`` log10-spaced values from ``lr_min`` to ``lr_max`` (paper: 16
+    from 1e-7 to 1e-1), tried on one seed for ``epochs`` epochs (paper: 100); while the best
+    final MSE exceeds ``mse_target`` (1e-3) the epochs grow by ``epochs_step`` (100) up to
+    ``max_epochs`` (500). Momentum 0.9, cosine annealing over the whole run.
+    """
+
+    lr_min: float = 1e-7
+    lr_max: float = 1e-1
+    lr_points: int = 16
+    epochs: int = 100
+    epochs_step: int = 100
+    max_epochs: int = 500
+    mse_target: float = 1e-3
+    momentum: float = 0.9
+
+    def learning_rates(self) -> list[float]:
+        if self.lr_points == 1:
+            return [float(self.lr_min)]
+        return np.logspace(math.log10(self.lr_min), math.log10(self.lr_max),
+                           self.lr_points).tolist()
+
+
+def width_grid(d_min: int, d_max: int, n_widths: int) -> list[int]:
+    """``n_widths`` log10-spaced widths from ``d_min`` to ``d_max`` rounded to integers
+    (appendix B.1: 10 points from 1e2 to 2e4); duplicates after rounding are dropped."""
+    if n_widths == 1:
+        return [int(d_min)]
+    values = np.rint(np.logspace(math.log10(d_min), math.log10(d_max), n_widths)).astype(int)
+    return list(dict.fromkeys(int(v) for v in values))
+
+
+def n_samples_for(d: int, a: float) -> int:
+    """N = round(D^a) (§4.1: N = D^0.5 and D^0.75), at least 1 and at most D."""
+    return int(min(d, max(1, round(d ** a))))
+
+
+def problem_seeds(seed: int, cell: tuple[int, int, int], n_seeds: int) -> tuple[list[int],
+                                                                                list[int]]:
+    """Generator seeds for the inputs and for (labels, w⁰) of every seed of one (c, a, D)
+    cell: independent across cells and streams, reproducible from ``seed``."""
+    words = np.random.SeedSequence(seed, spawn_key=cell).generate_state(2 * n_seeds,
+                                                                        dtype=np.uint64)
+    # 63 bits: torch.Generator.manual_seed takes any non-negative int below 2^64.
+    values = [int(w) >> 1 for w in words]
+    # Interleaved (x, labels) pairs: generate_state is prefix-stable, so the first k seeds
+    # of a cell are the same problems whatever the seed count.
+    return values[0::2], values[1::2]
+
+
+def sample_problem(n: int, d: int, c: float, x_seeds: Sequence[int], label_seeds: Sequence[int],
+                   device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """One batch of §4.1 problems: x (B, N, D) correlated inputs, y (B, N) = ±1 with equal
+    probability and w⁰ (B, D) ~ N(0, 1/D), float64, each seed from its own generators (a
+    seed's problem does not depend on the chunk it is drawn in)."""
+    x = correlated_inputs(n, d, c, seeds=list(x_seeds), device=device, dtype=torch.float64)
+    ys, ws = [], []
+    for s in label_seeds:
+        # Drawn on the CPU so the labels and w⁰ of a seed are the same on every device.
+        gen = torch.Generator().manual_seed(int(s))
+        ys.append(torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2.0 - 1.0)
+        ws.append(torch.randn(d, generator=gen, dtype=torch.float64) / math.sqrt(d))
+    return x, torch.stack(ys).to(x.device), torch.stack(ws).to(x.device)
+
+
+def score_change(potential: Potential, w0: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """(ΔCDF, Δφ) per row of ξ = ∇φ(w) − ∇φ(w⁰) (§4.1): ΔCDF of ξ/√mean(ξ²) (population
+    std, not centred) against N(0, 1), and Δφ = ‖ξ‖/‖∇φ(w⁰)‖. Rows with a non-finite ξ
+    (a diverged training run) score NaN."""
+    z0 = potential.grad(w0)
+    xi = potential.grad(w) - z0
+    finite = torch.isfinite(xi).all(dim=-1)
+    xi = torch.where(finite[:, None], xi, torch.zeros_like(xi))
+    rms = torch.sqrt((xi * xi).mean(dim=-1, keepdim=True))
+    t = xi / torch.where(rms > 0, rms, torch.ones_like(rms))
+    delta = delta_cdf_exact(torch.sort(t, dim=-1).values)
+    dphi = torch.linalg.vector_norm(xi, dim=-1) / torch.linalg.vector_norm(z0, dim=-1)
+    nan = torch.full_like(delta, math.nan)
+    return torch.where(finite, delta, nan), torch.where(finite, dphi, nan)
+
+
+def _mse(x: Tensor, w: Tensor, y: Tensor) -> Tensor:
+    return ((torch.bmm(x, w.unsqueeze(-1)).squeeze(-1) - y) ** 2).mean(dim=-1)
+
+
+def train_mirror_descent(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
+                         lrs: Sequence[float], epochs: int,
+                         momentum: float = 0.9) -> tuple[Tensor, Tensor]:
+    """Full-batch mirror descent (Eq. 5–7) on the MSE loss from w⁰, with momentum and a cosine
+    annealing schedule over ``epochs`` steps (appendix B.1), for a batch of problems: row b
+    of x (B, N, D), y (B, N), w⁰ (B, D) uses learning rate ``lrs[b]``. Returns (w, final
+    MSE per row); a diverged row has a non-finite w and MSE inf.
+    """
+    w = w0.clone().requires_grad_(True)
+    # One parameter for the whole batch: row b's loss is weighted by lrs[b] and the optimiser
+    # runs at lr 1. The momentum buffer is linear in the gradient, so this is exactly
+    # per-row learning rates lrs[b] (times the cosine factor), at one optimiser step per epoch.
+    scale = torch.tensor([float(v) for v in lrs], dtype=w0.dtype, device=w0.device)
+    opt = MirrorDescent([w], potential=potential, lr=1.0, momentum=momentum)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    for _ in range(epochs):
+        opt.zero_grad(set_to_none=False)
+        (scale * _mse(x, w, y)).sum().backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        w = w.detach()
+        mse = _mse(x, w, y)
+    mse = torch.where(torch.isfinite(mse) & torch.isfinite(w).all(dim=-1), mse,
+                      torch.full_like(mse, math.inf))
+    return w, mse
+
+
+def choose_learning_rate(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
+                         config: TrainingConfig) -> tuple[float, int, float]:
+    """The grid search of appendix B.1 on one problem (x (N, D), y (N,), w⁰ (D,)): train with
+    every learning rate for ``epochs`` epochs, and while the best final MSE is above
+    ``mse_target`` add ``epochs_step`` epochs and search again (up to ``max_epochs``).
+    Returns (learning rate, epochs, its final MSE)."""
+    lrs = config.learning_rates()
+    k = len(lrs)
+    xs, ys, ws = x.expand(k, *x.shape), y.expand(k, *y.shape), w0.expand(k, *w0.shape)
+    epochs = config.epochs
+    while True:
+        _, mse = train_mirror_descent(potential, xs, ys, ws, lrs, epochs, config.momentum)
+        best = int(torch.argmin(mse))
+        best_mse = float(mse[best])
+        if best_mse <= config.mse_target or epochs + config.epochs_step > config.max_epochs:
+            return float(lrs[best]), epochs, best_mse
+        epochs += config.epochs_step
+
+
+@dataclass
+class LinearRegressionResult:
+    """Scores over the grid, arrays shaped (potential, c, a, width, seed).
+
+    ``n_samples`` is (a, width). ``converged``: exact solver reached ``rtol`` (training: final
+    MSE ≤ target). ``final_mse``: training only (NaN for the exact solver). ``learning_rate``
+    and ``epochs`` (potential, c, a, width): chosen by the grid search (NaN / 0 when exact).
+    """
+
+    potentials: list[Potential]
+    c_values: list[float]
+    n_exponents: list[float]
+    widths: list[int]
+    n_samples: np.ndarray
+    seeds: int
+    solver: Solver
+    seed: int
+    delta_cdf: np.ndarray
+    dphi: np.ndarray
+    converged: np.ndarray
+    final_mse: np.ndarray
+    learning_rate: np.ndarray
+    epochs: np.ndarray
+    seconds: float = 0.0
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "delta_cdf": self.delta_cdf, "dphi": self.dphi, "converged": self.converged,
+            "final_mse": self.final_mse, "learning_rate": self.learning_rate,
+            "epochs": self.epochs, "widths": np.asarray(self.widths, dtype=np.int64),
+            "n_samples": self.n_samples,
+        }
+
+    def to_summary(self) -> dict[str, Any]:
+        """Per (potential, c, a): median and 5/95% percentiles of ΔCDF and Δφ over seeds at
+        each width, and the §4.1 acceptance checks as booleans."""
+        groups = []
+        for p, pot in enumerate(self.potentials):
+            for ci, c in enumerate(self.c_values):
+                for ai, a in enumerate(self.n_exponents):
+                    entry: dict[str, Any] = {
+                        "potential": {"key": pot.key, "label": pot.label,
+                                      "family": pot.family, "p": pot.p},
+                        "c": c, "a": a,
+                        "n_samples": self.n_samples[ai].tolist(),
+                    }
+                    for name, arr in (("delta_cdf", self.delta_cdf), ("dphi", self.dphi)):
+                        q = _percentiles(arr[p, ci, ai])
+                        entry[name] = {"p5": q[0], "median": q[1], "p95": q[2]}
+                    entry["not_converged"] = int((~self.converged[p, ci, ai]).sum())
+                    if self.solver == "training":
+                        entry["learning_rate"] = self.learning_rate[p, ci, ai].tolist()
+                        entry["epochs"] = self.epochs[p, ci, ai].tolist()
+                    entry["checks"] = _checks(entry["delta_cdf"]["median"],
+                                              entry["dphi"]["median"])
+                    groups.append(entry)
+        return {
+            "solver": self.solver, "seed": self.seed, "seeds": self.seeds,
+            "widths": list(self.widths), "c_values": list(self.c_values),
+            "n_exponents": list(self.n_exponents),
+            "potentials": [{"key": p.key, "label": p.label, "family": p.family, "p": p.p}
+                           for p in self.potentials],
+            "groups": groups,
+            "all_checks_pass": all(all(g["checks"].values()) for g in groups),
+            "seconds": self.seconds,
+            "training": vars(self.training) if self.solver == "training" else None,
+        }
+
+
+def _percentiles(values: np.ndarray) -> list[list[float | None]]:
+    """5/50/95% over the last axis per width, ignoring NaN (diverged runs); None if all NaN."""
+    out: list[list[float | None]] = [[], [], []]
+    for row in values:
+        finite = row[np.isfinite(row)]
+        q = np.percentile(finite, [5, 50, 95]) if finite.size else [None] * 3
+        for k in range(3):
+            out[k].append(None if q[k] is None else float(q[k]))
+    return out
+
+
+def _checks(delta_median: list[float | None], dphi_median: list[float | None]) -> dict[str,
+                                                                                      bool]:
+    ok = all(v is not None for v in delta_median + dphi_median)
+    return {
+        "delta_cdf_small": ok and all(v <= DELTA_CDF_LIMIT for v in delta_median),
+        "delta_cdf_falls": ok and (len(delta_median) < 2 or delta_median[-1] < delta_median[0]),
+        "dphi_small_at_largest": ok and dphi_median[-1] <= DPHI_LIMIT,
+    }
+
+
+def run_linear_regression(
+    potentials: Sequence[Potential],
+    c_values: Sequence[float],
+    n_exponents: Sequence[float],
+    widths: Sequence[int],
+    seeds: int,
+    *,
+    solver: Solver = "exact",
+    seed: int = 0,
+    training: TrainingConfig | None = None,
+    rtol: float = 1e-10,
+    memory_bytes: float = 2.0 * 2**30,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> LinearRegressionResult:
+    """Score w∞ for every potential, c, a, width and seed (Fig. 6 grid, §4.1).
+
+    Seeds are processed in chunks that fit ``memory_bytes`` (:func:`seeds_per_chunk`); the
+    chunk's x, y, w⁰ are drawn once and shared by all potentials. ``progress(fraction,
+    message)`` is called after every chunk's solve (it may raise to cancel; the exception
+    propagates). Exact solves that miss ``rtol`` are kept (last iterate) and flagged in
+    ``converged``; training rows whose final MSE exceeds the target likewise.
+    """
+    training = training or TrainingConfig()
+    dev = resolve_device(device)
+    pots = list(potentials)
+    shape = (len(pots), len(c_values), len(n_exponents), len(widths), seeds)
+    delta = np.full(shape, np.nan)
+    dphi = np.full(shape, np.nan)
+    converged = np.zeros(shape, dtype=bool)
+    final_mse = np.full(shape, np.nan)
+    lr_chosen = np.full(shape[:4], np.nan)
+    epochs_chosen = np.zeros(shape[:4], dtype=np.int64)
+    n_table = np.array([[n_samples_for(d, a) for d in widths] for a in n_exponents],
+                       dtype=np.int64)
+    # Cost of one solve ~ N²D (forming J); training ~ epochs·N·D, same ordering of widths.
+    cell_cost = [[[float(n_table[ai, di]) ** 2 * d for di, d in enumerate(widths)]
+                  for ai in range(len(n_exponents))] for _ in c_values]
+    total = sum(sum(sum(r) for r in m) for m in cell_cost) * seeds * len(pots)
+    done = 0.0
+    t0 = time.perf_counter()
+    for ci, c in enumerate(c_values):
+        for ai, a in enumerate(n_exponents):
+            for di, d in enumerate(widths):
+                n = int(n_table[ai, di])
+                x_seeds, l_seeds = problem_seeds(seed, (ci, ai, di), seeds)
+                chunk = seeds_per_chunk(n, d, memory_bytes)
+                lr_cache: dict[int, tuple[float, int]] = {}
+                for lo in range(0, seeds, chunk):
+                    hi = min(seeds, lo + chunk)
+                    x, y, w0 = sample_problem(n, d, c, x_seeds[lo:hi], l_seeds[lo:hi], dev)
+                    for p, pot in enumerate(pots):
+                        if solver == "exact":
+                            sol = solve_implicit_bias(pot, x, y, w0, rtol=rtol,
+                                                      raise_on_failure=False)
+                            w = sol.w
+                            converged[p, ci, ai, di, lo:hi] = sol.converged.cpu().numpy()
+                        else:
+                            if p not in lr_cache:
+                                # The grid search runs on the cell's first seed (B.1).
+                                lr, ep, _ = choose_learning_rate(pot, x[0], y[0], w0[0],
+                                                                 training)
+                                lr_cache[p] = (lr, ep)
+                                lr_chosen[p, ci, ai, di], epochs_chosen[p, ci, ai, di] = lr, ep
+                            lr, ep = lr_cache[p]
+                            w, mse = train_mirror_descent(pot, x, y, w0, [lr] * (hi - lo), ep,
+                                                          training.momentum)
+                            mse_np = mse.cpu().numpy()
+                            final_mse[p, ci, ai, di, lo:hi] = mse_np
+                            converged[p, ci, ai, di, lo:hi] = mse_np <= training.mse_target
+                        dc, dp = score_change(pot, w0, w)
+                        delta[p, ci, ai, di, lo:hi] = dc.cpu().numpy()
+                        dphi[p, ci, ai, di, lo:hi] = dp.cpu().numpy()
+                        done += cell_cost[ci][ai][di] * (hi - lo)
+                        if progress is not None:
+                            progress(done / total, f"{pot.label}, c = {c:g}, N = D^{a:g}, "
+                                     f"D = {d}: seeds {lo + 1}–{hi} of {seeds}")
+                    del x, y, w0
+    return LinearRegressionResult(
+        potentials=pots, c_values=[float(c) for c in c_values],
+        n_exponents=[float(a) for a in n_exponents], widths=[int(d) for d in widths],
+        n_samples=n_table, seeds=seeds, solver=solver, seed=seed, delta_cdf=delta, dphi=dphi,
+        converged=converged, final_mse=final_mse, learning_rate=lr_chosen,
+        epochs=epochs_chosen, seconds=time.perf_counter() - t0, training=training,
+    )

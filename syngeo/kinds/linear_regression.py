@@ -1,0 +1,276 @@
+"""Linear regression across widths (Pogodin et al., §4.1, Fig. 3A and Fig. 6, appendix B.1).
+
+Mirror descent on overparametrised linear regression with correlated inputs converges to the
+Bregman projection of w⁰ onto {w : Xw = y} (Eq. 8); Theorem 1 says its dual change
+ξ = ∇φ(w∞) − ∇φ(w⁰) becomes Gaussian as the width D grows. This kind scores ξ by ΔCDF (of
+ξ/std, not centred) and Δφ = ‖ξ‖/‖∇φ(w⁰)‖ over widths, correlation exponents c, sample
+scalings N = D^a and seeds, and checks the paper's findings: median ΔCDF ≤ 0.2 and falling
+with D, Δφ small at large D.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from syngeo import figures
+from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.geometry import potential_key
+
+# Work bound in units of N²·D per exact solve (forming J dominates) and of N·D per training
+# step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~1 h on 2 CPU cores).
+MAX_WORK = 2.0e13
+# Fig. 6 colours: N = D^0.5 orange, N = D^0.75 blue; further exponents get the rest.
+_A_COLORS = ("#d97706", "#2f6690", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
+
+
+def _widths(d_min: int, d_max: int, n_widths: int) -> list[int]:
+    # Same rule as syngeo.engine.linear_regression.width_grid, without importing torch.
+    if n_widths == 1:
+        return [d_min]
+    values = np.rint(np.logspace(math.log10(d_min), math.log10(d_max), n_widths)).astype(int)
+    return list(dict.fromkeys(int(v) for v in values))
+
+
+def _n(d: int, a: float) -> int:
+    return int(min(d, max(1, round(d ** a))))
+
+
+class LinearRegressionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    potentials: list[str] = Field(
+        default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,
+        description="Potentials φ trained with: 'ne' (negative entropy, sign-preserving) or "
+        "p-norms such as 'p2', 'p=3' (p > 1). Paper: NE, p = 2, p = 3.")
+    c_values: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0], min_length=1, max_length=4,
+        description="Correlation decay exponents c of E[x_i x_j] = (−1)^|i−j|/(1 + |i−j|^c), "
+        "each in [0.5, 4] (dimensionless). Paper: 1 and 2.")
+    n_exponents: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75], min_length=1, max_length=4,
+        description="Sample scalings a with N = round(D^a) samples, each in (0, 0.9] "
+        "(N ≪ D keeps the lazy regime). Paper: 0.5 and 0.75.")
+    d_min: int = Field(100, ge=10, le=100_000,
+                       description="Smallest width D (number of weights). Paper: 100.")
+    d_max: int = Field(20_000, ge=10, le=100_000,
+                       description="Largest width D. Paper: 20000.")
+    n_widths: int = Field(10, ge=1, le=30,
+                          description="Widths on a log10 grid from d_min to d_max (rounded "
+                          "to integers). Paper: 10.")
+    seeds: int = Field(30, ge=1, le=1000,
+                       description="Independent problems per (c, a, D), shared by all "
+                       "potentials. Paper: 30.")
+    solver: Literal["exact", "training"] = Field(
+        "exact", description="'exact': solve Eq. 8 by Newton's method (fast, to 1e-10); "
+        "'training': the paper's protocol (appendix B.1): full-batch mirror descent, "
+        "momentum 0.9, cosine schedule, learning rate by grid search on one seed.")
+    lr_min: float = Field(1e-7, gt=0.0, le=10.0,
+                          description="Training: smallest learning rate of the grid. "
+                          "Paper: 1e-7.")
+    lr_max: float = Field(1e-1, gt=0.0, le=10.0,
+                          description="Training: largest learning rate of the grid. "
+                          "Paper: 1e-1.")
+    lr_points: int = Field(16, ge=1, le=64,
+                           description="Training: log10-spaced learning rates tried. "
+                           "Paper: 16.")
+    epochs: int = Field(100, ge=1, le=10_000,
+                        description="Training: epochs (full-batch steps) of the first grid "
+                        "search. Paper: 100.")
+    epochs_step: int = Field(100, ge=1, le=10_000,
+                             description="Training: epochs added while the best MSE is above "
+                             "the target. Paper: 100.")
+    max_epochs: int = Field(500, ge=1, le=20_000,
+                            description="Training: most epochs. Paper: 500.")
+    mse_target: float = Field(1e-3, gt=0.0, le=1.0,
+                              description="Training: MSE the grid search aims below. "
+                              "Paper: 1e-3.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1,
+                             description="Random seed (filled in when the run is created).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+
+    @field_validator("potentials")
+    @classmethod
+    def _canonical(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(potential_key(v) for v in value))
+
+    @field_validator("c_values")
+    @classmethod
+    def _c_range(cls, value: list[float]) -> list[float]:
+        for c in value:
+            if not (math.isfinite(c) and 0.5 <= c <= 4.0):
+                raise ValueError(f"each c must lie in [0.5, 4], got {c!r}")
+        return list(dict.fromkeys(float(c) for c in value))
+
+    @field_validator("n_exponents")
+    @classmethod
+    def _a_range(cls, value: list[float]) -> list[float]:
+        for a in value:
+            if not (math.isfinite(a) and 0.0 < a <= 0.9):
+                raise ValueError(f"each N-scaling exponent a must lie in (0, 0.9], got {a!r}")
+        return list(dict.fromkeys(float(a) for a in value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LinearRegressionSpec:
+        if self.d_max < self.d_min:
+            raise ValueError(f"d_max ({self.d_max}) must be ≥ d_min ({self.d_min})")
+        if self.lr_max < self.lr_min:
+            raise ValueError(f"lr_max ({self.lr_max:g}) must be ≥ lr_min ({self.lr_min:g})")
+        if self.max_epochs < self.epochs:
+            raise ValueError(f"max_epochs ({self.max_epochs}) must be ≥ epochs ({self.epochs})")
+        widths = self.widths()
+        sizes = [(_n(d, a), d) for d in widths for a in self.n_exponents]
+        runs = len(self.potentials) * len(self.c_values)
+        if self.solver == "exact":
+            work = sum(n * n * d for n, d in sizes) * self.seeds * runs
+            unit = "N²·D per solve"
+        else:
+            # Worst case: every grid search round runs (epochs, epochs + step, …, max).
+            rounds = range(self.epochs, self.max_epochs + 1, self.epochs_step)
+            steps = self.lr_points * sum(rounds) + self.seeds * self.max_epochs
+            work = sum(n * d for n, d in sizes) * steps * runs
+            unit = "N·D per training step"
+        if work > MAX_WORK:
+            raise ValueError(
+                f"the run would cost {work:.3g} ({unit}, summed), more than {MAX_WORK:.3g}; "
+                "lower d_max, seeds or the N-scaling exponents"
+                + (", or the learning-rate points and epochs" if self.solver == "training"
+                   else ""))
+        return self
+
+    def widths(self) -> list[int]:
+        """The log10 width grid (appendix B.1: 10 points from 1e2 to 2e4)."""
+        return _widths(self.d_min, self.d_max, self.n_widths)
+
+
+class LinearRegressionKind(ExperimentKind):
+    name: ClassVar[str] = "linear_regression"
+    title: ClassVar[str] = "Linear regression across widths"
+    description: ClassVar[str] = (
+        "Mirror descent on linear regression with correlated inputs, N = D^a samples and "
+        "labels ±1: the dual weight change of the true potential is Gaussian (ΔCDF ≤ 0.2, "
+        "falling with width D) and small (Δφ) — paper §4.1, Fig. 3A and Fig. 6.")
+    Spec: ClassVar[type[BaseModel]] = LinearRegressionSpec
+
+    def run(self, spec: LinearRegressionSpec, ctx: RunContext) -> KindResult:
+        from syngeo.engine.linear_regression import TrainingConfig, run_linear_regression
+        from syngeo.engine.potentials import parse_potential
+
+        ctx.progress(0.0, "Solving")
+        training = TrainingConfig(
+            lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
+            epochs=spec.epochs, epochs_step=spec.epochs_step, max_epochs=spec.max_epochs,
+            mse_target=spec.mse_target)
+        result = run_linear_regression(
+            [parse_potential(k) for k in spec.potentials], spec.c_values, spec.n_exponents,
+            spec.widths(), spec.seeds, solver=spec.solver, seed=spec.seed or 0,
+            training=training, device=ctx.device if spec.device == "auto" else spec.device,
+            progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
+        ctx.progress(1.0, "Done")
+        return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
+
+    def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+        return {
+            "delta_cdf": width_figure(summary, "delta_cdf"),
+            "dphi": width_figure(summary, "dphi"),
+        }
+
+    def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for g in summary["groups"]:
+            for i, d in enumerate(summary["widths"]):
+                rows.append({
+                    "potential": g["potential"]["key"], "c": g["c"], "a": g["a"], "D": d,
+                    "N": g["n_samples"][i],
+                    "median_delta_cdf": g["delta_cdf"]["median"][i],
+                    "p5_delta_cdf": g["delta_cdf"]["p5"][i],
+                    "p95_delta_cdf": g["delta_cdf"]["p95"][i],
+                    "median_dphi": g["dphi"]["median"][i],
+                    "p5_dphi": g["dphi"]["p5"][i], "p95_dphi": g["dphi"]["p95"][i],
+                })
+        return rows
+
+
+# --------------------------------------------------------------------------- figures
+
+_TITLES = {
+    "delta_cdf": ("ΔCDF", "ΔCDF of the normalised dual change vs N(0, 1), by width "
+                  "(median, 5–95% band)"),
+    "dphi": ("Δφ", "Dual change magnitude Δφ = ‖ξ‖/‖∇φ(w0)‖, by width (median, 5–95% band)"),
+}
+
+
+def _short(pot: dict[str, Any]) -> str:
+    return "NE" if pot["family"] == "negative_entropy" else f"{pot['p']:g}-norm"
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def width_figure(summary: dict[str, Any], metric: Literal["delta_cdf", "dphi"]) -> dict[str,
+                                                                                       Any]:
+    """Fig. 6: ``metric`` against width D (log x axis), one panel per potential (row) × c
+    (column), one colour per N-scaling: median line with a 5/95% band over seeds."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pots, cs, as_ = summary["potentials"], summary["c_values"], summary["n_exponents"]
+    label, title = _TITLES[metric]
+    fig = make_subplots(
+        rows=len(pots), cols=len(cs), shared_xaxes=True, vertical_spacing=0.08,
+        horizontal_spacing=0.08,
+        subplot_titles=[f"{_short(p)}, c = {c:g}" for p in pots for c in cs])
+    widths = summary["widths"]
+    index = {(g["potential"]["key"], g["c"], g["a"]): g for g in summary["groups"]}
+    for r, pot in enumerate(pots):
+        for k, c in enumerate(cs):
+            for j, a in enumerate(as_):
+                g = index[(pot["key"], c, a)]
+                color = _A_COLORS[j % len(_A_COLORS)]
+                name = f"N = D^{a:g}"
+                stats = g[metric]
+                pts = [(d, m, lo, hi) for d, m, lo, hi in zip(
+                    widths, stats["median"], stats["p5"], stats["p95"], strict=True)
+                    if m is not None]
+                xs = [p[0] for p in pts]
+                cell = dict(row=r + 1, col=k + 1)
+                fig.add_trace(go.Scatter(x=xs, y=[p[3] for p in pts], mode="lines",
+                                         line=dict(width=0), showlegend=False,
+                                         hoverinfo="skip", legendgroup=name), **cell)
+                fig.add_trace(go.Scatter(x=xs, y=[p[2] for p in pts], mode="lines",
+                                         line=dict(width=0), fill="tonexty",
+                                         fillcolor=_rgba(color, 0.2), showlegend=False,
+                                         hoverinfo="skip", legendgroup=name), **cell)
+                fig.add_trace(go.Scatter(
+                    x=xs, y=[p[1] for p in pts], mode="lines+markers", name=name,
+                    legendgroup=name, showlegend=r == 0 and k == 0,
+                    line=dict(color=color, width=2), marker=dict(size=5, color=color),
+                    customdata=[[p[2], p[3]] for p in pts],
+                    hovertemplate=(f"<b>{_short(pot)}, c = {c:g}, {name}</b><br>D %{{x}}"
+                                   f"<br>median {label} %{{y:.4f}}<br>5–95%: "
+                                   "%{customdata[0]:.4f} – %{customdata[1]:.4f}<extra></extra>"),
+                ), **cell)
+            fig.update_xaxes(type="log", showline=True, linecolor=figures.AXIS,
+                             gridcolor=figures.GRID, row=r + 1, col=k + 1,
+                             title_text="width D" if r == len(pots) - 1 else None)
+            fig.update_yaxes(showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID,
+                             rangemode="tozero", row=r + 1, col=k + 1,
+                             title_text=label if k == 0 else None)
+    fig.update_layout(
+        title=dict(text=f"{title} — {summary['seeds']} seeds, {summary['solver']} solver",
+                   x=0, xanchor="left", font=dict(size=15)),
+        font=dict(family=figures.FONT, size=13, color=figures.INK),
+        paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+        margin=dict(l=72, r=24, t=84, b=56), height=max(320, 60 + 240 * len(pots)),
+        autosize=True, hovermode="closest",
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.04, yanchor="bottom"),
+        meta=dict(metric=metric, widths=widths, seeds=summary["seeds"]),
+    )
+    out = figures.json_safe(fig.to_plotly_json())
+    out.setdefault("layout", {}).pop("template", None)
+    return out
