@@ -96,6 +96,22 @@ def test_seeds_are_independent_of_the_batch() -> None:
     assert torch.equal(correlated_inputs(5, 8, 1, seeds=[7]), correlated_inputs(5, 8, 1, seeds=[7]))
 
 
+def test_inputs_do_not_depend_on_the_thread_count() -> None:
+    # Row blocks have their own generators and are filled by one worker thread per core on
+    # CPU: one thread and two must give the same inputs, rows of different blocks differ.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = correlated_inputs(300, 41, 1, seeds=[2, 9])
+        torch.set_num_threads(2)
+        threaded = correlated_inputs(300, 41, 1, seeds=[2, 9])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial, threaded)
+    assert torch.get_num_threads() == before  # the workers' single-thread setting is undone
+    assert not torch.equal(serial[0, :128], serial[0, 128:256])
+
+
 def test_generator_dtype_and_shapes() -> None:
     g1 = torch.Generator().manual_seed(5)
     g2 = torch.Generator().manual_seed(5)

@@ -254,3 +254,25 @@ def test_cuda_matches_cpu() -> None:
         gpu = solve_implicit_bias(potential, x.cuda(), y.cuda(), w0.cuda())
         assert gpu.w.is_cuda
         assert float((gpu.w.cpu() - cpu.w).abs().max()) < 1e-9 * float(cpu.w.abs().max())
+
+
+@pytest.mark.parametrize("n", [7, 300, 600, 1600])
+def test_jacobian_from_its_lower_triangle(n: int) -> None:
+    # J = X diag(h) Xᵀ is formed from its lower block triangle (1 to 6 row blocks) and
+    # mirrored: it must match the plain product and be exactly symmetric.
+    from syngeo.engine.implicit_bias import _add_lower_gram, _form_jacobian, _mirror_lower
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(2, n, 150, generator=g, dtype=torch.float64)
+    h = torch.rand(2, 150, generator=g, dtype=torch.float64)
+    ref = torch.bmm(x * h[:, None], x.transpose(1, 2))
+    for rows in (torch.arange(2), torch.tensor([1])):
+        jac = _form_jacobian(x, h[rows], rows)
+        torch.testing.assert_close(jac, ref[rows], rtol=1e-12, atol=1e-12)
+        assert torch.equal(jac, jac.transpose(1, 2))
+    # The unbatched low-rank update used to refresh the reference Jacobian.
+    single = ref[0].clone()
+    cols = x[0, :, :5]
+    _add_lower_gram(single, cols * 2.0, cols)
+    torch.testing.assert_close(_mirror_lower(single), ref[0] + 2.0 * cols @ cols.T,
+                               rtol=1e-12, atol=1e-12)

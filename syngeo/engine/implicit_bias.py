@@ -49,8 +49,10 @@ then quadratic). The multipliers λ⁺ of each KKT solve are the answer: the sol
 w(λ⁺) = ∇φ⁻¹(∇φ(w⁰) + Xᵀλ⁺) (Eq. 13) meets the residual tolerance, exactly as in the dual.
 For p < 2 and negative entropy the roles swap (the primal crawls), so the dual is used.
 
-Linear algebra. Forming J costs O(N²D) (1.4 s for N = 1682, D = 2·10⁴ on two CPU cores),
-a product with J costs O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` J is
+Linear algebra. Forming J costs O(N²D); J is symmetric, so only its lower block triangle is
+computed and then mirrored (N²D·(k + 1)/k flops with k ≤ 6 row blocks instead of 2N²D:
+0.95 s instead of 1.5 s for N = 1682, D = 2·10⁴ on two CPU cores). A product with J costs
+O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` J is
 formed once per batch entry (for λ̂); later Newton systems are solved by conjugate gradients
 preconditioned by a reference J_ref kept close to J by exact low-rank updates (see
 :class:`_Newton`). With ``"direct"`` J is formed and factorised at every step.
@@ -250,9 +252,34 @@ class _Rows:
         return torch.stack([u[k] @ self.x[i] for k, i in enumerate(self.rows)])
 
 
+def _add_lower_gram(jac: Tensor, a: Tensor, b: Tensor) -> None:
+    """jac += a bᵀ (a, b: (…, N, K)) on the row blocks' lower-left part only, for a symmetric
+    a bᵀ: one product per block of rows against the columns up to that block's end, so only
+    ~(k + 1)/(2k) of the O(N²K) work is done (k row blocks; 0.6 of it for N ≥ 1536). The
+    entries above the diagonal blocks are left as they were: :func:`_mirror_lower` restores
+    them. Row blocks of ≥ 256 rows keep the products efficient; k = 1 is a plain product.
+    """
+    n = jac.shape[-1]
+    k = max(1, min(6, n // 256))
+    edges = [n * i // k for i in range(k + 1)]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        target = jac[..., lo:hi, :hi]
+        if jac.ndim == 3:
+            target.baddbmm_(a[:, lo:hi], b[:, :hi].transpose(1, 2))
+        else:
+            target.addmm_(a[lo:hi], b[:hi].T)
+
+
+def _mirror_lower(jac: Tensor) -> Tensor:
+    """The symmetric matrix whose lower triangle is that of ``jac`` (exactly symmetric)."""
+    low = jac.tril()
+    return low + low.tril(-1).transpose(-2, -1)
+
+
 def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor) -> Tensor:
     """J = X diag(h) Xᵀ for the batch entries ``rows``, accumulated over column blocks so
-    the temporary stays near _BLOCK_ELEMENTS values.
+    the temporary stays near _BLOCK_ELEMENTS values, computing the lower triangle only
+    (J is symmetric; this was the largest single cost of the Fig. 6 grid).
     """
     b, n, d = len(rows), x.shape[1], x.shape[2]
     jac = torch.zeros(b, n, n, dtype=x.dtype, device=x.device)
@@ -262,8 +289,8 @@ def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor) -> Tensor:
         xb = x[:, :, start:start + block]
         if not whole:
             xb = xb.index_select(0, rows)
-        jac.baddbmm_(xb * h[:, None, start:start + block], xb.transpose(1, 2))
-    return jac
+        _add_lower_gram(jac, xb * h[:, None, start:start + block], xb)
+    return _mirror_lower(jac)
 
 
 class _Preconditioner:
@@ -443,7 +470,8 @@ class _Newton:
                 reform.append(k)
                 continue
             cols = self.x[i].index_select(1, swap)               # (N, |S|)
-            self.jac[i].addmm_(cols * (h[k, swap] - h_ref[swap]), cols.T)
+            _add_lower_gram(self.jac[i], cols * (h[k, swap] - h_ref[swap]), cols)
+            self.jac[i] = _mirror_lower(self.jac[i])
             h_ref[swap] = h[k, swap]
             changed.append(i)
         if reform:
