@@ -32,6 +32,7 @@ from syngeo.engine.finetuning import (
 from syngeo.engine.potentials import NegativeEntropy, PNorm
 from syngeo.kinds.base import Cancelled, KindResult
 from syngeo.kinds.finetuning import FinetuningKind, FinetuningSpec, load_digits_images
+from tests.kind_context import RecordingContext as Ctx
 
 PAPER_EVALUATION = ["ne", "p1.5", "p2", "p2.5", "p3"]  # the paper's code for Fig. 4B / 7A
 # The MLP keeps its default width (64): it is the cheapest network, and Theorem 1 needs
@@ -43,22 +44,6 @@ TINY = dict(seeds=1, mlp_hidden=16, cnn_channels_1=4, cnn_channels_2=8, rnn_hidd
             max_extensions=0, evaluation_potentials=["ne", "p2"], seed=3, device="cpu")
 
 
-class Ctx:
-    """A run context: records progress; raises Cancelled after ``cancel_after`` calls."""
-
-    device = "cpu"
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.calls.append((fraction, message))
-        if self.cancel_after is not None and len(self.calls) > self.cancel_after:
-            raise Cancelled()
-
-    def load_weights(self, dataset: Any, *, include_all: bool = False) -> Any:
-        raise AssertionError("the fine-tuning kind reads no uploaded weights")
 
 
 @pytest.fixture(scope="module")

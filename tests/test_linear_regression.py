@@ -26,6 +26,7 @@ from syngeo.engine.linear_regression import (
 from syngeo.engine.potentials import NegativeEntropy, PNorm
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.linear_regression import LinearRegressionKind, LinearRegressionSpec
+from tests.kind_context import RecordingContext as Ctx
 
 POTENTIALS = [NegativeEntropy(), PNorm(2), PNorm(3)]
 # The test grid: D ∈ {100, 400, 1600}, 4 seeds, c = 2, N = D^0.5, exact solver.
@@ -33,22 +34,6 @@ SMALL = dict(c_values=[2.0], n_exponents=[0.5], d_min=100, d_max=1600, n_widths=
              seed=0, device="cpu")
 
 
-class Ctx:
-    """A run context for tests: records progress, runs on the CPU."""
-
-    device = "cpu"
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.calls.append((fraction, message))
-        if self.cancel_after is not None and len(self.calls) > self.cancel_after:
-            raise Cancelled()
-
-    def load_weights(self, dataset: Any, *, include_all: bool = False) -> Any:
-        raise AssertionError("the linear-regression kind reads no data")
 
 
 @pytest.fixture(scope="module")

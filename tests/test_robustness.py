@@ -19,24 +19,7 @@ from syngeo.engine.potentials import NegativeEntropy, PNorm, default_potentials
 from syngeo.engine.robustness import run_robustness, sample_start
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.robustness import RobustnessKind, RobustnessSpec
-
-
-class Ctx:
-    """A run context for tests: records progress, runs on the CPU."""
-
-    device = "cpu"
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.calls.append((fraction, message))
-        if self.cancel_after is not None and len(self.calls) > self.cancel_after:
-            raise Cancelled()
-
-    def load_weights(self, dataset: Any, *, include_all: bool = False) -> Any:
-        raise AssertionError("the robustness kind reads no data")
+from tests.kind_context import RecordingContext as Ctx
 
 
 @pytest.fixture(scope="module")

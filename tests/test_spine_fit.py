@@ -24,6 +24,7 @@ from syngeo.engine.potentials import NegativeEntropy, PNorm
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.spine_fit import SpineFitKind, SpineFitSpec, read_distribution
+from tests.kind_context import RecordingContext as Ctx
 
 ROOT = Path(__file__).resolve().parent.parent
 # Appendix B.4, negative entropy: the generating parameters of the bundled example.
@@ -32,20 +33,6 @@ TRUTH = {"log10_mu_1": -1.42, "log10_mu_2": -0.77, "weight_1": 0.77, "log10_sigm
 TOLERANCE = 0.05
 
 
-class Ctx:
-    device = "cpu"
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.cancel_after = cancel_after
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.calls.append((fraction, message))
-        if self.cancel_after is not None and len(self.calls) > self.cancel_after:
-            raise Cancelled()
-
-    def load_weights(self, dataset: Any, *, include_all: bool = False) -> Any:
-        raise AssertionError("spine_fit reads its one-column file itself")
 
 
 @pytest.fixture(scope="module")
