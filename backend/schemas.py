@@ -14,18 +14,32 @@ class DatasetFile(BaseModel):
     sha256: str
 
 
+class DistributionSummary(BaseModel):
+    n: int = Field(description="Number of values.")
+    min: float
+    median: float
+    max: float
+    mean: float
+    std: float = Field(description="Standard deviation (ddof = 0).")
+
+
 class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     name: str
     created_at: datetime
-    format: str
+    format: str = Field(description="Before/after weights: the file format (csv, tsv, npy, "
+                        "npz, safetensors, torch). 'distribution': one column of positive "
+                        "values (POST /api/datasets/distribution), read by 'spine_fit'.")
     sha256: str = Field(description="Hash over the files' hashes, in upload order.")
     files: list[DatasetFile]
-    n_pairs: int
-    layers: list[dict[str, Any]]
+    n_pairs: int = Field(description="Weight pairs; for a distribution, the number of values.")
+    layers: list[dict[str, Any]] = Field(description="Per-layer summary of before/after "
+                                         "weights (empty for a distribution).")
     skipped: list[str]
+    distribution: DistributionSummary | None = Field(
+        None, description="For format 'distribution': n, range, median, mean and sd.")
 
     @classmethod
     def of(cls, record: Any) -> DatasetOut:
@@ -34,7 +48,8 @@ class DatasetOut(BaseModel):
                    files=[DatasetFile(**{k: f[k] for k in ("name", "size", "sha256")})
                           for f in record.files],
                    layers=record.summary.get("layers", []),
-                   skipped=record.summary.get("skipped", []))
+                   skipped=record.summary.get("skipped", []),
+                   distribution=record.summary.get("distribution"))
 
 
 class RunIn(BaseModel):

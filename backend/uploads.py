@@ -37,15 +37,20 @@ class _Part:
     value: bytearray = field(default_factory=bytearray)
 
 
-async def receive_files(request: Request, folder: Path, limit: int) -> tuple[
-        list[StoredFile], dict[str, str]]:
-    """Parse a multipart/form-data body: returns the files (field ``files``) and the other
-    small form fields."""
+PAIRS = "one two-column file, or two files (before, after)"
+PAIRS_EXAMPLE = "curl -F files=@before.npy -F files=@after.npy"
+
+
+async def receive_files(request: Request, folder: Path, limit: int, *,
+                        max_files: int = MAX_FILES, expected: str = PAIRS,
+                        example: str = PAIRS_EXAMPLE) -> tuple[list[StoredFile], dict[str, str]]:
+    """Parse a multipart/form-data body: returns the files (field ``files``, at most
+    ``max_files``) and the other small form fields. ``expected`` and ``example`` say, in the
+    error messages, what the upload should hold and how to send it."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "The upload must be multipart/form-data.",
-                       "Send the files as form field 'files' (e.g. curl -F files=@before.npy "
-                       "-F files=@after.npy).")
+                       f"Send {expected} as form field 'files' (e.g. {example}).")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + (1 << 20):
         raise _too_large(limit)
@@ -78,10 +83,12 @@ async def receive_files(request: Request, folder: Path, limit: int) -> tuple[
             current.filename = Path(disp[b"filename"].decode("utf-8", "replace")).name
             if current.name != "files":
                 raise ApiError(422, f"Unexpected file field {current.name!r}.",
-                               "Send the weight files in the form field 'files'.")
-            if sum(p.filename is not None for p in parts) >= MAX_FILES:
-                raise ApiError(422, "Too many files: an upload holds one or two files.",
-                               "Send one two-column file, or two files (before, after).")
+                               f"Send {expected} in the form field 'files'.")
+            if sum(p.filename is not None for p in parts) >= max_files:
+                allowed = {1: "one file", 2: "one or two files"}.get(
+                    max_files, f"at most {max_files} files")
+                raise ApiError(422, f"Too many files: this upload takes {allowed}.",
+                               f"Send {expected}.")
             current.path = folder / f"upload{len(parts)}{Path(current.filename).suffix}"
             current.handle = open(current.path, "wb")  # noqa: SIM115 - closed on part end
 
@@ -121,6 +128,5 @@ async def receive_files(request: Request, folder: Path, limit: int) -> tuple[
     fields = {p.name: p.value.decode("utf-8", "replace") for p in parts if p.path is None}
     if not files:
         raise ApiError(422, "No file was uploaded.",
-                       "Attach one two-column file or two files (before, after) as form "
-                       "field 'files'.")
+                       f"Attach {expected} as form field 'files' (e.g. {example}).")
     return files, fields

@@ -157,6 +157,36 @@ def _load_spec_file(path: Path) -> tuple[str, dict[str, Any]]:
     return document["kind"], document["spec"]
 
 
+def _paths_relative_to(base: Path, kind_name: str, raw: dict[str, Any]) -> None:
+    """Paths in a spec are relative to the spec file. Where the kind's ``dataset`` takes a
+    list of files (geometry: before/after), a string is one such file; where it takes one
+    string (spine_fit: 'example', an uploaded dataset's id or a file), it is rewritten only
+    when a file of that name lies next to the spec."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from syngeo.kinds import UnknownKind, get_kind
+
+    value = raw.get("dataset")
+    if not isinstance(value, str | list):
+        return
+    try:
+        field = get_kind(kind_name).Spec.model_fields.get("dataset")
+        TypeAdapter(field.annotation if field else list[str]).validate_python(["file"])
+        takes_list = True
+    except (UnknownKind, ValidationError):
+        takes_list = False
+
+    def resolve(path: str) -> str:
+        return str(base / path) if not Path(path).is_absolute() else path
+
+    if isinstance(value, list):
+        raw["dataset"] = [resolve(p) for p in value]
+    elif takes_list:
+        raw["dataset"] = [resolve(value)]
+    elif (base / value).is_file():
+        raw["dataset"] = resolve(value)
+
+
 @app.command()
 def run(
     spec_file: Annotated[Path, typer.Argument(help="YAML or JSON file with 'kind' and 'spec'.")],
@@ -170,10 +200,7 @@ def run(
     from syngeo.runner import run_local
 
     kind_name, raw = _load_spec_file(spec_file)
-    base = spec_file.resolve().parent
-    if isinstance(raw.get("dataset"), str | list):  # paths in the spec are relative to it
-        paths = [raw["dataset"]] if isinstance(raw["dataset"], str) else raw["dataset"]
-        raw["dataset"] = [str((base / p) if not Path(p).is_absolute() else p) for p in paths]
+    _paths_relative_to(spec_file.resolve().parent, kind_name, raw)
     try:
         with progress_bar(err.is_terminal) as update:
             full_spec, result = run_local(kind_name, raw, on_progress=update)

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from syngeo.io.weights import WeightPairs, read_weight_pairs
 from syngeo.kinds import KindResult, get_kind, prepare_spec
+from syngeo.kinds.base import DistributionSample
 
 
 class LocalContext:
@@ -26,6 +27,12 @@ class LocalContext:
     def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
         paths = [dataset] if isinstance(dataset, str) else list(dataset)
         return read_weight_pairs(paths, include_all=include_all)
+
+    def load_distribution(self, dataset: str) -> DistributionSample:
+        """A local file of one column of positive values (or the bundled 'example')."""
+        from syngeo.kinds.spine_fit import read_local_distribution
+
+        return read_local_distribution(dataset)
 
 
 def run_local(kind_name: str, raw_spec: dict[str, Any], *, device: str = "auto",

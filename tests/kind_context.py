@@ -22,3 +22,9 @@ class RecordingContext:
 
     def load_weights(self, dataset: Any, *, include_all: bool = False) -> Any:
         raise AssertionError("this kind reads no uploaded weights")
+
+    def load_distribution(self, dataset: str) -> Any:
+        """Local files, as for the CLI's in-process runs."""
+        from syngeo.runner import LocalContext
+
+        return LocalContext().load_distribution(dataset)

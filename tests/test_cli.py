@@ -81,6 +81,22 @@ def test_kinds_spec_and_run(tmp_path: Path) -> None:
     assert isinstance(body["spec"]["seed"], int)
 
 
+def test_run_spine_fit_from_a_spec_file(tmp_path: Path) -> None:
+    """A one-string dataset stays one string: a file next to the spec, else as written
+    ('example', an uploaded dataset's id)."""
+    from tests.test_distribution_upload import column_csv, volumes
+
+    (tmp_path / "volumes.csv").write_bytes(column_csv(volumes(300)))
+    for dataset, source, n in (("volumes.csv", "volumes.csv", 300), ("example", "example", 1961)):
+        spec = {"kind": "spine_fit", "spec": {"dataset": dataset, "potentials": ["ne"],
+                                              "init_models": ["point_masses"]}}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        result = runner.invoke(app, ["run", str(tmp_path / "spec.yaml"), "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)["summary"]
+        assert summary["dataset"]["source"] == source and summary["dataset"]["n"] == n
+
+
 def test_console_script_is_installed() -> None:
     script = shutil.which("syngeo") or str(Path(__file__).parents[1] / ".venv/bin/syngeo")
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)

@@ -4,6 +4,7 @@ as for a worker on another machine)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import signal
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.test_api import csv_bytes, ne_pairs, npy_bytes
+from tests.test_distribution_upload import TRUTH, column_csv, volumes
 
 pytestmark = pytest.mark.services
 
@@ -84,3 +86,31 @@ def test_cancel_then_worker_death(stack_env, api_server_factory, celery_worker_f
         run = wait_for(client, run["id"], lambda r: r["status"] != "running", timeout=30)
         assert run["status"] == "failed" and "heartbeat" in run["error"]
         assert np.isfinite(quick["progress"])
+
+
+def test_fit_an_uploaded_distribution_on_a_celery_worker(stack_env, api_server_factory,
+                                                         celery_worker_factory) -> None:
+    """Upload one column of values, fit it on a real worker (which reads the upload from the
+    database): the fit recovers the sample's generating parameters and the run records the
+    uploaded file's hash and size."""
+    api = api_server_factory(stack_env)
+    celery_worker_factory(stack_env)
+    data = column_csv(volumes())
+    with httpx.Client(base_url=api.url, timeout=60) as client:
+        response = client.post("/api/datasets/distribution",
+                               files=[("files", ("volumes.csv", data))])
+        assert response.status_code == 201, response.text
+        dataset = response.json()
+        run = client.post("/api/runs", json={"kind": "spine_fit", "spec": {
+            "dataset": dataset["id"], "potentials": ["ne"],
+            "init_models": ["point_masses"]}}).json()
+        assert run["input_hashes"] == {dataset["id"]: dataset["sha256"]}
+        run = wait_for(client, run["id"], lambda r: r["status"] not in {"queued", "running"})
+        assert run["status"] == "succeeded", run["error"]
+        summary = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
+        assert summary["dataset"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert summary["dataset"]["n"] == dataset["n_pairs"] == 2000
+        assert summary["dataset"]["id"] == dataset["id"]
+        params = summary["fits"][0]["params"]
+        for name, truth in TRUTH.items():
+            assert params[name] == pytest.approx(truth, abs=0.05), (name, params)

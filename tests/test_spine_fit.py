@@ -322,3 +322,41 @@ def test_engine_validates_samples() -> None:
     with pytest.raises(ValueError, match="unknown initial model"):
         fit_distribution([0.1 + 0.01 * k for k in range(30)], NegativeEntropy(),
                          "gamma", device="cpu")  # type: ignore[arg-type]
+
+
+def test_dataset_references() -> None:
+    """'example', an uploaded dataset's id (read by the run context; recorded for
+    provenance) and a local path (CLI only: the server refuses it) are told apart."""
+    kind = SpineFitKind()
+    for value, ids, paths in (("example", [], []), (" Example ", [], []),
+                              ("ds_0123456789abcdef", ["ds_0123456789abcdef"], []),
+                              ("volumes.csv", [], ["volumes.csv"]),
+                              ("/data/v.npy", [], ["/data/v.npy"]),
+                              ("..\\v.csv", [], ["..\\v.csv"])):
+        spec = SpineFitSpec(dataset=value)
+        assert (kind.datasets(spec), kind.local_paths(spec)) == (ids, paths), value
+    assert SpineFitSpec(dataset=" Example ").dataset == "example"
+    with pytest.raises(ValidationError):
+        SpineFitSpec(dataset="   ")
+    assert kind.dataset_problem("ds_x", "distribution") is None
+    problem, fix = kind.dataset_problem("ds_x", "csv")
+    assert "not a single distribution" in problem and "/api/datasets/distribution" in fix
+    schema = kind.schema()["properties"]["dataset"]
+    assert schema["x-upload"] == "distribution"  # the form offers an upload for it
+
+
+def test_run_reads_through_the_context(tmp_path: Path) -> None:
+    """A non-example dataset is loaded by the run context; its name and hash are recorded."""
+
+    class Uploaded(Ctx):
+        def load_distribution(self, dataset: str):  # noqa: ANN202
+            from syngeo.kinds.base import DistributionSample
+
+            assert dataset == "ds_abc"
+            values = read_distribution(example_path("spine_volumes_synthetic.csv"))
+            return DistributionSample(values[:300], "my volumes", "f" * 64)
+
+    spec = SpineFitSpec(dataset="ds_abc", potentials=["ne"], init_models=["point_masses"])
+    summary = SpineFitKind().run(spec, Uploaded()).summary
+    assert summary["dataset"]["id"] == "ds_abc" and summary["dataset"]["source"] == "my volumes"
+    assert summary["dataset"]["sha256"] == "f" * 64 and summary["dataset"]["n"] == 300

@@ -6,13 +6,19 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from syngeo.io.weights import WeightPairs, read_weight_pairs
+from syngeo.io.weights import WeightDataError, WeightPairs, read_weight_pairs
 from syngeo.kinds import Cancelled
+from syngeo.kinds.base import (
+    DistributionSample,
+    distribution_dataset_problem,
+    pairs_dataset_problem,
+)
 from syngeo.store import crud
 from syngeo.store.artifacts import ArtifactStore
 from syngeo.store.models import Dataset
@@ -56,16 +62,37 @@ class WorkerContext:
         if status != "running":
             raise Cancelled(f"run {self.run_id} is {status}")
 
-    def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
-        if not isinstance(dataset, str):
-            raise ValueError("a server run reads an uploaded dataset: upload the files with "
-                             "POST /api/datasets and pass its id as 'dataset'")
+    def _fetch(self, dataset: str, problem_of: Callable[[str, str], tuple[str, str] | None],
+               ) -> tuple[Dataset, list[Path]]:
+        """The dataset's record (detached) and its files, copied to this run's folder;
+        ``problem_of(id, format)`` refuses a dataset of the wrong type before any copying."""
         folder = Path(self._tmp.name) / dataset
         folder.mkdir(exist_ok=True)
         with self.sessions() as session:
             record = session.get(Dataset, dataset)
             if record is None:
-                raise ValueError(f"dataset {dataset!r} does not exist")
+                raise WeightDataError(f"Dataset {dataset!r} does not exist.",
+                                      "Upload the data first and use the id it returns.")
+            problem = problem_of(dataset, record.format)
+            if problem is not None:
+                raise WeightDataError(*problem)
             paths = crud.fetch_dataset_files(session, self.store, record, folder)
-            names = [f["name"] for f in record.files]
-        return read_weight_pairs(paths, names, include_all=include_all)
+            session.expunge(record)
+        return record, paths
+
+    def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
+        if not isinstance(dataset, str):
+            raise ValueError("a server run reads an uploaded dataset: upload the files with "
+                             "POST /api/datasets and pass its id as 'dataset'")
+        record, paths = self._fetch(dataset, pairs_dataset_problem)
+        return read_weight_pairs(paths, [f["name"] for f in record.files],
+                                 include_all=include_all)
+
+    def load_distribution(self, dataset: str) -> DistributionSample:
+        from syngeo.kinds.spine_fit import read_distribution
+
+        record, paths = self._fetch(dataset, distribution_dataset_problem)
+        file = record.files[0]
+        # Checked at upload and read again here: a run never trusts stored bytes blindly.
+        return DistributionSample(read_distribution(paths[0], file["name"]), record.name,
+                                  file["sha256"])

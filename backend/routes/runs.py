@@ -66,8 +66,12 @@ def create_run(body: RunIn, request: Request, session: Session = Depends(deps.se
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             raise ApiError(422, f"spec.dataset: dataset {dataset_id!r} does not exist.",
-                           "Upload the weights first (POST /api/datasets) and use the id it "
-                           "returns.")
+                           "Upload the data first (POST /api/datasets for before/after "
+                           "weights, POST /api/datasets/distribution for one distribution) "
+                           "and use the id it returns.")
+        problem = kind.dataset_problem(dataset_id, dataset.format)
+        if problem is not None:
+            raise ApiError(422, f"spec.dataset: {problem[0]}", problem[1])
         input_hashes[dataset_id] = dataset.sha256
     run = crud.create_run(session, kind=kind.name, spec=spec.model_dump(mode="json"),
                           version=__version__, input_hashes=input_hashes)

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, TypeAdapter
 
 from syngeo.io.weights import WeightPairs
 
+#: ``Dataset.format`` of an upload holding one column of positive values (one observed
+#: distribution, e.g. spine volumes), as opposed to before/after weight pairs.
+DISTRIBUTION_FORMAT = "distribution"
+
 
 class Cancelled(Exception):
     """Raised from :meth:`RunContext.progress` when the user cancelled the run."""
+
+
+class DistributionSample(NamedTuple):
+    """One observed distribution as a run context loads it."""
+
+    values: np.ndarray  #: 1-D float64, finite and > 0
+    source: str  #: what it was read from, for people: a dataset or file name
+    sha256: str  #: of the file the values were read from
 
 
 class RunContext(Protocol):
@@ -29,6 +41,33 @@ class RunContext(Protocol):
 
     def load_weights(self, dataset: str | list[str], *, include_all: bool = False) -> WeightPairs:
         """Load before/after weights by dataset id (server) or file path(s) (CLI)."""
+
+    def load_distribution(self, dataset: str) -> DistributionSample:
+        """Load one column of positive values by dataset id (server) or file path (CLI).
+
+        Raises :class:`~syngeo.io.weights.WeightDataError` (a ValueError) naming the
+        problem and the fix when the dataset is missing, holds before/after weights, or its
+        values cannot be used."""
+
+
+def pairs_dataset_problem(dataset_id: str, format: str) -> tuple[str, str] | None:
+    """(problem, fix) when a stored dataset does not hold before/after weight pairs."""
+    if format != DISTRIBUTION_FORMAT:
+        return None
+    return (f"Dataset {dataset_id!r} holds one distribution (a single column of values), not "
+            "weights before and after learning.",
+            "Upload before/after weights (POST /api/datasets) and use that id; fit a single "
+            "distribution with the 'spine_fit' kind.")
+
+
+def distribution_dataset_problem(dataset_id: str, format: str) -> tuple[str, str] | None:
+    """(problem, fix) when a stored dataset does not hold one distribution."""
+    if format == DISTRIBUTION_FORMAT:
+        return None
+    return (f"Dataset {dataset_id!r} holds weights before and after learning (format "
+            f"{format}), not a single distribution.",
+            "Upload one column of positive values (POST /api/datasets/distribution) and use "
+            "that id, or use 'example'.")
 
 
 @dataclass
@@ -66,6 +105,11 @@ class ExperimentKind(ABC):
     def datasets(self, spec: BaseModel) -> list[str]:
         """Dataset ids this spec reads (recorded in the run for provenance)."""
         return []
+
+    def dataset_problem(self, dataset_id: str, format: str) -> tuple[str, str] | None:
+        """Why this kind cannot read a stored dataset of ``format`` as (problem, fix), or
+        None when it can. By default kinds read before/after weight pairs."""
+        return pairs_dataset_problem(dataset_id, format)
 
     def local_paths(self, spec: BaseModel) -> list[str]:
         """Files on the local disk this spec reads: allowed in-process (CLI), refused by the

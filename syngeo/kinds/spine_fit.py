@@ -6,10 +6,10 @@ potential, w = ∇φ⁻¹(∇φ(w0) + ξ), fitted by maximum likelihood for nega
 p-norms. Which model fits best says which geometries the data allow: without w0 several
 potentials can fit, but a Euclidean geometry (p = 2) with point-mass starts cannot.
 
-Input: one column of positive values. For now ``dataset`` is a file path (CLI, in-process
-runs) or "example" (the bundled synthetic spine volumes); the run context's
-``load_weights`` reads before/after pairs only, so server uploads of single distributions
-will come with their own dataset type later.
+Input: one column of positive values (:func:`read_distribution`). ``dataset`` is "example"
+(the bundled synthetic spine volumes), the id of a distribution uploaded to the server
+(``POST /api/datasets/distribution``; the run context's ``load_distribution`` reads it from
+the artifact store), or, for CLI and in-process runs only, a local file path.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,7 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from syngeo import figures
 from syngeo.io.weights import WeightDataError, example_path
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    DISTRIBUTION_FORMAT,
+    DistributionSample,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    distribution_dataset_problem,
+)
 from syngeo.kinds.geometry import potential_key
 
 EXAMPLE = "example"
@@ -35,6 +43,10 @@ EXAMPLE_FILE = "spine_volumes_synthetic.csv"
 MIN_VALUES = 20
 TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
 ACCEPTED = "Accepted: a one-column .csv, .tsv or .txt table (optional header row) or a 1-D .npy."
+#: What a stored dataset id looks like (letters, digits, '_' and '-'): anything else that is
+#: not "example" is a file path, which only CLI and in-process runs may read.
+_DATASET_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_NPY_MAGIC = b"\x93NUMPY"
 _MODEL_LABEL = {"point_masses": "point masses", "point_mass_lognormal": "point mass + log-normal"}
 _COLORS = {"negative_entropy": "#6b4c9a"}
 _P_COLORS = ("#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a", "#8c2d5a")
@@ -50,10 +62,12 @@ class SpineFitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        EXAMPLE, min_length=1,
+        EXAMPLE, min_length=1, max_length=4096,
         description="'example' (1961 synthetic spine volumes, µm³, from the paper's negative-"
-        "entropy fit) or the path of a one-column .csv/.tsv/.txt/.npy file of positive values "
-        "(CLI and in-process runs; server uploads of single distributions come later).")
+        "entropy fit), the id of an uploaded distribution (POST /api/datasets/distribution: "
+        "one column of ≥ 20 positive values as .csv/.tsv/.txt or a 1-D .npy), or, for CLI "
+        "and in-process runs only, the path of such a file.",
+        json_schema_extra={"x-upload": DISTRIBUTION_FORMAT})
     potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=12,
         description="Potentials to fit: 'ne' (negative entropy) and p-norms such as 'p2', "
@@ -72,6 +86,14 @@ class SpineFitSpec(BaseModel):
         "points are data quantiles).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _strip_dataset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return EXAMPLE if value.lower() == EXAMPLE else value
+        return value
+
     @field_validator("potentials")
     @classmethod
     def _canonical_potentials(cls, value: list[str]) -> list[str]:
@@ -86,28 +108,57 @@ class SpineFitSpec(BaseModel):
 # --------------------------------------------------------------------------- reading
 
 
+def is_example(dataset: str) -> bool:
+    return dataset.strip().lower() == EXAMPLE
+
+
+def is_dataset_id(dataset: str) -> bool:
+    """Whether ``dataset`` names a stored upload rather than the example or a file path."""
+    return not is_example(dataset) and _DATASET_ID.fullmatch(dataset) is not None
+
+
 def resolve_dataset(dataset: str) -> Path:
     """The file behind ``dataset``: the bundled example or a local path."""
-    if dataset.strip().lower() == EXAMPLE:
+    if is_example(dataset):
         return example_path(EXAMPLE_FILE)
     path = Path(dataset).expanduser()
     if not path.is_file():
-        raise WeightDataError(f"No file at {dataset!r}.",
-                              "Give the path of an existing file, or 'example'.")
+        fix = "Give the path of an existing file, or 'example'."
+        if is_dataset_id(dataset):
+            fix += (" Ids of uploaded datasets are read by the server: submit the run there "
+                    "(POST /api/runs).")
+        raise WeightDataError(f"No file at {dataset!r}.", fix)
     return path
 
 
-def read_distribution(path: Path | str) -> np.ndarray:
+def read_local_distribution(dataset: str) -> DistributionSample:
+    """The bundled example or a local file, for CLI and in-process runs."""
+    path = resolve_dataset(dataset)
+    return DistributionSample(read_distribution(path),
+                              EXAMPLE if is_example(dataset) else path.name, file_sha256(path))
+
+
+def distribution_summary(values: np.ndarray) -> dict[str, Any]:
+    """What the upload page and the result show of a sample: n, range, median, mean, sd."""
+    return {"n": int(values.size), "min": float(values.min()),
+            "median": float(np.median(values)), "max": float(values.max()),
+            "mean": float(values.mean()), "std": float(values.std())}
+
+
+def read_distribution(path: Path | str, name: str | None = None) -> np.ndarray:
     """Read one column of positive values from a .csv/.tsv/.txt table or a 1-D .npy file.
 
     Text: blank lines and lines starting with '#' are skipped, the first row may be a
     header, cells are separated by ',', tab, ';' (then ',' is the decimal mark) or spaces.
     Raises :class:`~syngeo.io.weights.WeightDataError` (a ValueError) saying what is wrong
-    and how to fix it: several columns, text cells, NaN/Inf, values ≤ 0, too few values.
+    and how to fix it: several columns, text cells, NaN/Inf, values ≤ 0, too few values,
+    binary or unknown files. ``name`` is the file name shown in messages and chooses the
+    format by its extension (uploads are stored under temporary names); default: the
+    path's own name.
     """
     path = Path(path)
-    name = path.name
-    suffix = path.suffix.lower()
+    name = name or path.name
+    suffix = Path(name).suffix.lower()
     if suffix in TEXT_EXTENSIONS:
         values, rows = _read_text_column(path, name)
     elif suffix == ".npy":
@@ -142,6 +193,9 @@ def _read_text_column(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     except UnicodeDecodeError:
         raise WeightDataError("The file is not UTF-8 text.",
                               f"Save it as a plain-text table. {ACCEPTED}", file=name) from None
+    if "\x00" in text:
+        raise WeightDataError("The file holds binary data, not text.",
+                              f"Save the values as a plain-text table. {ACCEPTED}", file=name)
     lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
     lines = [(i, line) for i, line in lines if line and not line.startswith("#")]
     if not lines:
@@ -182,6 +236,15 @@ def _read_text_column(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npy_column(path: Path, name: str) -> np.ndarray:
+    with open(path, "rb") as handle:
+        magic = handle.read(len(_NPY_MAGIC))
+    if not magic:
+        raise WeightDataError("The file is empty.", f"Give at least {MIN_VALUES} values.",
+                              file=name)
+    if magic != _NPY_MAGIC:  # np.load would try to read it as a pickle or a zip
+        raise WeightDataError("The file is not a NumPy .npy array (it lacks the .npy header).",
+                              f"Save the values with np.save(path, values). {ACCEPTED}",
+                              file=name)
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -200,7 +263,7 @@ def _read_npy_column(path: Path, name: str) -> np.ndarray:
     return np.asarray(array, dtype=np.float64)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -221,30 +284,41 @@ class SpineFitKind(ExperimentKind):
         "(paper §4.4, Fig. 5).")
     Spec: ClassVar[type[BaseModel]] = SpineFitSpec
 
+    def datasets(self, spec: SpineFitSpec) -> list[str]:
+        return [spec.dataset] if is_dataset_id(spec.dataset) else []
+
     def local_paths(self, spec: SpineFitSpec) -> list[str]:
-        return [] if spec.dataset.strip().lower() == EXAMPLE else [spec.dataset]
+        if is_example(spec.dataset) or is_dataset_id(spec.dataset):
+            return []
+        return [spec.dataset]
+
+    def dataset_problem(self, dataset_id: str, format: str) -> tuple[str, str] | None:
+        return distribution_dataset_problem(dataset_id, format)
 
     def run(self, spec: SpineFitSpec, ctx: RunContext) -> KindResult:
         from syngeo.engine.distribution_fit import fit_distributions
         from syngeo.engine.potentials import parse_potential
 
         ctx.progress(0.0, "Reading the sample")
-        path = resolve_dataset(spec.dataset)
-        values = read_distribution(path)
+        if is_example(spec.dataset):  # bundled with the package: the same everywhere
+            sample = read_local_distribution(EXAMPLE)
+        else:
+            sample = ctx.load_distribution(spec.dataset)
+        values = sample.values
         fits = fit_distributions(
             values, [parse_potential(k) for k in spec.potentials], spec.init_models,
             n_components=spec.n_components,
             device=ctx.device if spec.device == "auto" else spec.device,
             progress=lambda f, m="": ctx.progress(0.02 + 0.96 * f, m))
         summary = fits.to_summary()
+        stats = distribution_summary(values)
         summary["dataset"] = {
-            "source": EXAMPLE if spec.dataset.strip().lower() == EXAMPLE else path.name,
-            "sha256": _sha256(path),
-            "n": int(values.size),
-            "min": float(values.min()),
-            "median": float(np.median(values)),
-            "max": float(values.max()),
+            "source": sample.source,
+            "sha256": sample.sha256,
+            **{k: stats[k] for k in ("n", "min", "median", "max")},
         }
+        if is_dataset_id(spec.dataset):
+            summary["dataset"]["id"] = spec.dataset
         summary["table"] = _table(summary)
         summary["note"] = EXCLUSION_NOTE
         ctx.progress(1.0, "Done")

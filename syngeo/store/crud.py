@@ -64,9 +64,11 @@ def fetch_dataset_files(session: Session, store: ArtifactStore, dataset: Dataset
     return paths
 
 
-def list_datasets(session: Session, limit: int = 50) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.created_at.desc())
-                                .limit(limit)))
+def list_datasets(session: Session, limit: int = 50, format: str | None = None) -> list[Dataset]:
+    query = select(Dataset)
+    if format is not None:
+        query = query.where(Dataset.format == format)
+    return list(session.scalars(query.order_by(Dataset.created_at.desc()).limit(limit)))
 
 
 # --- runs --------------------------------------------------------------------------------

@@ -34,7 +34,10 @@ class Base(DeclarativeBase):
 
 
 class Dataset(Base):
-    """An upload of before/after weights. The original files are kept as artifacts."""
+    """An upload: before/after weights (``format`` is the file format, ``summary`` has
+    per-layer ``layers``), or one distribution of positive values (``format`` is
+    "distribution", ``n_pairs`` the number of values, ``summary["distribution"]`` their
+    n/min/median/max/mean/std). The original files are kept as artifacts."""
 
     __tablename__ = "datasets"
 

@@ -66,13 +66,15 @@ function renderDatasets(datasets) {
       el("th", { scope: "row" }, ds.name || shortId(ds.id)),
       el("td", { class: "hide-sm" }, ds.format || "–"),
       el("td", { class: "num" }, fmtInt(ds.n_pairs)),
-      el("td", { class: "num" }, fmtInt((ds.layers || []).length)),
+      el("td", { class: "num" }, ds.format === "distribution" ? "–" : fmtInt((ds.layers || []).length)),
       el("td", { class: "nowrap", title: fmtDate(ds.created_at) }, fmtRelative(ds.created_at)),
-      el("td", {}, el("a", { href: `/analyze?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Analyse ${ds.name || ds.id}` }, "Analyse")),
+      ds.format === "distribution"
+        ? el("td", {}, el("a", { href: `/new/spine_fit?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Fit ${ds.name || ds.id}` }, "Fit"))
+        : el("td", {}, el("a", { href: `/analyze?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Analyse ${ds.name || ds.id}` }, "Analyse")),
     ),
   );
   box.replaceChildren(
-    table("datasets-table", "Uploaded datasets", [["Name"], ["Format", "hide-sm"], ["Weight pairs", "num"], ["Layers", "num"], ["Uploaded"], [el("span", { class: "sr-only" }, "Action")]], rows),
+    table("datasets-table", "Uploaded datasets", [["Name"], ["Format", "hide-sm"], ["Pairs / values", "num"], ["Layers", "num"], ["Uploaded"], [el("span", { class: "sr-only" }, "Action")]], rows),
   );
 }
 

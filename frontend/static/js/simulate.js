@@ -1,8 +1,11 @@
 // /new: every experiment kind as a card. /new/{kind}: the kind's form, generated from its
 // JSON Schema (GET /api/kinds); submitting queues a run (POST /api/runs) and opens it.
-// /new/{kind}?from={run id} fills the form with that run's spec (its seed included).
+// /new/{kind}?from={run id} fills the form with that run's spec (its seed included);
+// /new/{kind}?dataset={id} fills in the dataset. A field whose schema says
+// `"x-upload": "distribution"` (spine_fit's dataset) gets an upload panel (distribution.js).
 
 import { api, ApiError, clearError, el, shortId, showError, showVersion } from "./api.js";
+import { attachDistributionUpload } from "./distribution.js";
 import { buildForm, fieldsNamedIn } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
@@ -23,6 +26,7 @@ function renderCards(kinds) {
   list.replaceChildren(
     ...kinds.map((kind) => {
       const guided = Boolean(GUIDED[kind.name]);
+      const uploads = Object.values((kind.schema && kind.schema.properties) || {}).some((p) => p && p["x-upload"]);
       const headingId = `kind-${kind.name}-title`;
       return el(
         "li",
@@ -33,7 +37,7 @@ function renderCards(kinds) {
           "p",
           { class: "kind-foot small" },
           el("code", {}, kind.name),
-          el("span", { class: "kind-tag" }, guided ? "Upload weights" : "Simulation"),
+          el("span", { class: "kind-tag" }, guided ? "Upload weights" : uploads ? "Upload data" : "Simulation"),
           el("span", { class: "kind-go", "aria-hidden": "true" }, guided ? "Open the upload page →" : "Set parameters →"),
         ),
       );
@@ -68,6 +72,17 @@ function showNotFound(kinds) {
 
 let form = null;
 let kind = null;
+let uploaders = []; // {refresh()} of the upload panels of fields that take an upload
+
+/** The kind of upload a spec field takes ("distribution"), or undefined. */
+function uploadOf(key) {
+  const prop = kind && kind.schema && kind.schema.properties ? kind.schema.properties[key] : null;
+  return prop ? prop["x-upload"] : undefined;
+}
+
+function refreshUploads() {
+  for (const u of uploaders) u.refresh();
+}
 
 function linkToField(f) {
   return el("a", {
@@ -135,12 +150,14 @@ async function submit(event) {
   }
 }
 
-/** Suggest uploaded datasets in a text field named `dataset` (best effort). */
+/** Suggest uploaded datasets of the right type in a text field named `dataset` (best effort). */
 async function offerDatasets() {
   const f = form.field("dataset");
   if (!f || f.control.tagName !== "INPUT" || f.control.type !== "text") return;
+  const wanted = uploadOf("dataset");
   try {
-    const datasets = await api("/api/datasets?limit=50");
+    const all = await api(`/api/datasets?limit=50${wanted ? `&format=${encodeURIComponent(wanted)}` : ""}`);
+    const datasets = wanted ? all : all.filter((ds) => ds.format !== "distribution");
     const list = el("datalist", { id: `${f.control.id}-list` },
       ...datasets.map((ds) => el("option", { value: ds.id }, ds.name || shortId(ds.id))));
     f.node.append(list);
@@ -150,9 +167,12 @@ async function offerDatasets() {
   }
 }
 
-/** ?from={run id}: start from an earlier run's parameters. */
+/** ?from={run id}: start from an earlier run's parameters; ?dataset={id}: use that dataset. */
 async function prefill() {
-  const from = new URL(location.href).searchParams.get("from");
+  const params = new URL(location.href).searchParams;
+  const dataset = params.get("dataset");
+  if (dataset && form.field("dataset")) form.field("dataset").set(dataset);
+  const from = params.get("from");
   if (!from) return;
   const status = $("submit-status");
   try {
@@ -165,7 +185,7 @@ async function prefill() {
   }
 }
 
-function showForm(found) {
+async function showForm(found) {
   kind = found;
   const title = kind.title || kind.name;
   document.title = `${title} · New simulation · Synaptic Geometry Lab`;
@@ -182,15 +202,20 @@ function showForm(found) {
     notice.hidden = false;
   }
   form = buildForm($("spec-fields"), kind.schema, { idPrefix: "spec" });
+  uploaders = form.fields
+    .filter((f) => uploadOf(f.key) === "distribution")
+    .map((f) => attachDistributionUpload(f));
   $("spec-form").addEventListener("submit", submit);
   $("reset-btn").addEventListener("click", () => {
     form.reset();
+    refreshUploads();
     clearError($("form-error"));
     $("submit-status").textContent = "Defaults restored.";
   });
   $("kind-form-card").hidden = false;
   offerDatasets();
-  return prefill();
+  await prefill();
+  refreshUploads();
 }
 
 // ------------------------------------------------------------------ start-up
