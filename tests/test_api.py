@@ -301,3 +301,78 @@ def test_backend_starts_without_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"SYNGEO_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+# A linear-regression run small enough for the API tests, with the training solver so its
+# arrays hold the loss curves and the learning-rate search.
+TINY_TRAINING = {"potentials": ["p2"], "c_values": [2.0], "n_exponents": [0.5], "d_min": 20,
+                 "d_max": 40, "n_widths": 2, "seeds": 2, "solver": "training",
+                 "lr_min": 1e-2, "lr_max": 1e-1, "lr_points": 3, "epochs": 20,
+                 "epochs_step": 20, "max_epochs": 40, "seed": 1}
+
+
+def stored_bytes(env: dict, key: str) -> bytes:
+    with session_factory(env["SYNGEO_DATABASE_URL"])() as s:
+        return b"".join(s.scalars(select(ArtifactChunk.data).where(ArtifactChunk.key == key)
+                                  .order_by(ArtifactChunk.seq)))
+
+
+def test_download_result_arrays(client: TestClient, queued: list[str], env: dict) -> None:
+    """format=npz streams the stored arrays file; a shared run offers the same downloads
+    through its token; unknown formats and missing results get the usual error shape."""
+    from sqlalchemy import delete
+
+    run = client.post("/api/runs", json={"kind": "linear_regression", "spec": TINY_TRAINING})
+    assert run.status_code == 201, run.text
+    run_id = run.json()["id"]
+    early = client.get(f"/api/runs/{run_id}/download?format=npz")
+    assert early.status_code == 409 and early.json()["problem"] and early.json()["fix"]
+    bad = client.get(f"/api/runs/{run_id}/download?format=xlsx")
+    assert bad.status_code == 422
+    assert all(f"format={f}" in bad.json()["fix"] for f in ("json", "csv", "npz"))
+
+    run_queued(queued)
+    assert client.get(f"/api/runs/{run_id}").json()["status"] == "succeeded"
+    response = client.get(f"/api/runs/{run_id}/download?format=npz")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == f'attachment; filename="{run_id}.npz"'
+    assert response.content == stored_bytes(env, f"results/{run_id}.npz")
+    with np.load(io.BytesIO(response.content), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    assert {"delta_cdf", "final_mse", "curve_mse_median", "curve_epoch", "search_mse"} <= set(
+        arrays)
+    assert arrays["delta_cdf"].shape == (1, 1, 1, 2, 2)
+    # The same numbers as the result the dashboard shows (summary and figures).
+    result = client.get(f"/api/runs/{run_id}/result").json()
+    assert {"loss_curves", "lr_search"} <= set(result["figures"])
+    group = result["summary"]["groups"][0]
+    np.testing.assert_allclose(np.median(arrays["delta_cdf"][0, 0, 0], axis=-1),
+                               group["delta_cdf"]["median"])
+    assert group["epochs"] == arrays["epochs"][0, 0, 0].tolist()
+    medians = [t for t in result["figures"]["loss_curves"]["data"]
+               if t.get("line", {}).get("width") == 2]
+    for d, trace in enumerate(medians):
+        n = int(arrays["epochs"][0, 0, 0, d])
+        assert trace["x"][-1] == n
+        assert trace["y"][-1] == pytest.approx(float(arrays["curve_mse_median"][0, 0, 0, d, n]),
+                                               rel=1e-3)
+    csv_rows = client.get(f"/api/runs/{run_id}/download?format=csv").text.splitlines()
+    assert len(csv_rows) == 3 and "median_final_mse" in csv_rows[0]
+
+    token = client.post(f"/api/runs/{run_id}/share").json()["token"]
+    shared = client.get(f"/api/share/{token}/download?format=npz")
+    assert shared.status_code == 200 and shared.content == response.content
+    assert shared.headers["content-disposition"] == f'attachment; filename="{run_id}.npz"'
+    assert client.get(f"/api/share/{token}/download?format=json").json()["run"]["id"] == run_id
+    assert client.get(f"/api/share/{token}/download?format=csv").text.splitlines() == csv_rows
+    assert client.get(f"/api/share/{token}/download?format=pdf").status_code == 422
+    missing = client.get("/api/share/not-a-token/download?format=npz")
+    assert missing.status_code == 404 and missing.json()["fix"]
+
+    # The arrays file gone from the store: a 404 naming the problem, not a server error.
+    with session_factory(env["SYNGEO_DATABASE_URL"]).begin() as s:
+        s.execute(delete(ArtifactChunk).where(ArtifactChunk.key == f"results/{run_id}.npz"))
+    gone = client.get(f"/api/runs/{run_id}/download?format=npz")
+    assert gone.status_code == 404 and "missing" in gone.json()["problem"]
+    assert client.get(f"/api/runs/{run_id}/download?format=json").status_code == 200

@@ -15,12 +15,16 @@ from pydantic import ValidationError
 
 from syngeo.engine.implicit_bias import solve_implicit_bias
 from syngeo.engine.linear_regression import (
+    MAX_CURVE_POINTS,
     TrainingConfig,
+    choose_learning_rate,
+    curve_epochs,
     n_samples_for,
     problem_seeds,
     run_linear_regression,
     sample_problem,
     score_change,
+    train_mirror_descent,
     width_grid,
 )
 from syngeo.engine.potentials import NegativeEntropy, PNorm
@@ -32,8 +36,8 @@ POTENTIALS = [NegativeEntropy(), PNorm(2), PNorm(3)]
 # The test grid: D ∈ {100, 400, 1600}, 4 seeds, c = 2, N = D^0.5, exact solver.
 SMALL = dict(c_values=[2.0], n_exponents=[0.5], d_min=100, d_max=1600, n_widths=3, seeds=4,
              seed=0, device="cpu")
-
-
+# A reduced appendix B.1 protocol: 6 learning rates, 100 epochs, up to 300.
+TRAINING = TrainingConfig(lr_min=1e-3, lr_max=1e-1, lr_points=6, epochs=100, max_epochs=300)
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +122,22 @@ def test_seeds_reproducible_and_chunking_invariant() -> None:
     assert len(set(np.round(a.delta_cdf[0, 0, 0, 0], 12))) == 3
 
 
-def test_training_solver_matches_exact() -> None:
+TRAINED_GRID = dict(potentials=POTENTIALS, c_values=[2.0], n_exponents=[0.5], widths=[100],
+                    seeds=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The training solver on D = 100, N = 10, 2 seeds, one seed per chunk (so a cell's
+    curves are gathered across chunks)."""
+    return run_linear_regression(**TRAINED_GRID, solver="training", training=TRAINING,
+                                 memory_bytes=1.0)
+
+
+def test_training_solver_matches_exact(trained) -> None:
     """The paper's protocol (appendix B.1, reduced grid of 6 learning rates) on D = 100,
     N = 10 lands next to the exact Bregman projection: ΔCDF within 0.01."""
-    cfg = TrainingConfig(lr_min=1e-3, lr_max=1e-1, lr_points=6, epochs=100, max_epochs=300)
-    kwargs = dict(potentials=POTENTIALS, c_values=[2.0], n_exponents=[0.5], widths=[100],
-                  seeds=2, seed=3)
-    trained = run_linear_regression(**kwargs, solver="training", training=cfg)
-    exact = run_linear_regression(**kwargs)
+    exact = run_linear_regression(**TRAINED_GRID)
     assert (trained.final_mse <= 1e-3).all() and trained.converged.all()
     assert np.isfinite(trained.learning_rate).all()
     assert (trained.epochs >= 100).all() and (trained.epochs <= 300).all()
@@ -133,7 +145,100 @@ def test_training_solver_matches_exact() -> None:
     np.testing.assert_allclose(trained.dphi, exact.dphi, rtol=0.05)
     summary = trained.to_summary()
     assert summary["solver"] == "training" and summary["training"]["lr_points"] == 6
+    for p, g in enumerate(summary["groups"]):
+        assert g["final_mse"]["median"] == [pytest.approx(np.median(trained.final_mse[p]))]
     assert np.isnan(exact.final_mse).all()
+    # The exact solver has no training loss: no curves, no search, no training figures.
+    assert exact.curves is None and exact.search is None
+    assert not [k for k in exact.to_arrays() if k.startswith(("curve_", "search_"))]
+    assert "final_mse" not in exact.to_summary()["groups"][0]
+
+
+def test_loss_curves_recorded(trained) -> None:
+    """Every cell's training MSE per epoch: shapes, the recorded epochs, the last point equal
+    to the reported final MSE, and a converged run's loss falling by orders of magnitude."""
+    arrays = trained.to_arrays()
+    cells = (3, 1, 1, 1)
+    k = int(trained.epochs.max()) + 1  # at most 301 epochs: every one is kept
+    assert arrays["curve_epoch"].shape == (*cells, k) and arrays["curve_epoch"].dtype == np.int32
+    for name in ("median", "p5", "p95", "seed0"):
+        assert arrays[f"curve_mse_{name}"].shape == (*cells, k)
+        assert arrays[f"curve_mse_{name}"].dtype == np.float32
+    for p in range(3):
+        key = (p, 0, 0, 0)
+        n = int(trained.epochs[key]) + 1
+        np.testing.assert_array_equal(arrays["curve_epoch"][key][:n], np.arange(n))
+        assert (arrays["curve_epoch"][key][n:] == -1).all()
+        assert np.isnan(arrays["curve_mse_median"][key][n:]).all()
+        final = trained.final_mse[key]
+        first = arrays["curve_mse_seed0"][key][:n]
+        assert first[-1] == np.float32(final[0])
+        assert arrays["curve_mse_median"][key][n - 1] == pytest.approx(np.median(final),
+                                                                         rel=1e-6)
+        lo, med, hi = (arrays[f"curve_mse_{q}"][key][:n] for q in ("p5", "median", "p95"))
+        assert (lo <= med * (1 + 1e-6)).all() and (med <= hi * (1 + 1e-6)).all()
+        # Converged (final MSE ≤ 1e-3 from about 1 at w⁰): the loss falls overall, and the
+        # cosine schedule's small last steps leave it within a decade of its lowest value
+        # (momentum makes it oscillate on the way).
+        assert first[0] > 0.1 and first[-1] < 1e-3 * first[0]
+        assert first[-1] <= 10 * first.min()
+        assert np.median(first[n // 2:]) < 0.1 * np.median(first[:n // 2])
+
+
+def test_learning_rate_search_recorded(trained) -> None:
+    arrays = trained.to_arrays()
+    lrs = TRAINING.learning_rates()
+    np.testing.assert_allclose(arrays["search_lr"], lrs)
+    rounds = arrays["search_epochs"]
+    assert rounds.tolist() == [100, 200, 300][:rounds.size]
+    assert arrays["search_mse"].shape == (3, 1, 1, 1, rounds.size, 6)
+    for p in range(3):
+        key = (p, 0, 0, 0)
+        table = arrays["search_mse"][key]
+        ran = [r for r in range(rounds.size) if not np.isnan(table[r]).all()]
+        assert ran == list(range(len(ran))) and rounds[ran[-1]] == trained.epochs[key]
+        assert not np.isnan(table[ran]).any()  # inf marks divergence, never NaN
+        last = table[ran[-1]]
+        best = int(np.argmin(last))
+        assert lrs[best] == pytest.approx(trained.learning_rate[key])
+        # The search trained the cell's first seed at the same rate for as many epochs.
+        assert arrays["curve_mse_seed0"][key][int(trained.epochs[key])] == pytest.approx(
+            last[best], rel=1e-5)
+        # Earlier rounds stopped above the target.
+        assert all(table[r].min() > TRAINING.mse_target for r in ran[:-1])
+
+
+def test_train_mirror_descent_records_chosen_epochs() -> None:
+    x_seeds, l_seeds = problem_seeds(0, (0, 0, 0), 2)
+    x, y, w0 = sample_problem(5, 40, 2.0, x_seeds, l_seeds)
+    full = train_mirror_descent(PNorm(2), x, y, w0, [0.05, 0.05], 20)
+    assert full.curve.shape == (21, 2) and full.curve.dtype == torch.float64
+    initial = ((torch.bmm(x, w0.unsqueeze(-1)).squeeze(-1) - y) ** 2).mean(dim=-1)
+    torch.testing.assert_close(full.curve[0], initial)
+    torch.testing.assert_close(full.curve[-1], full.mse)
+    some = train_mirror_descent(PNorm(2), x, y, w0, [0.05, 0.05], 20, record=[0, 7, 20])
+    torch.testing.assert_close(some.curve, full.curve[[0, 7, 20]])
+    torch.testing.assert_close(some.w, full.w)
+    none = train_mirror_descent(PNorm(2), x, y, w0, [0.05, 0.05], 20, record=[])
+    assert none.curve.shape == (0, 2)
+    for bad in ([3, 3], [5, 2], [-1], [21]):
+        with pytest.raises(ValueError, match="record"):
+            train_mirror_descent(PNorm(2), x, y, w0, [0.05, 0.05], 20, record=bad)
+    # A diverging learning rate: MSE inf, and inf at the end of its curve too.
+    boom = train_mirror_descent(PNorm(2), x, y, w0, [0.05, 1e12], 20)
+    assert math.isinf(float(boom.mse[1])) and math.isinf(float(boom.curve[-1, 1]))
+    search = choose_learning_rate(PNorm(2), x[0], y[0], w0[0], TrainingConfig(
+        lr_min=1e-3, lr_max=1e12, lr_points=6, epochs=20, epochs_step=20, max_epochs=40))
+    assert search.round_mse.shape == (len(search.round_epochs), 6)
+    assert np.isinf(search.round_mse[:, -1]).all()  # 1e12 diverges in every round
+
+
+def test_curve_epochs_thinning() -> None:
+    assert curve_epochs(500) == list(range(501))
+    long = curve_epochs(20_000)
+    assert len(long) <= MAX_CURVE_POINTS and long[0] == 0 and long[-1] == 20_000
+    assert all(b > a for a, b in zip(long, long[1:], strict=False))
+    assert curve_epochs(10, max_points=4) == [0, 3, 7, 10]
 
 
 def test_diverged_rows_score_nan() -> None:
@@ -211,6 +316,57 @@ def test_figures(small_run) -> None:
         assert len(fig["data"]) == 9  # each line with a 5/95% band (two edge traces)
     rows = LinearRegressionKind().table_rows(summary)
     assert len(rows) == 9 and rows[0]["D"] == 100 and rows[0]["N"] == 10
+
+
+def test_training_figures() -> None:
+    """The training solver adds the loss-curve and learning-rate-search figures: log axes,
+    one median line per (potential, c, a, D) ending at the final MSE, a potential dropdown,
+    the chosen learning rates starred; the CSV rows carry the training columns."""
+    spec = LinearRegressionSpec(
+        potentials=["ne", "p2"], c_values=[2.0], n_exponents=[0.5, 0.75], d_min=50,
+        d_max=100, n_widths=2, seeds=2, solver="training", lr_min=1e-2, lr_max=1e-1,
+        lr_points=3, epochs=40, epochs_step=40, max_epochs=80, seed=5, device="cpu")
+    kind = LinearRegressionKind()
+    result = kind.run(spec, Ctx())
+    summary, arrays = result.summary, result.arrays
+    figs = kind.figures(summary, arrays)
+    assert list(figs) == ["delta_cdf", "dphi", "loss_curves", "lr_search"]
+    for fig in figs.values():
+        json.dumps(fig, allow_nan=False)
+
+    loss = figs["loss_curves"]
+    layout = loss["layout"]
+    assert layout["meta"]["figure"] == "loss_curves"
+    assert layout["yaxis"]["type"] == "log" and layout["yaxis2"]["type"] == "log"
+    assert "epoch" in str(layout["xaxis"]["title"])
+    medians = [t for t in loss["data"] if t.get("name", "").startswith("D = ")
+               and t.get("line", {}).get("width") == 2]
+    bands = [t for t in loss["data"] if t.get("hoverinfo") == "skip"]
+    assert len(medians) == 2 * 1 * 2 * 2 and len(bands) == 2 * len(medians)  # ≤ 3 widths
+    # Traces are ordered potential, c, a, D; each median ends at its cell's final MSE.
+    cells = [(p, 0, a, d) for p in range(2) for a in range(2) for d in range(2)]
+    for trace, key in zip(medians, cells, strict=True):
+        n = int(arrays["epochs"][key])
+        assert trace["x"][0] == 0 and trace["x"][-1] == n and len(trace["x"]) == n + 1
+        assert trace["y"][-1] == pytest.approx(np.median(arrays["final_mse"][key]), rel=1e-3)
+        assert trace["visible"] is (key[0] == 0)
+    buttons = layout["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == ["NE", "2-norm"]
+    assert all(len(b["args"][0]["visible"]) == len(loss["data"]) for b in buttons)
+
+    search = figs["lr_search"]
+    layout = search["layout"]
+    assert layout["xaxis"]["type"] == "log" and layout["yaxis"]["type"] == "log"
+    assert layout["meta"]["learning_rates"] == pytest.approx(arrays["search_lr"].tolist())
+    stars = [t for t in search["data"] if t.get("name") == "chosen"]
+    assert len(stars) == 2 * 2
+    for star, (p, a) in zip(stars, [(p, a) for p in range(2) for a in range(2)], strict=True):
+        assert star["x"] == pytest.approx(arrays["learning_rate"][p, 0, a].tolist())
+    assert all(len(b["args"][0]["visible"]) == len(search["data"])
+               for b in layout["updatemenus"][0]["buttons"])
+
+    rows = kind.table_rows(summary)
+    assert len(rows) == 8 and {"learning_rate", "epochs", "median_final_mse"} <= set(rows[0])
 
 
 def test_kind_module_does_not_import_torch() -> None:

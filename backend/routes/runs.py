@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
 from syngeo import __version__
 from syngeo.backend import deps
@@ -124,19 +128,26 @@ def get_result(run_id: str, session: Session = Depends(deps.session),
     return body
 
 
-@router.get("/runs/{run_id}/download", summary="Download the result as JSON or CSV")
-def download(run_id: str, format: str = "json", session: Session = Depends(deps.session),
-             store: ArtifactStore = Depends(deps.store)) -> Response:
-    run = _run_or_404(session, run_id)
+#: format=json: the run record and its summary; csv: the kind's table rows; npz: the result
+#: arrays exactly as stored (numpy .npz; read with np.load(..., allow_pickle=False)).
+DOWNLOAD_FORMATS = ("json", "csv", "npz")
+
+
+def _download(session: Session, store: ArtifactStore, run: Run, format: str) -> Response:
+    if format not in DOWNLOAD_FORMATS:
+        raise ApiError(422, f"Unknown download format {format!r}.",
+                       "Use format=json (summary), format=csv (table) or format=npz "
+                       "(result arrays).")
     result = session.get(Result, run.id)
     if result is None or run.status != "succeeded":
-        raise ApiError(409, f"Run {run_id} has no result: it is {run.status}.",
+        raise ApiError(409, f"Run {run.id} has no result: it is {run.status}.",
                        "Download once the run has succeeded.")
+    attachment = {"Content-Disposition": f'attachment; filename="{run.id}.{format}"'}
     if format == "json":
         payload = {"run": RunOut.model_validate(run).model_dump(mode="json"),
                    "summary": result.summary}
         return Response(json.dumps(payload, indent=2), media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="{run.id}.json"'})
+                        headers=attachment)
     if format == "csv":
         rows = get_kind(run.kind).table_rows(result.summary)
         out = io.StringIO()
@@ -144,9 +155,36 @@ def download(run_id: str, format: str = "json", session: Session = Depends(deps.
             writer = csv.DictWriter(out, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        return Response(out.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{run.id}.csv"'})
-    raise ApiError(422, f"Unknown download format {format!r}.", "Use format=json or format=csv.")
+        return Response(out.getvalue(), media_type="text/csv", headers=attachment)
+    return _arrays_file(session, store, run, result)
+
+
+def _arrays_file(session: Session, store: ArtifactStore, run: Run, result: Result) -> Response:
+    """The stored .npz bytes, streamed from a temporary copy removed after sending (the
+    database store keeps artifacts in rows, so there is no file to point at)."""
+    missing_fix = ("Its summary and table are still available (format=json, format=csv); run "
+                   "it again to recreate the arrays.")
+    if not result.arrays_artifact:
+        raise ApiError(404, f"Run {run.id} stored no result arrays.", missing_fix)
+    tmp = tempfile.mkdtemp(prefix="syngeo-download-")
+    try:
+        path = store.fetch(session, result.arrays_artifact, Path(tmp) / "arrays.npz")
+    except FileNotFoundError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ApiError(404, f"The result arrays of run {run.id} are missing from the artifact "
+                       "store.", missing_fix) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{run.id}.npz",
+                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+
+
+@router.get("/runs/{run_id}/download",
+            summary="Download the result: summary (json), table (csv) or arrays (npz)")
+def download(run_id: str, format: str = "json", session: Session = Depends(deps.session),
+             store: ArtifactStore = Depends(deps.store)) -> Response:
+    return _download(session, store, _run_or_404(session, run_id), format)
 
 
 @router.post("/runs/{run_id}/share", response_model=ShareOut, status_code=201,
@@ -161,13 +199,24 @@ def share(run_id: str, request: Request, session: Session = Depends(deps.session
     return ShareOut(token=link.token, url=f"{base}/s/{link.token}")
 
 
-@router.get("/share/{token}", response_model=SharedRunOut, tags=["share"],
-            summary="A shared run and its result, read-only, no login")
-def shared(token: str, session: Session = Depends(deps.session),
-           store: ArtifactStore = Depends(deps.store)) -> SharedRunOut:
+def _shared_run(session: Session, token: str) -> Run:
     link = session.scalar(select(ShareLink).where(ShareLink.token == token))
     if link is None:
         raise ApiError(404, "This share link does not exist.",
                        "Ask the person who sent it for a new link.")
-    run = session.get(Run, link.run_id)
+    return session.get(Run, link.run_id)
+
+
+@router.get("/share/{token}", response_model=SharedRunOut, tags=["share"],
+            summary="A shared run and its result, read-only, no login")
+def shared(token: str, session: Session = Depends(deps.session),
+           store: ArtifactStore = Depends(deps.store)) -> SharedRunOut:
+    run = _shared_run(session, token)
     return SharedRunOut(run=RunOut.model_validate(run), result=result_body(session, store, run))
+
+
+@router.get("/share/{token}/download", tags=["share"],
+            summary="Download a shared run's result (json, csv or npz), read-only, no login")
+def shared_download(token: str, format: str = "json", session: Session = Depends(deps.session),
+                    store: ArtifactStore = Depends(deps.store)) -> Response:
+    return _download(session, store, _shared_run(session, token), format)

@@ -15,7 +15,10 @@ w∞ comes from one of two solvers: ``"exact"`` solves Eq. 8 by Newton's method
 protocol (appendix B.1): mirror descent with momentum 0.9 and a cosine learning-rate schedule
 on the MSE loss (full batch: one step per epoch), the learning rate chosen on one seed by a
 grid search over log10-spaced points, with 100 more epochs (up to a cap) while the best MSE
-stays above a target.
+stays above a target. Training records its loss: the MSE at every epoch of every run
+(summarised per cell as the median and 5/95% percentiles over seeds, plus the first seed's own
+curve, see :class:`LinearRegressionResult`) and the final MSE of every learning rate in every
+round of the grid search.
 
 Randomness: every (c, a, D) cell draws its seeds from ``numpy.random.SeedSequence(seed,
 spawn_key=(c index, a index, D index))``, so cells are independent and reproducible, and
@@ -28,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -42,9 +45,13 @@ from syngeo.engine.mirror_descent import MirrorDescent
 from syngeo.engine.potentials import Potential
 
 __all__ = [
+    "MAX_CURVE_POINTS",
+    "LearningRateSearch",
     "LinearRegressionResult",
+    "Trained",
     "TrainingConfig",
     "choose_learning_rate",
+    "curve_epochs",
     "n_samples_for",
     "problem_seeds",
     "run_linear_regression",
@@ -60,6 +67,9 @@ ProgressFn = Callable[[float, str], None]
 #: Acceptance thresholds of §4.1: ΔCDF "always relatively small (≤ 0.2)"; Δφ ≪ 1 at large D.
 DELTA_CDF_LIMIT = 0.2
 DPHI_LIMIT = 0.2
+#: Most points kept of one loss curve: the paper's ≤ 500 epochs are kept whole, longer runs are
+#: thinned to this many evenly spaced epochs (the first and the last always among them).
+MAX_CURVE_POINTS = 1001
 
 
 @dataclass(frozen=True)
@@ -150,14 +160,43 @@ def _mse(x: Tensor, w: Tensor, y: Tensor) -> Tensor:
     return ((torch.bmm(x, w.unsqueeze(-1)).squeeze(-1) - y) ** 2).mean(dim=-1)
 
 
+def curve_epochs(epochs: int, max_points: int = MAX_CURVE_POINTS) -> list[int]:
+    """The epochs (0 = before the first step, ``epochs`` = the end) at which a run of
+    ``epochs`` epochs records its MSE: all of them when they are at most ``max_points``, else
+    ``max_points`` evenly spaced ones, always with 0 and ``epochs``."""
+    if epochs + 1 <= max_points:
+        return list(range(epochs + 1))
+    return np.unique(np.rint(np.linspace(0, epochs, max_points)).astype(np.int64)).tolist()
+
+
+class Trained(NamedTuple):
+    """What :func:`train_mirror_descent` returns: ``w`` (B, D); ``mse`` (B,) final MSE (inf
+    when the row diverged); ``curve`` (K, B) the MSE at the K recorded epochs (float64, on
+    w's device; a diverged row's non-finite values read inf)."""
+
+    w: Tensor
+    mse: Tensor
+    curve: Tensor
+
+
 def train_mirror_descent(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
-                         lrs: Sequence[float], epochs: int,
-                         momentum: float = 0.9) -> tuple[Tensor, Tensor]:
+                         lrs: Sequence[float], epochs: int, momentum: float = 0.9, *,
+                         record: Sequence[int] | None = None) -> Trained:
     """Full-batch mirror descent (Eq. 5–7) on the MSE loss from w⁰, with momentum and a cosine
     annealing schedule over ``epochs`` steps (appendix B.1), for a batch of problems: row b
-    of x (B, N, D), y (B, N), w⁰ (B, D) uses learning rate ``lrs[b]``. Returns (w, final
-    MSE per row); a diverged row has a non-finite w and MSE inf.
+    of x (B, N, D), y (B, N), w⁰ (B, D) uses learning rate ``lrs[b]``.
+
+    ``record``: increasing epochs in [0, ``epochs``] at which the MSE is kept (epoch e = after
+    e steps; default all of them, ``[]`` none). It is the loss the step computes anyway, copied
+    on the device (no extra matrix product, no synchronisation); the last epoch's value is the
+    final MSE. A diverged row has a non-finite w and MSE inf.
     """
+    marks = range(epochs + 1) if record is None else [int(e) for e in record]
+    if any(not 0 <= e <= epochs for e in marks) or any(
+            b <= a for a, b in zip(marks, marks[1:], strict=False)):
+        raise ValueError(f"record must be increasing epochs in [0, {epochs}], got {marks!r}")
+    slots = {e: k for k, e in enumerate(marks)}
+    curve = torch.full((len(slots), w0.shape[0]), math.nan, dtype=w0.dtype, device=w0.device)
     w = w0.clone().requires_grad_(True)
     # One parameter for the whole batch: row b's loss is weighted by lrs[b] and the optimiser
     # runs at lr 1. The momentum buffer is linear in the gradient, so this is exactly
@@ -165,9 +204,13 @@ def train_mirror_descent(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
     scale = torch.tensor([float(v) for v in lrs], dtype=w0.dtype, device=w0.device)
     opt = MirrorDescent([w], potential=potential, lr=1.0, momentum=momentum)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         opt.zero_grad(set_to_none=False)
-        (scale * _mse(x, w, y)).sum().backward()
+        mse = _mse(x, w, y)
+        (scale * mse).sum().backward()
+        k = slots.get(epoch)
+        if k is not None:
+            curve[k] = mse.detach()
         opt.step()
         sched.step()
     with torch.no_grad():
@@ -175,25 +218,49 @@ def train_mirror_descent(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
         mse = _mse(x, w, y)
     mse = torch.where(torch.isfinite(mse) & torch.isfinite(w).all(dim=-1), mse,
                       torch.full_like(mse, math.inf))
-    return w, mse
+    k = slots.get(epochs)
+    if k is not None:
+        curve[k] = mse
+    curve = torch.where(torch.isfinite(curve), curve, torch.full_like(curve, math.inf))
+    return Trained(w, mse, curve)
+
+
+@dataclass(frozen=True)
+class LearningRateSearch:
+    """Outcome of :func:`choose_learning_rate`: the chosen ``learning_rate``, its ``epochs``
+    and final ``mse``; every round's epochs (``round_epochs``) and final MSE per learning rate
+    of ``learning_rates`` (``round_mse``, (rounds, learning rates), inf where it diverged)."""
+
+    learning_rate: float
+    epochs: int
+    mse: float
+    learning_rates: list[float]
+    round_epochs: list[int]
+    round_mse: np.ndarray
 
 
 def choose_learning_rate(potential: Potential, x: Tensor, y: Tensor, w0: Tensor,
-                         config: TrainingConfig) -> tuple[float, int, float]:
+                         config: TrainingConfig) -> LearningRateSearch:
     """The grid search of appendix B.1 on one problem (x (N, D), y (N,), w⁰ (D,)): train with
     every learning rate for ``epochs`` epochs, and while the best final MSE is above
     ``mse_target`` add ``epochs_step`` epochs and search again (up to ``max_epochs``).
-    Returns (learning rate, epochs, its final MSE)."""
+    Ties go to the smallest learning rate."""
     lrs = config.learning_rates()
     k = len(lrs)
     xs, ys, ws = x.expand(k, *x.shape), y.expand(k, *y.shape), w0.expand(k, *w0.shape)
     epochs = config.epochs
+    round_epochs: list[int] = []
+    round_mse: list[np.ndarray] = []
     while True:
-        _, mse = train_mirror_descent(potential, xs, ys, ws, lrs, epochs, config.momentum)
-        best = int(torch.argmin(mse))
+        mse = train_mirror_descent(potential, xs, ys, ws, lrs, epochs, config.momentum,
+                                   record=[]).mse.cpu().numpy()
+        round_epochs.append(epochs)
+        round_mse.append(mse)
+        best = int(np.argmin(mse))
         best_mse = float(mse[best])
         if best_mse <= config.mse_target or epochs + config.epochs_step > config.max_epochs:
-            return float(lrs[best]), epochs, best_mse
+            return LearningRateSearch(float(lrs[best]), epochs, best_mse, list(lrs),
+                                      round_epochs, np.stack(round_mse))
         epochs += config.epochs_step
 
 
@@ -204,6 +271,19 @@ class LinearRegressionResult:
     ``n_samples`` is (a, width). ``converged``: exact solver reached ``rtol`` (training: final
     MSE ≤ target). ``final_mse``: training only (NaN for the exact solver). ``learning_rate``
     and ``epochs`` (potential, c, a, width): chosen by the grid search (NaN / 0 when exact).
+
+    Training only (None for the exact solver, which has no training loss):
+
+    * ``curves``: the training MSE per epoch, per (potential, c, a, width) cell, K points:
+      ``epoch`` (…, K) int32, the epochs recorded (0 = before the first step; all of a cell's
+      epochs when they are at most :data:`MAX_CURVE_POINTS`, else that many evenly spaced;
+      −1 pads a cell shorter than the longest), ``median``, ``p5``, ``p95`` (…, K) float32
+      over the seeds whose training did not diverge (NaN when all did, and as padding), and
+      ``seed0`` (…, K) float32, the cell's first seed (the one the learning rate was searched
+      on; inf where it diverged). The last recorded point is the final MSE.
+    * ``search``: the learning-rate grid search of every cell: ``learning_rates`` (L,),
+      ``round_epochs`` (R,) the epochs of search round r, ``mse`` (…, R, L) float64 final MSE
+      of every learning rate in every round (inf: diverged; NaN: round not run).
     """
 
     potentials: list[Potential]
@@ -222,14 +302,28 @@ class LinearRegressionResult:
     epochs: np.ndarray
     seconds: float = 0.0
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    curves: dict[str, np.ndarray] | None = None
+    search: dict[str, np.ndarray] | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        """The result's arrays by name; training adds ``curve_epoch``, ``curve_mse_median``,
+        ``curve_mse_p5``, ``curve_mse_p95``, ``curve_mse_seed0`` (``curves``) and
+        ``search_lr``, ``search_epochs``, ``search_mse`` (``search``)."""
+        arrays = {
             "delta_cdf": self.delta_cdf, "dphi": self.dphi, "converged": self.converged,
             "final_mse": self.final_mse, "learning_rate": self.learning_rate,
             "epochs": self.epochs, "widths": np.asarray(self.widths, dtype=np.int64),
             "n_samples": self.n_samples,
         }
+        if self.curves is not None:
+            arrays["curve_epoch"] = self.curves["epoch"]
+            for name in ("median", "p5", "p95", "seed0"):
+                arrays[f"curve_mse_{name}"] = self.curves[name]
+        if self.search is not None:
+            arrays["search_lr"] = self.search["learning_rates"]
+            arrays["search_epochs"] = self.search["round_epochs"]
+            arrays["search_mse"] = self.search["mse"]
+        return arrays
 
     def to_summary(self) -> dict[str, Any]:
         """Per (potential, c, a): median and 5/95% percentiles of ΔCDF and Δφ over seeds at
@@ -251,6 +345,8 @@ class LinearRegressionResult:
                     if self.solver == "training":
                         entry["learning_rate"] = self.learning_rate[p, ci, ai].tolist()
                         entry["epochs"] = self.epochs[p, ci, ai].tolist()
+                        q = _percentiles(self.final_mse[p, ci, ai])
+                        entry["final_mse"] = {"p5": q[0], "median": q[1], "p95": q[2]}
                     entry["checks"] = _checks(entry["delta_cdf"]["median"],
                                               entry["dphi"]["median"])
                     groups.append(entry)
@@ -321,6 +417,9 @@ def run_linear_regression(
     final_mse = np.full(shape, np.nan)
     lr_chosen = np.full(shape[:4], np.nan)
     epochs_chosen = np.zeros(shape[:4], dtype=np.int64)
+    # Training: per cell, the loss curves (K, seeds) and the grid search.
+    cell_curves: dict[tuple[int, int, int, int], np.ndarray] = {}
+    searches: dict[tuple[int, int, int, int], LearningRateSearch] = {}
     n_table = np.array([[n_samples_for(d, a) for d in widths] for a in n_exponents],
                        dtype=np.int64)
     # Cost of one solve ~ N²D (forming J); training ~ epochs·N·D, same ordering of widths.
@@ -335,7 +434,7 @@ def run_linear_regression(
                 n = int(n_table[ai, di])
                 x_seeds, l_seeds = problem_seeds(seed, (ci, ai, di), seeds)
                 chunk = seeds_per_chunk(n, d, memory_bytes)
-                lr_cache: dict[int, tuple[float, int]] = {}
+                curve_parts: dict[int, list[np.ndarray]] = {p: [] for p in range(len(pots))}
                 for lo in range(0, seeds, chunk):
                     hi = min(seeds, lo + chunk)
                     x, y, w0 = sample_problem(n, d, c, x_seeds[lo:hi], l_seeds[lo:hi], dev)
@@ -346,15 +445,18 @@ def run_linear_regression(
                             w = sol.w
                             converged[p, ci, ai, di, lo:hi] = sol.converged.cpu().numpy()
                         else:
-                            if p not in lr_cache:
+                            key = (p, ci, ai, di)
+                            if key not in searches:
                                 # The grid search runs on the cell's first seed (B.1).
-                                lr, ep, _ = choose_learning_rate(pot, x[0], y[0], w0[0],
-                                                                 training)
-                                lr_cache[p] = (lr, ep)
-                                lr_chosen[p, ci, ai, di], epochs_chosen[p, ci, ai, di] = lr, ep
-                            lr, ep = lr_cache[p]
-                            w, mse = train_mirror_descent(pot, x, y, w0, [lr] * (hi - lo), ep,
-                                                          training.momentum)
+                                searches[key] = choose_learning_rate(pot, x[0], y[0], w0[0],
+                                                                     training)
+                                lr_chosen[key] = searches[key].learning_rate
+                                epochs_chosen[key] = searches[key].epochs
+                            lr, ep = searches[key].learning_rate, searches[key].epochs
+                            w, mse, curve = train_mirror_descent(
+                                pot, x, y, w0, [lr] * (hi - lo), ep, training.momentum,
+                                record=curve_epochs(ep))
+                            curve_parts[p].append(curve.cpu().numpy())
                             mse_np = mse.cpu().numpy()
                             final_mse[p, ci, ai, di, lo:hi] = mse_np
                             converged[p, ci, ai, di, lo:hi] = mse_np <= training.mse_target
@@ -366,10 +468,54 @@ def run_linear_regression(
                             progress(done / total, f"{pot.label}, c = {c:g}, N = D^{a:g}, "
                                      f"D = {d}: seeds {lo + 1}–{hi} of {seeds}")
                     del x, y, w0
+                for p, parts in curve_parts.items():
+                    if parts:
+                        cell_curves[(p, ci, ai, di)] = np.concatenate(parts, axis=1)
+    curves = search = None
+    if solver == "training":
+        curves = _curve_arrays(shape[:4], cell_curves, epochs_chosen)
+        search = _search_arrays(shape[:4], searches, training)
     return LinearRegressionResult(
         potentials=pots, c_values=[float(c) for c in c_values],
         n_exponents=[float(a) for a in n_exponents], widths=[int(d) for d in widths],
         n_samples=n_table, seeds=seeds, solver=solver, seed=seed, delta_cdf=delta, dphi=dphi,
         converged=converged, final_mse=final_mse, learning_rate=lr_chosen,
         epochs=epochs_chosen, seconds=time.perf_counter() - t0, training=training,
+        curves=curves, search=search,
     )
+
+
+def _curve_arrays(cells: tuple[int, ...], cell_curves: dict[tuple[int, int, int, int],
+                                                            np.ndarray],
+                  epochs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per cell: the recorded epochs, the median and 5/95% percentiles over the seeds that did
+    not diverge, and the first seed's curve, padded to the longest cell (−1 / NaN)."""
+    k = max((c.shape[0] for c in cell_curves.values()), default=1)
+    out = {"epoch": np.full((*cells, k), -1, dtype=np.int32)}
+    for name in ("median", "p5", "p95", "seed0"):
+        out[name] = np.full((*cells, k), np.nan, dtype=np.float32)
+    for key, curve in cell_curves.items():
+        marks = curve_epochs(int(epochs[key]))
+        n = len(marks)
+        out["epoch"][key][:n] = marks
+        out["seed0"][key][:n] = curve[:, 0]
+        kept = curve[:, np.isfinite(curve).all(axis=0)]
+        if kept.shape[1]:
+            q = np.percentile(kept, [5, 50, 95], axis=1)
+            out["p5"][key][:n], out["median"][key][:n], out["p95"][key][:n] = q
+    return out
+
+
+def _search_arrays(cells: tuple[int, ...], searches: dict[tuple[int, int, int, int],
+                                                          LearningRateSearch],
+                   config: TrainingConfig) -> dict[str, np.ndarray]:
+    """Every cell's grid search: final MSE per round and learning rate, NaN after the last
+    round a cell ran."""
+    lrs = config.learning_rates()
+    rounds = max((len(s.round_epochs) for s in searches.values()), default=1)
+    mse = np.full((*cells, rounds, len(lrs)), np.nan)
+    for key, s in searches.items():
+        mse[key][:len(s.round_epochs)] = s.round_mse
+    round_epochs = [config.epochs + r * config.epochs_step for r in range(rounds)]
+    return {"learning_rates": np.asarray(lrs, dtype=np.float64),
+            "round_epochs": np.asarray(round_epochs, dtype=np.int64), "mse": mse}

@@ -173,10 +173,17 @@ class LinearRegressionKind(ExperimentKind):
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
-        return {
+        out = {
             "delta_cdf": width_figure(summary, "delta_cdf"),
             "dphi": width_figure(summary, "dphi"),
         }
+        # The exact solver has no training loss (Newton's method on Eq. 8), so no curves.
+        if summary.get("solver") == "training":
+            if "curve_mse_median" in arrays:
+                out["loss_curves"] = loss_curves_figure(summary, arrays)
+            if "search_mse" in arrays:
+                out["lr_search"] = lr_search_figure(summary, arrays)
+        return out
 
     def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows = []
@@ -191,6 +198,12 @@ class LinearRegressionKind(ExperimentKind):
                     "median_dphi": g["dphi"]["median"][i],
                     "p5_dphi": g["dphi"]["p5"][i], "p95_dphi": g["dphi"]["p95"][i],
                 })
+                if "final_mse" in g:  # training solver
+                    rows[-1].update({
+                        "learning_rate": g["learning_rate"][i], "epochs": g["epochs"][i],
+                        "median_final_mse": g["final_mse"]["median"][i],
+                        "p95_final_mse": g["final_mse"]["p95"][i],
+                    })
         return rows
 
 
@@ -271,6 +284,250 @@ def width_figure(summary: dict[str, Any], metric: Literal["delta_cdf", "dphi"]) 
         legend=dict(orientation="h", x=1, xanchor="right", y=1.04, yanchor="bottom"),
         meta=dict(metric=metric, widths=widths, seeds=summary["seeds"]),
     )
+    out = figures.json_safe(fig.to_plotly_json())
+    out.setdefault("layout", {}).pop("template", None)
+    return out
+
+
+# --------------------------------------------------------------------------- training figures
+
+#: Most points drawn of one curve (the arrays keep every recorded epoch).
+_FIGURE_POINTS = 201
+#: Widths up to this many per panel get their 5–95% band drawn; more only show it on hover.
+_MAX_BANDS = 3
+
+
+def _sig(values: Any, digits: int = 4) -> list[float | None]:
+    """Floats rounded to ``digits`` significant digits (small figure JSON); None if not finite."""
+    return [float(f"{v:.{digits}g}") if math.isfinite(v) else None
+            for v in np.asarray(values, dtype=float).ravel().tolist()]
+
+
+def _width_colors(n: int) -> list[str]:
+    """One colour per width, light (smallest D) to dark (largest D)."""
+    from plotly.colors import sample_colorscale
+
+    return sample_colorscale("Blues", np.linspace(0.4, 1.0, n).tolist() if n > 1 else [1.0])
+
+
+def _training_layout(fig: Any, summary: dict[str, Any], title: str, caption: str,
+                     owner: list[int], n_fixed: int, meta: dict[str, Any]) -> None:
+    """Shared layout of the training figures: facets c (rows) × N-scaling (columns), a
+    dropdown choosing the potential (``owner[i]`` = the potential of trace i; ``n_fixed``
+    traces after them are always shown), a vertical legend of widths on the right. The
+    title's first line is the heading, the rest (``caption``) explains the figure."""
+    pots = summary["potentials"]
+    menus = []
+    if len(pots) > 1:
+        buttons = [dict(label=_short(pot), method="update",
+                        args=[{"visible": [o == p for o in owner] + [True] * n_fixed}, {}])
+                   for p, pot in enumerate(pots)]
+        menus = [dict(type="dropdown", direction="down", active=0, buttons=buttons, x=0,
+                      xanchor="left", y=1.0, yanchor="bottom", pad=dict(t=4, b=4),
+                      showactive=True, bgcolor="#ffffff", bordercolor=figures.AXIS,
+                      font=dict(size=12), name="potential")]
+    rows = len(summary["c_values"])
+    fig.update_layout(
+        title=dict(text=f"{title}<br><sup>{caption}</sup>", x=0, xanchor="left",
+                   font=dict(size=15)),
+        font=dict(family=figures.FONT, size=13, color=figures.INK),
+        paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+        margin=dict(l=72, r=24, t=96, b=56), height=max(360, 80 + 280 * rows),
+        autosize=True, hovermode="closest", updatemenus=menus,
+        legend=dict(title=dict(text="width"), orientation="v", x=1.02, xanchor="left",
+                    y=1, yanchor="top", tracegroupgap=2),
+        meta=meta,
+    )
+
+
+def loss_curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Training MSE per epoch (log y axis) of the mirror-descent runs: one panel per c (row) ×
+    N-scaling (column), one line per width D (light to dark), the median over the seeds that
+    did not diverge (5–95% band drawn for at most three widths, otherwise in the hover, with
+    the first seed's value); a dropdown picks the potential. The dotted line is the search's
+    MSE target. At most 201 points are drawn per curve; the arrays keep every recorded epoch."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pots, cs, as_ = summary["potentials"], summary["c_values"], summary["n_exponents"]
+    widths = summary["widths"]
+    epoch = np.asarray(arrays["curve_epoch"])
+    med, lo, hi, first = (np.asarray(arrays[f"curve_mse_{k}"], dtype=float)
+                          for k in ("median", "p5", "p95", "seed0"))
+    target = (summary.get("training") or {}).get("mse_target")
+    colors = _width_colors(len(widths))
+    bands = len(widths) <= _MAX_BANDS
+    fig = make_subplots(rows=len(cs), cols=len(as_), shared_xaxes=True, shared_yaxes=True,
+                        vertical_spacing=0.1, horizontal_spacing=0.05,
+                        subplot_titles=[f"c = {c:g}, N = D^{a:g}" for c in cs for a in as_])
+    owner: list[int] = []
+    longest = 1
+    for p, pot in enumerate(pots):
+        for ci, c in enumerate(cs):
+            for ai, a in enumerate(as_):
+                cell = dict(row=ci + 1, col=ai + 1)
+                for di, d in enumerate(widths):
+                    key = (p, ci, ai, di)
+                    n = int((epoch[key] >= 0).sum())
+                    if n == 0:
+                        continue
+                    idx = np.unique(np.rint(np.linspace(0, n - 1, min(n, _FIGURE_POINTS)))
+                                    .astype(int))
+                    xs = epoch[key][idx].tolist()
+                    longest = max(longest, xs[-1])
+                    name = f"D = {d}"
+                    color = colors[di]
+                    visible = p == 0
+                    if bands:
+                        fig.add_trace(go.Scatter(
+                            x=xs, y=_sig(hi[key][idx]), mode="lines", line=dict(width=0),
+                            showlegend=False, hoverinfo="skip", legendgroup=name,
+                            visible=visible), **cell)
+                        fig.add_trace(go.Scatter(
+                            x=xs, y=_sig(lo[key][idx]), mode="lines", line=dict(width=0),
+                            fill="tonexty", fillcolor=_rgba(_hex(color), 0.15),
+                            showlegend=False, hoverinfo="skip", legendgroup=name,
+                            visible=visible), **cell)
+                        owner += [p, p]
+                    fig.add_trace(go.Scatter(
+                        x=xs, y=_sig(med[key][idx]), mode="lines", name=name,
+                        legendgroup=name, showlegend=ci == 0 and ai == 0, visible=visible,
+                        line=dict(color=color, width=2),
+                        customdata=[[a_, b_, c_] for a_, b_, c_ in zip(
+                            _sig(lo[key][idx], 3), _sig(hi[key][idx], 3),
+                            _sig(first[key][idx], 3), strict=True)],
+                        hovertemplate=(f"<b>{_short(pot)}, c = {c:g}, N = D^{a:g}, {name}</b>"
+                                       "<br>epoch %{x}<br>median MSE %{y:.3g}<br>5–95%: "
+                                       "%{customdata[0]:.3g} – %{customdata[1]:.3g}"
+                                       "<br>first seed %{customdata[2]:.3g}<extra></extra>"),
+                    ), **cell)
+                    owner.append(p)
+    n_fixed = 0
+    if target is not None:
+        for ci in range(len(cs)):
+            for ai in range(len(as_)):
+                fig.add_trace(go.Scatter(
+                    x=[0, longest], y=[target, target], mode="lines", name="MSE target",
+                    legendgroup="target", showlegend=ci == 0 and ai == 0,
+                    line=dict(color=figures.MUTED, width=1, dash="dot"),
+                    hovertemplate=f"MSE target {target:g}<extra></extra>"),
+                    row=ci + 1, col=ai + 1)
+                n_fixed += 1
+    fig.update_xaxes(showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID)
+    fig.update_xaxes(title_text="epoch", row=len(cs))
+    fig.update_yaxes(type="log", exponentformat="power", showline=True,
+                     linecolor=figures.AXIS, gridcolor=figures.GRID)
+    fig.update_yaxes(title_text="training MSE", col=1)
+    caption = (
+        f"Full-batch mirror descent (momentum 0.9, cosine schedule) at each cell's chosen "
+        f"learning rate. Lines: median over the {summary['seeds']} seeds, leaving out any "
+        "that diverged" + (", band 5–95%" if bands else " (5–95% and the first seed in the "
+                           "hover)") + "; dotted: the search's MSE target.")
+    _training_layout(fig, summary, "Training loss (MSE) per epoch", caption, owner, n_fixed,
+                     meta=dict(figure="loss_curves", seeds=summary["seeds"], widths=widths))
+    return _finish_training(fig)
+
+
+def lr_search_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The learning-rate grid search of appendix B.1 (log-log): final MSE against learning
+    rate on each cell's first seed, one panel per c (row) × N-scaling (column), one line per
+    width D; solid: the round that decided, dotted: earlier rounds with fewer epochs; stars:
+    the chosen learning rates. Gaps: training diverged at that learning rate."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pots, cs, as_ = summary["potentials"], summary["c_values"], summary["n_exponents"]
+    widths = summary["widths"]
+    lrs = np.asarray(arrays["search_lr"], dtype=float).tolist()
+    round_epochs = np.asarray(arrays["search_epochs"]).tolist()
+    mse = np.asarray(arrays["search_mse"], dtype=float)
+    chosen = np.asarray(arrays["learning_rate"], dtype=float)
+    target = (summary.get("training") or {}).get("mse_target")
+    colors = _width_colors(len(widths))
+    fig = make_subplots(rows=len(cs), cols=len(as_), shared_xaxes=True, shared_yaxes=True,
+                        vertical_spacing=0.1, horizontal_spacing=0.05,
+                        subplot_titles=[f"c = {c:g}, N = D^{a:g}" for c in cs for a in as_])
+    owner: list[int] = []
+    for p, pot in enumerate(pots):
+        for ci, c in enumerate(cs):
+            for ai, a in enumerate(as_):
+                cell = dict(row=ci + 1, col=ai + 1)
+                stars_x, stars_y, stars_c, stars_d = [], [], [], []
+                for di, d in enumerate(widths):
+                    key = (p, ci, ai, di)
+                    ran = [r for r in range(mse.shape[4]) if not np.isnan(mse[key][r]).all()]
+                    name = f"D = {d}"
+                    for r in ran:
+                        last = r == ran[-1]
+                        fig.add_trace(go.Scatter(
+                            x=lrs, y=_sig(mse[key][r]), mode="lines+markers" if last else "lines",
+                            name=name, legendgroup=name,
+                            showlegend=last and ci == 0 and ai == 0, visible=p == 0,
+                            line=dict(color=colors[di], width=2 if last else 1,
+                                      dash="solid" if last else "dot"),
+                            marker=dict(size=5, color=colors[di]),
+                            opacity=1.0 if last else 0.6,
+                            hovertemplate=(f"<b>{_short(pot)}, c = {c:g}, N = D^{a:g}, "
+                                           f"{name}</b><br>round {r + 1} of {len(ran)}, "
+                                           f"{round_epochs[r]} epochs<br>learning rate "
+                                           "%{x:.3g}<br>final MSE %{y:.3g}<extra></extra>"),
+                        ), **cell)
+                        owner.append(p)
+                    if ran and math.isfinite(chosen[key]):
+                        j = int(np.argmin(np.abs(np.log(lrs) - math.log(chosen[key]))))
+                        value = mse[key][ran[-1]][j]
+                        if math.isfinite(value):
+                            stars_x.append(chosen[key])
+                            stars_y.append(value)
+                            stars_c.append(colors[di])
+                            stars_d.append(f"{name}, {round_epochs[ran[-1]]} epochs")
+                fig.add_trace(go.Scatter(
+                    x=stars_x, y=_sig(stars_y), mode="markers", name="chosen",
+                    legendgroup="chosen", showlegend=ci == 0 and ai == 0, visible=p == 0,
+                    marker=dict(symbol="star", size=13, color=stars_c,
+                                line=dict(color=figures.BEST, width=1.5)),
+                    customdata=stars_d,
+                    hovertemplate=("<b>chosen</b>, %{customdata}<br>learning rate %{x:.3g}"
+                                   "<br>final MSE %{y:.3g}<extra></extra>"),
+                ), **cell)
+                owner.append(p)
+    n_fixed = 0
+    if target is not None:
+        for ci in range(len(cs)):
+            for ai in range(len(as_)):
+                fig.add_trace(go.Scatter(
+                    x=[lrs[0], lrs[-1]], y=[target, target], mode="lines", name="MSE target",
+                    legendgroup="target", showlegend=ci == 0 and ai == 0,
+                    line=dict(color=figures.MUTED, width=1, dash="dash"),
+                    hovertemplate=f"MSE target {target:g}<extra></extra>"),
+                    row=ci + 1, col=ai + 1)
+                n_fixed += 1
+    fig.update_xaxes(type="log", exponentformat="power", showline=True,
+                     linecolor=figures.AXIS, gridcolor=figures.GRID)
+    fig.update_xaxes(title_text="learning rate", row=len(cs))
+    fig.update_yaxes(type="log", exponentformat="power", showline=True,
+                     linecolor=figures.AXIS, gridcolor=figures.GRID)
+    fig.update_yaxes(title_text="final MSE", col=1)
+    caption = (
+        "Appendix B.1 grid search on each cell's first seed: every learning rate trained for "
+        "the round's epochs; while the best final MSE is above the target (dashed) the search "
+        "runs again with more epochs (dotted: earlier rounds). Stars: the learning rates "
+        "chosen. Gaps: training diverged.")
+    _training_layout(fig, summary, "Learning-rate search: final MSE per learning rate",
+                     caption, owner, n_fixed,
+                     meta=dict(figure="lr_search", learning_rates=lrs, round_epochs=round_epochs))
+    return _finish_training(fig)
+
+
+def _hex(color: str) -> str:
+    """'rgb(r, g, b)' or '#rrggbb' → '#rrggbb'."""
+    if color.startswith("#"):
+        return color
+    r, g, b = (int(float(v)) for v in color[color.index("(") + 1:color.index(")")].split(","))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _finish_training(fig: Any) -> dict[str, Any]:
     out = figures.json_safe(fig.to_plotly_json())
     out.setdefault("layout", {}).pop("template", None)
     return out

@@ -286,8 +286,11 @@ function renderLayers(summary, table) {
   );
 }
 
-function renderDownloads(runId, { csv = true } = {}) {
-  const base = `/api/runs/${encodeURIComponent(runId)}/download`;
+/**
+ * The download buttons. `base` is the download route: /api/runs/{id}/download, or on the
+ * share page /api/share/{token}/download (the same three formats, read-only).
+ */
+function renderDownloads(base, { csv = true } = {}) {
   return el(
     "section",
     { class: "card", "aria-labelledby": "downloads-heading" },
@@ -296,25 +299,38 @@ function renderDownloads(runId, { csv = true } = {}) {
       "div",
       { class: "downloads" },
       csv ? el("a", { class: "btn", href: `${base}?format=csv`, download: "", id: "download-csv" }, "Table (CSV)") : null,
-      el("a", { class: "btn", href: `${base}?format=json`, download: "", id: "download-json" }, "Full result (JSON)"),
+      el("a", { class: "btn", href: `${base}?format=json`, download: "", id: "download-json", title: "The run record (spec, provenance) and the result summary" }, "Summary (JSON)"),
+      el("a", { class: "btn", href: `${base}?format=npz`, download: "", id: "download-npz", title: "Every result array, as stored (NumPy .npz)" }, "Arrays (NPZ)"),
+    ),
+    el(
+      "p",
+      { class: "small muted downloads-note" },
+      "The arrays file holds the result's numerical arrays, the data behind the figures; read it with ",
+      el("code", {}, "numpy.load(path, allow_pickle=False)"),
+      ".",
     ),
   );
+}
+
+function downloadBase(run, options) {
+  return (options && options.downloadBase) || `/api/runs/${encodeURIComponent(run.id)}/download`;
 }
 
 /**
  * Render a succeeded run's result into `container`.
  * `result` is the body of GET /api/runs/{id}/result: {summary, figures, table}.
+ * `options.downloadBase`: where the downloads come from (default: the run's own route).
  */
-export function renderResult(container, run, result) {
+export function renderResult(container, run, result, options = {}) {
   if (run.kind !== "geometry") {
-    renderGenericResult(container, run, result);
+    renderGenericResult(container, run, result, options);
     return;
   }
   const summary = (result && result.summary) || {};
   const figures = renderFigures((result && result.figures) || {});
   const parts = [renderVerdict(summary), figures.node, renderCandidates(summary)];
   if ((summary.layers || []).length > 1) parts.push(renderLayers(summary, result.table));
-  parts.push(renderDownloads(run.id));
+  parts.push(renderDownloads(downloadBase(run, options)));
   container.replaceChildren(...parts);
   container.hidden = false;
   // Plot only once the divs are in the document and visible, so Plotly sizes them right.
@@ -520,13 +536,13 @@ function renderSortableTable(rows) {
 }
 
 /** The result of any kind other than geometry. */
-function renderGenericResult(container, run, result) {
+function renderGenericResult(container, run, result, options) {
   const summary = (result && result.summary) || {};
   const rows = Array.isArray(result && result.table) ? result.table.filter((r) => r && typeof r === "object") : [];
   const figures = renderGenericFigures((result && result.figures) || {});
   const parts = [renderGenericSummary(summary), figures.node];
   if (rows.length) parts.push(renderSortableTable(rows));
-  parts.push(renderDownloads(run.id, { csv: rows.length > 0 }));
+  parts.push(renderDownloads(downloadBase(run, options), { csv: rows.length > 0 }));
   container.replaceChildren(...parts.filter(Boolean));
   container.hidden = false;
   figures.plot();

@@ -107,11 +107,17 @@ export function showOutcome(run) {
 
 let rendered = null;
 
+/** On the share page (/s/{token}) downloads go through the token's read-only route. */
+function shareDownloadBase() {
+  const match = location.pathname.match(/^\/s\/([^/]+)\/?$/);
+  return match ? `/api/share/${encodeURIComponent(decodeURIComponent(match[1]))}/download` : null;
+}
+
 /** Render the result once per run (re-rendering would reset the user's plot state). */
 export function showResult(run, result) {
   if (!result || rendered === run.id) return;
   rendered = run.id;
-  renderResult($("result"), run, result);
+  renderResult($("result"), run, result, { downloadBase: shareDownloadBase() });
 }
 
 let provenanceSignature = null;
