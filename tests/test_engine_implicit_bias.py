@@ -240,9 +240,10 @@ def test_validation() -> None:
 
 def test_seeds_per_chunk() -> None:
     # X of one seed at the paper's largest size is 1682 × 20000 × 8 B ≈ 269 MB; the solver
-    # needs more per seed (six 1682² matrices, 136 MB) and a 256 MB block once.
+    # needs more per seed (its float32 copy, 135 MB; six 1682² matrices, 136 MB) and a
+    # 256 MB block once.
     k = seeds_per_chunk(1682, 20000, 4e9)
-    assert k == 9 and k * (1682 * 20000 + 6 * 1682**2) * 8 < 4e9
+    assert k == 6 and k * (1682 * 20000 * 12 + 6 * 1682**2 * 8) < 4e9
     assert seeds_per_chunk(1682, 20000, 1e6) == 1
 
 

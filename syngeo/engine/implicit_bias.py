@@ -48,14 +48,23 @@ with J = X diag(h) Xᵀ at w, and take the Armijo step on D_φ(w + t dw, w⁰) (
 then quadratic). The multipliers λ⁺ of each KKT solve are the answer: the solve stops when
 w(λ⁺) = ∇φ⁻¹(∇φ(w⁰) + Xᵀλ⁺) (Eq. 13) meets the residual tolerance, exactly as in the dual.
 For p < 2 and negative entropy the roles swap (the primal crawls), so the dual is used.
+The tangent model of a primal step overshoots coordinates near 0 (their curvature
+(p − 1)|w|^{p−2} is small there), which Newton then only halves step by step; w(λ⁺) has no
+such overshoot. So each step (and the start) also tries w(λ⁺) projected back onto X w = y,
+and keeps whichever of the two lowers D_φ more (descent is kept; p = 3 at N = 1682,
+D = 2·10⁴: 8 Newton steps instead of 11).
 
 Linear algebra. Forming J costs O(N²D); J is symmetric, so only its lower block triangle is
-computed and then mirrored (N²D·(k + 1)/k flops with k ≤ 6 row blocks instead of 2N²D:
-0.95 s instead of 1.5 s for N = 1682, D = 2·10⁴ on two CPU cores). A product with J costs
-O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` J is
-formed once per batch entry (for λ̂); later Newton systems are solved by conjugate gradients
-preconditioned by a reference J_ref kept close to J by exact low-rank updates (see
-:class:`_Newton`). With ``"direct"`` J is formed and factorised at every step.
+computed (N²D·(k + 1)/k flops with k ≤ 6 row blocks instead of 2N²D). A product with J
+costs O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` J is formed once per
+batch entry (for λ̂); later Newton systems are solved by conjugate gradients preconditioned
+by a reference J_ref kept close to J by exact low-rank updates (see :class:`_Newton`). J_ref
+is only a preconditioner, so for negative entropy and p ≤ 3 it is formed, updated and
+factorised in single precision (half the time: 0.5 s instead of 0.95 s at N = 1682,
+D = 2·10⁴ on two CPU cores), and so are the CG products of Newton steps whose tolerance
+is loose (≥ 1e-4); every residual, Xᵀλ and the stopping test stay in double precision,
+so the answer is as exact as before. With ``"direct"`` J is formed in double precision and
+factorised at every step.
 """
 
 from __future__ import annotations
@@ -93,6 +102,13 @@ _ROUNDOFF = 256.0 * torch.finfo(torch.float64).eps
 _SWAP_FACTOR = 2.0
 # Temporary memory for forming J block by block over the D columns: ~256 MB of float64.
 _BLOCK_ELEMENTS = 2**25
+# The relative CG tolerance of a "tight" Newton solve.
+_TIGHT = 1e-13
+_FORCING_CAP = 1e-2
+# CG products in single precision when every tolerance is at least this.
+_LOW_PRECISION_RTOL = 1e-4
+# A change of D_φ below this fraction of its size is not resolved (primal candidate choice).
+_UNRESOLVED = 1e-8
 
 
 class ImplicitBiasNotConverged(RuntimeError):
@@ -137,12 +153,11 @@ def dual_change_magnitude(potential: Potential, w0: Tensor, w: Tensor) -> Tensor
 
 def seeds_per_chunk(n_samples: int, d: int, memory_bytes: float) -> int:
     """How many seeds of (N, D) float64 inputs fit in ``memory_bytes`` together with the
-    solver's working memory: per seed X, six N×N matrices (reference J and its factor, a
-    freshly formed J, its symmetrised copy and factor, slack) and O(D) vectors; once, the
-    ~256 MB block used to form J. At least 1. (Measured: 15 seeds at N = 1682, D = 2·10⁴
-    peaked at 6.35 GB resident, X being 4.04 GB.)
+    solver's working memory: per seed X, its single-precision copy, six N×N matrices
+    (reference J and its factor, a freshly formed J and its factor, slack) and O(D) vectors;
+    once, the ~256 MB block used to form J. At least 1.
     """
-    per_seed = 8.0 * (n_samples * d + 6 * n_samples * n_samples + 8 * d + 8 * n_samples)
+    per_seed = 12.0 * n_samples * d + 8.0 * (6 * n_samples * n_samples + 8 * d + 8 * n_samples)
     return max(1, int((memory_bytes - 8.0 * _BLOCK_ELEMENTS) // per_seed))
 
 
@@ -234,22 +249,31 @@ class _Rows:
     memory as X itself).
     """
 
-    def __init__(self, x: Tensor, rows: Tensor) -> None:
+    def __init__(self, x: Tensor, rows: Tensor, x_low: Tensor | None = None) -> None:
         self.x = x
+        self.x_low = x_low
         self.rows = rows.tolist()
         self.whole = len(self.rows) == x.shape[0]
 
-    def mv(self, v: Tensor) -> Tensor:
-        """X v per entry: (B_a, D) → (B_a, N)."""
+    def mv(self, v: Tensor, low: bool = False) -> Tensor:
+        """X v per entry: (B_a, D) → (B_a, N); with ``low``, in single precision."""
+        x = self.x_low if low and self.x_low is not None else self.x
+        v = v.to(x.dtype)
         if self.whole:
-            return torch.bmm(self.x, v.unsqueeze(-1)).squeeze(-1)
-        return torch.stack([self.x[i] @ v[k] for k, i in enumerate(self.rows)])
+            out = torch.bmm(x, v.unsqueeze(-1)).squeeze(-1)
+        else:
+            out = torch.stack([x[i] @ v[k] for k, i in enumerate(self.rows)])
+        return out.to(self.x.dtype)
 
-    def rmv(self, u: Tensor) -> Tensor:
-        """Xᵀ u per entry: (B_a, N) → (B_a, D)."""
+    def rmv(self, u: Tensor, low: bool = False) -> Tensor:
+        """Xᵀ u per entry: (B_a, N) → (B_a, D); with ``low``, in single precision."""
+        x = self.x_low if low and self.x_low is not None else self.x
+        u = u.to(x.dtype)
         if self.whole:
-            return torch.bmm(u.unsqueeze(1), self.x).squeeze(1)
-        return torch.stack([u[k] @ self.x[i] for k, i in enumerate(self.rows)])
+            out = torch.bmm(u.unsqueeze(1), x).squeeze(1)
+        else:
+            out = torch.stack([u[k] @ x[i] for k, i in enumerate(self.rows)])
+        return out.to(self.x.dtype)
 
 
 def _add_lower_gram(jac: Tensor, a: Tensor, b: Tensor) -> None:
@@ -276,19 +300,24 @@ def _mirror_lower(jac: Tensor) -> Tensor:
     return low + low.tril(-1).transpose(-2, -1)
 
 
-def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor) -> Tensor:
+def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor,
+                   dtype: torch.dtype = torch.float64) -> Tensor:
     """J = X diag(h) Xᵀ for the batch entries ``rows``, accumulated over column blocks so
     the temporary stays near _BLOCK_ELEMENTS values, computing the lower triangle only
-    (J is symmetric; this was the largest single cost of the Fig. 6 grid).
+    (J is symmetric; this was the largest single cost of the Fig. 6 grid). With ``dtype``
+    float32 the blocks are rounded and multiplied in single precision (half the time on a
+    CPU): good enough for a preconditioner, not for an exact solve.
     """
     b, n, d = len(rows), x.shape[1], x.shape[2]
-    jac = torch.zeros(b, n, n, dtype=x.dtype, device=x.device)
+    jac = torch.zeros(b, n, n, dtype=dtype, device=x.device)
     block = max(64, _BLOCK_ELEMENTS // max(1, 2 * b * n))
     whole = b == x.shape[0]
+    h = h.to(dtype)
     for start in range(0, d, block):
         xb = x[:, :, start:start + block]
         if not whole:
             xb = xb.index_select(0, rows)
+        xb = xb.to(dtype)
         _add_lower_gram(jac, xb * h[:, None, start:start + block], xb)
     return _mirror_lower(jac)
 
@@ -297,17 +326,23 @@ class _Preconditioner:
     """Solves J_ref v = r for the batch, J_ref = X diag(h_ref) Xᵀ, with the Cholesky factor
     of J_ref, or a pseudo-inverse (eigendecomposition) for entries whose J_ref is singular
     (X of deficient row rank). Keeps h_ref (for the primal projection onto X dw = −r).
+    Only the lower triangle of ``jac`` is read (so is it by Cholesky and eigh).
     """
 
     def __init__(self, jac: Tensor, h: Tensor) -> None:
         self.h = h
-        jac = 0.5 * (jac + jac.transpose(1, 2))
         factor, info = torch.linalg.cholesky_ex(jac)
         failed = (info != 0).nonzero().flatten().tolist()
         self.pinv: dict[int, Tensor] = {}
         if failed:
             eye = torch.eye(jac.shape[1], dtype=jac.dtype, device=jac.device)
             for i in failed:
+                if not bool(torch.isfinite(jac[i]).all()):
+                    # Overflowed curvature (a diverging iterate): no usable step; the
+                    # Newton iteration then stalls and reports it.
+                    self.pinv[i] = torch.zeros_like(jac[i])
+                    factor[i] = eye
+                    continue
                 vals, vecs = torch.linalg.eigh(jac[i])
                 cutoff = vals.abs().max() * jac.shape[1] * torch.finfo(jac.dtype).eps
                 inv = torch.where(vals > cutoff, 1.0 / vals, torch.zeros_like(vals))
@@ -316,13 +351,16 @@ class _Preconditioner:
         self.factor = factor
 
     def solve(self, r: Tensor) -> Tensor:
-        """J_ref⁻¹ r for every entry (r: (B, N))."""
-        out = torch.cholesky_solve(r.unsqueeze(-1), self.factor).squeeze(-1)
+        """J_ref⁻¹ r for every entry (r: (B, N)), in the factor's precision."""
+        low = r.to(self.factor.dtype)
+        out = torch.cholesky_solve(low.unsqueeze(-1), self.factor).squeeze(-1)
         for i, p in self.pinv.items():
-            out[i] = p @ r[i]
-        return out
+            out[i] = p @ low[i].to(p.dtype)
+        return out.to(r.dtype)
 
     def subset(self, rows: list[int]) -> _Preconditioner:
+        if rows == list(range(self.factor.shape[0])):
+            return self
         new = object.__new__(_Preconditioner)
         new.factor = self.factor[rows]
         new.h = self.h[rows]
@@ -333,7 +371,10 @@ class _Preconditioner:
 def _pcg(
     x: _Rows, h: Tensor, rhs: Tensor, precond: _Preconditioner, rtol: Tensor, max_iter: int
 ) -> tuple[Tensor, Tensor]:
-    """Conjugate gradients for X diag(h) Xᵀ Δ = rhs, batched; returns (Δ, converged)."""
+    """Conjugate gradients for X diag(h) Xᵀ Δ = rhs, batched; returns (Δ, converged). When
+    no entry needs a relative residual below _LOW_PRECISION_RTOL the products with X are
+    taken in single precision (half the memory traffic; ~1e-6 relative error)."""
+    low = bool((rtol >= _LOW_PRECISION_RTOL).all())
     sol = torch.zeros_like(rhs)
     r = rhs.clone()
     target = rtol * torch.linalg.vector_norm(rhs, dim=-1)
@@ -344,7 +385,7 @@ def _pcg(
     for _ in range(max_iter):
         if bool(done.all()):
             break
-        ap = x.mv(h * x.rmv(p))                                  # X diag(h) Xᵀ p
+        ap = x.mv(h * x.rmv(p, low), low)                        # X diag(h) Xᵀ p
         pap = (p * ap).sum(-1)
         alpha = torch.where(done | (pap <= 0), 0.0, rz / torch.where(pap > 0, pap, 1.0))
         sol += alpha[:, None] * p
@@ -408,36 +449,48 @@ class _Newton:
     """Solves the Newton systems J δ = rhs, J = X diag(h) Xᵀ, for the active batch entries.
 
     "direct": J is formed (O(N²D)) and Cholesky-factorised every time. "pcg": each entry
-    keeps a reference J_ref = X diag(h_ref) Xᵀ and its factor. Before a solve, the set S of
-    coordinates whose curvature moved by more than a factor 2 (h/h_ref ∉ [1/2, 2]) is swapped
-    into J_ref by an exact rank-|S| update (O(N²|S|); J_ref is formed afresh when |S| > D/2)
+    keeps a reference J_ref = X diag(h_ref) Xᵀ and its factor (single precision when a
+    single-precision X is given). Before a solve, the set S of coordinates whose curvature
+    moved by more than a factor 2 (h/h_ref ∉ [1/2, 2]) is swapped into J_ref by an exact
+    rank-|S| update of its lower triangle (O(N²|S|); J_ref is formed afresh when |S| > D/2)
     and J_ref is refactorised (O(N³)); then conjugate gradients preconditioned by J_ref, whose
     preconditioned spectrum lies in [1/2, 2] (each step O(ND)), solve J δ = rhs to the
-    forcing tolerance. Should CG still miss it within ``pcg_max_iter`` iterations, J is formed
-    and factorised exactly.
+    forcing tolerance (to round-off right after J_ref was formed, or when asked for an exact
+    step). Should CG still miss it within ``pcg_max_iter`` iterations, J is formed in double
+    precision and factorised exactly.
     """
 
-    def __init__(self, x: Tensor, linear_solver: LinearSolver, pcg_max_iter: int) -> None:
+    def __init__(self, x: Tensor, x_low: Tensor | None, linear_solver: LinearSolver,
+                 pcg_max_iter: int) -> None:
         self.x = x
+        self.x_low = x_low                      # X in single precision, or None
         self.linear_solver = linear_solver
         self.pcg_max_iter = pcg_max_iter
-        self.jac: Tensor | None = None          # (B, N, N) reference Gram matrices
+        # (B, N, N) reference Gram matrices; only their lower triangles are kept up to date.
+        self.jac: Tensor | None = None
         self.reference: _Preconditioner | None = None
+        # J_ref is a preconditioner only (every residual stays in double), so it is formed
+        # and updated in single precision when x_low is given (see solve_implicit_bias).
+        self.reference_dtype = torch.float32 if x_low is not None else torch.float64
         self.has_reference = torch.zeros(x.shape[0], dtype=torch.bool)
         self.formed = 0                         # full formations of J, summed over entries
 
-    def _store(self, rows: list[int], jac: Tensor, pre: _Preconditioner) -> None:
+    def _store(self, rows: list[int], jac: Tensor | None, pre: _Preconditioner) -> None:
+        """Keep J_ref (unless ``jac`` is None: updated in place) and its factor for ``rows``."""
+        dev = self.x.device
         if self.jac is None or self.reference is None:
             b, n, d = self.x.shape
-            self.jac = torch.zeros(b, n, n, dtype=jac.dtype, device=jac.device)
-            eye = torch.eye(n, dtype=jac.dtype, device=jac.device).expand(b, n, n).clone()
+            dtype = self.reference_dtype
+            self.jac = torch.zeros(b, n, n, dtype=dtype, device=dev)
             self.reference = _Preconditioner.__new__(_Preconditioner)
-            self.reference.factor = eye
-            self.reference.h = torch.ones(b, d, dtype=jac.dtype, device=jac.device)
+            self.reference.factor = torch.eye(n, dtype=dtype, device=dev).expand(b, n,
+                                                                               n).clone()
+            self.reference.h = torch.ones(b, d, dtype=torch.float64, device=dev)
             self.reference.pinv = {}
-        index = torch.as_tensor(rows, device=jac.device)
-        self.jac[index] = jac
-        self.reference.factor[index] = pre.factor
+        index = torch.as_tensor(rows, device=dev)
+        if jac is not None:
+            self.jac[index] = jac.to(self.jac.dtype)
+        self.reference.factor[index] = pre.factor.to(self.reference.factor.dtype)
         self.reference.h[index] = pre.h
         for k, i in enumerate(rows):
             self.reference.pinv.pop(i, None)
@@ -446,6 +499,7 @@ class _Newton:
         self.has_reference[rows] = True
 
     def _exact(self, active: Tensor, h: Tensor, rhs: Tensor) -> Tensor:
+        """Form J in double precision, factorise it and solve exactly."""
         rows = active.tolist()
         jac = _form_jacobian(self.x, h, active)
         self.formed += len(rows)
@@ -453,6 +507,19 @@ class _Newton:
         if self.linear_solver == "pcg":
             self._store(rows, jac, pre)
         return pre.solve(rhs)
+
+    def _form_reference(self, active: Tensor, h: Tensor) -> None:
+        """J_ref = J in single precision (half the cost of _exact on a CPU): CG
+        preconditioned by its factor then gains ~5 digits per iteration."""
+        jac = _form_jacobian(self._source(), h, active, self.reference_dtype)
+        self.formed += active.numel()
+        self._store(active.tolist(), jac, _Preconditioner(jac, h))
+
+    def _source(self) -> Tensor:
+        """X in the precision J_ref is formed in."""
+        if self.reference_dtype == torch.float32 and self.x_low is not None:
+            return self.x_low
+        return self.x
 
     def _refresh(self, active: Tensor, h: Tensor) -> None:
         """Swap the coordinates whose curvature moved into each active entry's J_ref."""
@@ -469,19 +536,17 @@ class _Newton:
             if swap.numel() > d // 2:
                 reform.append(k)
                 continue
-            cols = self.x[i].index_select(1, swap)               # (N, |S|)
-            _add_lower_gram(self.jac[i], cols * (h[k, swap] - h_ref[swap]), cols)
-            self.jac[i] = _mirror_lower(self.jac[i])
+            cols = self._source()[i].index_select(1, swap).to(self.jac.dtype)   # (N, |S|)
+            weights = (h[k, swap] - h_ref[swap]).to(self.jac.dtype)
+            # In place, lower triangle only: the upper one goes stale and is never read.
+            _add_lower_gram(self.jac[i], cols * weights, cols)
             h_ref[swap] = h[k, swap]
             changed.append(i)
         if reform:
             local = torch.as_tensor(reform, device=h.device)
-            rows = active[local]
-            jac = _form_jacobian(self.x, h[local], rows)
-            self.formed += len(reform)
-            self._store(rows.tolist(), jac, _Preconditioner(jac, h[local]))
+            self._form_reference(active[local], h[local])
         if changed:
-            self._store(changed, self.jac[changed],
+            self._store(changed, None,
                         _Preconditioner(self.jac[changed], self.reference.h[changed]))
 
     def solve(self, active: Tensor, xa: _Rows, h: Tensor, rhs: Tensor, forcing: Tensor,
@@ -490,12 +555,18 @@ class _Newton:
         the second None when δ came from an exact factorisation of J.
         """
         rows = active.tolist()
-        usable = bool(self.has_reference[rows].all())
-        if self.linear_solver == "direct" or exact or not usable:
+        if self.linear_solver == "direct":
             return self._exact(active, h, rhs), None
+        fresh = ~self.has_reference[rows]
+        if bool(fresh.any()):
+            self._form_reference(active[fresh.to(active.device)], h[fresh.to(h.device)])
         self._refresh(active, h)
         assert self.reference is not None
         pre = self.reference.subset(rows)
+        # A step from a freshly formed J_ref, or one asked to be exact, is solved to
+        # round-off (two or three CG iterations): the λ̂ step of Eq. 15 stays exact.
+        tight = exact | fresh.to(forcing.device)
+        forcing = torch.where(tight, _TIGHT, forcing.clamp_min(_TIGHT))
         step, ok = _pcg(xa, h, rhs, pre, forcing, self.pcg_max_iter)
         if bool(ok.all()):
             return step, pre
@@ -505,8 +576,9 @@ class _Newton:
 class _State:
     """Batch state shared by both formulations: λ, Xᵀλ and the residual of w(λ) (Eq. 13)."""
 
-    def __init__(self, x: Tensor, y: Tensor, z0: Tensor, dual: _DualMap) -> None:
-        self.x, self.y, self.z0, self.dual = x, y, z0, dual
+    def __init__(self, x: Tensor, x_low: Tensor | None, y: Tensor, z0: Tensor,
+                 dual: _DualMap) -> None:
+        self.x, self.x_low, self.y, self.z0, self.dual = x, x_low, y, z0, dual
         b = x.shape[0]
         self.lam = torch.zeros_like(y)
         self.xl = torch.zeros_like(z0)
@@ -527,7 +599,7 @@ class _State:
 
 def _rows(state: _State, active: Tensor) -> tuple[_Rows, _DualMap]:
     """X and the dual map restricted to the rows ``active``."""
-    xa = _Rows(state.x, active)
+    xa = _Rows(state.x, active, state.x_low)
     return xa, state.dual if xa.whole else state.dual.subset(active)
 
 
@@ -545,8 +617,7 @@ def _solve_dual(state: _State, newton: _Newton, rtol: float, max_iter: int) -> N
         wa = dual.primal(za)
         f, res = state.residual(xa, active, wa)
         h = dual.curvature(wa)
-        # Forcing term min(1e-3, ‖F‖/‖y‖): superlinear, then quadratic convergence.
-        step, _ = newton.solve(active, xa, h, -f, torch.clamp(res, max=1e-3))
+        step, _ = newton.solve(active, xa, h, -f, _forcing(res, rtol))
         dz = xa.rmv(step)                                        # Xᵀ Δ
         slope = (f * step).sum(-1)                               # ∇Ψᵀ Δ < 0
         ya = state.y[active]
@@ -572,16 +643,25 @@ def _solve_primal(state: _State, newton: _Newton, w0: Tensor, rtol: float,
     linearised solution w⁰ + H Xᵀλ̂ (Eq. 14–15), reading λ off each KKT system.
     """
     everything = torch.arange(state.x.shape[0], device=state.x.device)
-    x_all = _Rows(state.x, everything)
+    x_all = _Rows(state.x, everything, state.x_low)
     h0 = state.dual.curvature(w0)
     f0 = x_all.mv(w0) - state.y
-    lam_hat, _ = newton.solve(everything, x_all, h0, -f0, torch.zeros_like(state.scale),
-                              exact=True)
+    lam_hat, pre = newton.solve(everything, x_all, h0, -f0, torch.zeros_like(state.scale),
+                                exact=True)
     state.lam = lam_hat
     state.xl = x_all.rmv(lam_hat)
     w = w0 + h0 * state.xl
-    _, state.res = state.residual(x_all, everything, state.dual.primal(state.z0 + state.xl))
+    w_dual = state.dual.primal(state.z0 + state.xl)
+    f_dual, state.res = state.residual(x_all, everything, w_dual)
     state.iterations += 1
+    if pre is not None:
+        # The same two candidates as below: Eq. 14's w⁰ + H Xᵀλ̂, or w(λ̂) projected back
+        # onto X w = y; whichever has the lower D_φ(·, w⁰) starts the iteration.
+        w_proj = w_dual - pre.h * x_all.rmv(pre.solve(f_dual))
+        lin, lin_size = _objective_change(state.dual, state.z0, w0, w - w0)
+        proj, proj_size = _objective_change(state.dual, state.z0, w0, w_proj - w0)
+        better = proj <= lin + _ROUNDOFF * (lin_size + proj_size)
+        w = torch.where(better[:, None], w_proj, w)
     for _ in range(max_iter - 1):
         active = state.active(rtol)
         if active.numel() == 0:
@@ -590,51 +670,96 @@ def _solve_primal(state: _State, newton: _Newton, w0: Tensor, rtol: float,
         wa, z0a, xla = w[active], state.z0[active], state.xl[active]
         g = dual.grad(wa) - z0a                                 # ∇f(w)
         h = dual.curvature(wa)
-        r, _ = state.residual(xa, active, wa)                   # ≈ 0 (round-off)
-        # KKT: diag(1/h) dw − Xᵀλ⁺ = −g, X dw = −r  ⇒  J (λ⁺ − λ) = X h (g − Xᵀλ) − r.
-        rhs = xa.mv(h * (g - xla)) - r
-        forcing = torch.clamp(state.res[active], max=1e-3)
-        delta, xl_new, dw, exact = _primal_step(newton, active, xa, h, g, r, xla, rhs, forcing,
-                                                False)
-        _, res_new = state.residual(xa, active, dual.primal(z0a + xl_new))
-        if not exact and bool((((g * dw).sum(-1) >= 0) & (res_new >= rtol)).any()):
+        ya = state.y[active]
+        # KKT: diag(1/h) dw − Xᵀλ⁺ = −g, X dw = −r (r = X w − y ≈ 0, round-off) ⇒
+        # J (λ⁺ − λ) = X h (g − Xᵀλ) − r = X (h (g − Xᵀλ) − w) + y: one product with X.
+        rhs = xa.mv(h * (g - xla) - wa) + ya
+        forcing = _forcing(state.res[active], rtol)
+        delta, xl_new, dw, pre = _primal_step(newton, active, xa, h, g, wa, ya, xla, rhs, forcing,
+                                              False)
+        w_dual = dual.primal(z0a + xl_new)                      # w(λ⁺), Eq. 13
+        f_dual, res_new = state.residual(xa, active, w_dual)
+        if pre is not None and bool((((g * dw).sum(-1) >= 0) & (res_new >= rtol)).any()):
             # An inexact (CG) step that does not descend: solve exactly instead.
-            delta, xl_new, dw, _ = _primal_step(newton, active, xa, h, g, r, xla, rhs, forcing,
-                                                True)
-            _, res_new = state.residual(xa, active, dual.primal(z0a + xl_new))
+            delta, xl_new, dw, pre = _primal_step(newton, active, xa, h, g, wa, ya, xla, rhs,
+                                                  forcing, True)
+            w_dual = dual.primal(z0a + xl_new)
+            f_dual, res_new = state.residual(xa, active, w_dual)
+        res_old = state.res[active]
         state.lam[active] += delta
         state.xl[active] = xl_new
         state.res[active] = res_new
         state.iterations[active] += 1
         slope = (g * dw).sum(-1)                                # ∇fᵀdw < 0
 
-        def decrease(t: Tensor, dual: _DualMap = dual, wa: Tensor = wa, dw: Tensor = dw,
-                     z0a: Tensor = z0a) -> tuple[Tensor, Tensor]:
-            change, magnitude = dual.potential_change(wa, t[:, None] * dw)
-            return (change - t * (z0a * dw).sum(-1),
-                    magnitude + t * (z0a.abs() * dw.abs()).sum(-1))
+        def change(step: Tensor, dual: _DualMap = dual, wa: Tensor = wa,
+                   z0a: Tensor = z0a) -> tuple[Tensor, Tensor]:
+            return _objective_change(dual, z0a, wa, step)
 
-        t, accepted = _backtrack(decrease, slope)
-        w[active] = wa + t[:, None] * dw
+        t, accepted = _backtrack(lambda t, dw=dw: change(t[:, None] * dw), slope)
+        # Near the solution D_φ changes by less than its round-off (it pins w only to ~√ε)
+        # and the line search can fail although the step is good: the KKT residual of λ⁺,
+        # computed exactly, then decides instead.
+        kkt_progress = ~accepted & (res_new < 0.5 * res_old)
+        t = torch.where(kkt_progress, 1.0, t)
+        accepted = accepted | kkt_progress
+        w_next = wa + t[:, None] * dw
+        if pre is not None:
+            # Second candidate: w(λ⁺) projected back onto X w = y along H_ref Xᵀ (one more
+            # product with X). Coordinates that the tangent model of the Newton step sends
+            # far past their target (curvature (p−1)|w|^{p−2} vanishes at 0, so the model
+            # overshoots and then only halves the error per step) are already near it in
+            # w(λ⁺). Taking whichever of the two lowers D_φ more keeps the descent of the
+            # damped Newton iteration and cut the p = 3 iterations of the largest Fig. 6
+            # cell from 11 to ~7.
+            w_proj = w_dual - pre.h * xa.rmv(pre.solve(f_dual))
+            proj_change, proj_size = change(w_proj - wa)
+            step_change, step_size = change(w_next - wa)
+            # Once D_φ cannot tell them apart (its change near 1e-8 of its size, where the
+            # projection's single-precision infeasibility matters more than the objective),
+            # w(λ⁺) projected is kept: it converges faster there.
+            size = (dual.potential_change(torch.zeros_like(wa), wa)[1]
+                    + (z0a * wa).abs().sum(-1))
+            better = ((proj_change <= step_change + _ROUNDOFF * (proj_size + step_size))
+                      | (step_change.abs() <= _UNRESOLVED * size))
+            w_next = torch.where(better[:, None], w_proj, w_next)
+            accepted = accepted | better
+        w[active] = w_next
         # A stalled line search only matters while λ⁺ has not yet met the tolerance.
         state.stalled[active] = ~accepted & (res_new >= rtol)
 
 
-def _primal_step(newton: _Newton, active: Tensor, xa: _Rows, h: Tensor, g: Tensor, r: Tensor,
-                 xla: Tensor, rhs: Tensor, forcing: Tensor, exact: bool
-                 ) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """(λ⁺ − λ, Xᵀλ⁺, dw, whether J was factorised exactly) of one primal Newton step, with
-    X dw = −r to round-off.
+def _objective_change(dual: _DualMap, z0: Tensor, w: Tensor, step: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """f(w + step) − f(w) for f = D_φ(·, w⁰) + const = φ − ∇φ(w⁰)ᵀ·, without cancellation,
+    and its round-off scale."""
+    diff, magnitude = dual.potential_change(w, step)
+    return diff - (z0 * step).sum(-1), magnitude + (z0.abs() * step.abs()).sum(-1)
+
+
+def _forcing(res: Tensor, rtol: float) -> Tensor:
+    """Relative tolerance of the Newton step's linear solve: min(η, ‖F‖/‖y‖) gives
+    superlinear, then quadratic convergence (Eisenstat & Walker 1996), and no step needs its
+    linear part solved beyond 0.1·rtol/‖F‖, which already meets the stopping test."""
+    return torch.maximum(torch.clamp(res, max=_FORCING_CAP), 0.1 * rtol / res)
+
+
+def _primal_step(newton: _Newton, active: Tensor, xa: _Rows, h: Tensor, g: Tensor, w: Tensor,
+                 y: Tensor, xla: Tensor, rhs: Tensor, forcing: Tensor, exact: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, _Preconditioner | None]:
+    """(λ⁺ − λ, Xᵀλ⁺, dw, the preconditioner CG used or None when J was factorised
+    exactly) of one primal Newton step from w, with X dw ≈ −r = y − X w.
     """
     delta, pre = newton.solve(active, xa, h, rhs, forcing, exact=exact)
     xl_new = xla + xa.rmv(delta)
     dw = h * (xl_new - g)
     if pre is not None:
         # CG left X dw + r = (its residual) ≠ 0: project dw back onto X dw = −r along
-        # H_ref Xᵀ, which the stored factor of J_ref = X H_ref Xᵀ makes exact.
-        gap = xa.mv(dw) + r
+        # H_ref Xᵀ with the factor of J_ref = X H_ref Xᵀ. That factor is single precision,
+        # so a small infeasibility remains; the next step's right-hand side removes it.
+        gap = xa.mv(w + dw) - y                                 # X dw + r
         dw = dw - pre.h * xa.rmv(pre.solve(gap))
-    return delta, xl_new, dw, pre is None
+    return delta, xl_new, dw, pre
 
 
 def _backtrack(decrease: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -685,11 +810,12 @@ def solve_implicit_bias(
             p-norms only) or "auto": primal for p > 2, dual otherwise (see module docstring).
         linear_solver: "pcg" (Newton–Krylov: J is formed once per entry; later Newton
             systems are solved by CG preconditioned by a reference J_ref kept within a
-            factor 2 of J, coordinate by coordinate, through exact low-rank updates; J is
-            formed afresh when CG needs more than ``pcg_max_iter`` iterations) or "direct"
-            (J formed and Cholesky-factorised every iteration). In the primal formulation a
-            CG step is projected back onto X dw = −r with the factor of J_ref (exact to
-            round-off) and replaced by a direct solve when it does not descend.
+            factor 2 of J, coordinate by coordinate, through exact low-rank updates, in
+            single precision for negative entropy and p ≤ 3; J is formed afresh when CG
+            needs more than ``pcg_max_iter`` iterations) or "direct" (J formed in double
+            precision and Cholesky-factorised every iteration). In the primal formulation
+            a CG step is projected back onto X dw = −r with the factor of J_ref and solved
+            to round-off instead when it does not descend.
         raise_on_failure: raise :class:`ImplicitBiasNotConverged` when an entry misses
             ``rtol`` after ``max_iter`` iterations or when its line search stalls; with
             False, return and let ``converged`` say so.
@@ -711,10 +837,17 @@ def solve_implicit_bias(
     xb, yb, w0b, squeeze = _prepare(x, y, w0)
     dual = _DualMap(potential, w0b)
     z0 = dual.grad(w0b)
-    state = _State(xb, yb, z0, dual)
+    # X in single precision for J_ref and for the CG products of loose Newton steps (+50% of
+    # X's memory); residuals and Xᵀλ always use X itself. Only where the curvature
+    # h = |w|^{2−p}/(p − 1) (|w| for negative entropy) varies no faster than 1/|w|: for p > 3
+    # its range over a weight vector overwhelms single precision (J_ref's rank-|S| updates
+    # lose it: measured, p = 4 and 5 then stalled), so J_ref stays double there.
+    low_precision_ok = not (isinstance(potential, PNorm) and potential.p > 3.0)
+    x_low = (xb.to(torch.float32) if linear_solver == "pcg" and low_precision_ok else None)
+    state = _State(xb, x_low, yb, z0, dual)
     use_primal = formulation == "primal" or (
         formulation == "auto" and isinstance(potential, PNorm) and potential.p > 2.0)
-    newton = _Newton(xb, linear_solver, int(pcg_max_iter))
+    newton = _Newton(xb, x_low, linear_solver, int(pcg_max_iter))
     if use_primal:
         _solve_primal(state, newton, w0b, rtol, int(max_iter))
     else:
