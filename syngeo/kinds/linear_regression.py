@@ -21,7 +21,7 @@ from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
 # Work bound in units of N²·D per exact solve (forming J dominates) and of N·D per training
-# step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~1 h on 2 CPU cores).
+# step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~12 min on 2 CPU cores).
 MAX_WORK = 2.0e13
 # Fig. 6 colours: N = D^0.5 orange, N = D^0.75 blue; further exponents get the rest.
 _A_COLORS = ("#d97706", "#2f6690", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
