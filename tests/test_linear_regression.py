@@ -264,6 +264,8 @@ def test_spec_bounds() -> None:
     assert spec.potentials == ["ne", "p2", "p3"] and spec.c_values == [1.0, 2.0]
     assert spec.n_exponents == [0.5, 0.75] and spec.seeds == 30 and spec.solver == "exact"
     assert LinearRegressionSpec(solver="training").lr_points == 16  # the paper's grid fits
+    # Many search rounds are only refused for the training solver, which runs them.
+    LinearRegressionSpec(d_max=100, epochs=1, epochs_step=1, max_epochs=5000)
     assert LinearRegressionSpec(potentials=["negative entropy", "p=2", "2"]).potentials == [
         "ne", "p2"]
     bad = [dict(potentials=["p0.5"]), dict(potentials=["l1"]), dict(c_values=[0.1]),
@@ -271,7 +273,8 @@ def test_spec_bounds() -> None:
            dict(d_min=1000, d_max=100), dict(seeds=0), dict(n_widths=0),
            dict(lr_min=1e-1, lr_max=1e-3), dict(epochs=600), dict(solver="adam"),
            dict(unknown=1), dict(d_max=100_000, seeds=1000),
-           dict(solver="training", d_max=100_000, seeds=1000)]
+           dict(solver="training", d_max=100_000, seeds=1000),
+           dict(solver="training", d_max=100, epochs=1, epochs_step=1, max_epochs=5000)]
     for fields in bad:
         with pytest.raises(ValidationError):
             LinearRegressionSpec(**fields)

@@ -23,6 +23,8 @@ from syngeo.kinds.geometry import potential_key
 # Work bound in units of N²·D per exact solve (forming J dominates) and of N·D per training
 # step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~12 min on 2 CPU cores).
 MAX_WORK = 2.0e13
+# Learning-rate search rounds (each kept per cell and learning rate; the paper's has 5).
+MAX_SEARCH_ROUNDS = 50
 # Fig. 6 colours: N = D^0.5 orange, N = D^0.75 blue; further exponents get the rest.
 _A_COLORS = ("#d97706", "#2f6690", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
 
@@ -121,6 +123,12 @@ class LinearRegressionSpec(BaseModel):
             raise ValueError(f"lr_max ({self.lr_max:g}) must be ≥ lr_min ({self.lr_min:g})")
         if self.max_epochs < self.epochs:
             raise ValueError(f"max_epochs ({self.max_epochs}) must be ≥ epochs ({self.epochs})")
+        rounds = (self.max_epochs - self.epochs) // self.epochs_step + 1
+        if self.solver == "training" and rounds > MAX_SEARCH_ROUNDS:
+            raise ValueError(
+                f"the learning-rate search could run {rounds} rounds (epochs, epochs + "
+                f"epochs_step, …, max_epochs), more than {MAX_SEARCH_ROUNDS}; raise epochs_step "
+                "or lower max_epochs (the paper: 100, +100 up to 500, 5 rounds)")
         widths = self.widths()
         sizes = [(_n(d, a), d) for d in widths for a in self.n_exponents]
         runs = len(self.potentials) * len(self.c_values)
