@@ -1,7 +1,9 @@
 // /analyze: choose or drop 1–2 files (or load the example), upload, see the dataset
 // summary, set options (a form generated from the kind's JSON Schema) and start a run.
 
-import { api, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion } from "./api.js";
+import {
+  api, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
+} from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const KIND = "geometry";
@@ -71,22 +73,7 @@ function setupDropzone() {
     stage(second.files, { append: true });
     second.value = "";
   });
-  for (const type of ["dragenter", "dragover"]) {
-    zone.addEventListener(type, (e) => {
-      e.preventDefault();
-      zone.classList.add("dragover");
-    });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    zone.addEventListener(type, (e) => {
-      e.preventDefault();
-      zone.classList.remove("dragover");
-    });
-  }
-  zone.addEventListener("drop", (e) => stage(e.dataTransfer && e.dataTransfer.files));
-  // Dropping a file next to the zone should not navigate away from the page.
-  window.addEventListener("dragover", (e) => e.preventDefault());
-  window.addEventListener("drop", (e) => e.preventDefault());
+  wireDropZone(zone, (files) => stage(files));
 }
 
 // ------------------------------------------------------------------ uploading

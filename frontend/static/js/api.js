@@ -98,6 +98,29 @@ export function clearError(box) {
   box.replaceChildren();
 }
 
+/**
+ * Make `zone` a file drop target that calls `onFiles(fileList)` on a drop, highlights itself
+ * while a file is dragged over it, and keeps a file dropped next to it from navigating the
+ * page away.
+ */
+export function wireDropZone(zone, onFiles) {
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add("dragover");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.remove("dragover");
+    });
+  }
+  zone.addEventListener("drop", (e) => onFiles(e.dataTransfer && e.dataTransfer.files));
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+}
+
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export function statusBadge(status) {

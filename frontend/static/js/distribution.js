@@ -7,7 +7,9 @@
 // formats, the server's problem and fix when a file is refused, and a summary of the
 // chosen dataset (n, min, median, max, mean ± sd).
 
-import { api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError } from "./api.js";
+import {
+  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, wireDropZone,
+} from "./api.js";
 
 export const UPLOAD_URL = "/api/datasets/distribution";
 const EXAMPLE = "example";
@@ -180,22 +182,7 @@ export function attachDistributionUpload(field) {
     upload(input.files);
     input.value = ""; // choosing the same file again still fires "change"
   });
-  for (const type of ["dragenter", "dragover"]) {
-    zone.addEventListener(type, (e) => {
-      e.preventDefault();
-      zone.classList.add("dragover");
-    });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    zone.addEventListener(type, (e) => {
-      e.preventDefault();
-      zone.classList.remove("dragover");
-    });
-  }
-  zone.addEventListener("drop", (e) => upload(e.dataTransfer && e.dataTransfer.files));
-  // A file dropped next to the zone must not navigate away from the form.
-  window.addEventListener("dragover", (e) => e.preventDefault());
-  window.addEventListener("drop", (e) => e.preventDefault());
+  wireDropZone(zone, upload);
   exampleBtn.addEventListener("click", () => {
     clearError(errorBox);
     field.set(EXAMPLE);
