@@ -157,7 +157,9 @@ def _base_layout(title: str, **extra: Any) -> dict[str, Any]:
     return layout
 
 
-def _finish(fig: go.Figure) -> dict[str, Any]:
+def figure_json(fig: go.Figure) -> dict[str, Any]:
+    """A Plotly figure as the JSON the pages plot: strict JSON numbers, no template (the
+    pages style figures themselves)."""
     out = json_safe(fig.to_plotly_json())
     out.setdefault("layout", {}).pop("template", None)
     return out
@@ -303,7 +305,7 @@ def delta_cdf_figure(
             xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
             font=dict(color=MUTED, size=14),
         )]
-    return _finish(go.Figure(data=data, layout=layout))
+    return figure_json(go.Figure(data=data, layout=layout))
 
 
 def _ci_text(row: Mapping[str, Any]) -> str:
@@ -405,7 +407,7 @@ def dual_change_histogram_figure(
     )
     layout["title"]["y"] = 0.97
     layout["title"]["yanchor"] = "top"
-    return _finish(go.Figure(data=data, layout=layout))
+    return figure_json(go.Figure(data=data, layout=layout))
 
 
 def _is_ragged_or_2d(edges: Any, n: int) -> bool:
@@ -483,7 +485,7 @@ def qq_figure(
     )
     layout["title"]["y"] = 0.97
     layout["title"]["yanchor"] = "top"
-    return _finish(go.Figure(data=data, layout=layout))
+    return figure_json(go.Figure(data=data, layout=layout))
 
 
 # --------------------------------------------------------------------------- tables

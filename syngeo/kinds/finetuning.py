@@ -261,12 +261,6 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return layout
 
 
-def _finish(fig: Any) -> dict[str, Any]:
-    out = figures.json_safe(fig.to_plotly_json())
-    out.setdefault("layout", {}).pop("template", None)
-    return out
-
-
 def _rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
@@ -342,7 +336,7 @@ def delta_cdf_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     fig.update_layout(**_layout(
         f"ΔCDF of the fine-tuning weight change, by evaluation potential ({summary['seeds']} "
         "seeds; lower is more Gaussian)", meta=dict(ne_x=figures.NE_X)))
-    return _finish(fig)
+    return figures.figure_json(fig)
 
 
 def curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -391,7 +385,7 @@ def curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dic
                           x=0, xanchor="left", y=1.0, yanchor="bottom", pad=dict(t=4, b=4),
                           showactive=True, bgcolor="#ffffff", bordercolor=figures.AXIS,
                           font=dict(size=12), name="network")]))
-    return _finish(fig)
+    return figures.figure_json(fig)
 
 
 def pretraining_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -428,4 +422,4 @@ def pretraining_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
     fig.update_yaxes(title_text="accuracy (%; dashed: held-out pool)", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID, row=1, col=2)
     fig.update_layout(**_layout("Pretraining with Adam (before fine-tuning)"))
-    return _finish(fig)
+    return figures.figure_json(fig)

@@ -292,9 +292,7 @@ def width_figure(summary: dict[str, Any], metric: Literal["delta_cdf", "dphi"]) 
         legend=dict(orientation="h", x=1, xanchor="right", y=1.04, yanchor="bottom"),
         meta=dict(metric=metric, widths=widths, seeds=summary["seeds"]),
     )
-    out = figures.json_safe(fig.to_plotly_json())
-    out.setdefault("layout", {}).pop("template", None)
-    return out
+    return figures.figure_json(fig)
 
 
 # --------------------------------------------------------------------------- training figures
@@ -410,17 +408,7 @@ def loss_curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
                                        "<br>first seed %{customdata[2]:.3g}<extra></extra>"),
                     ), **cell)
                     owner.append(p)
-    n_fixed = 0
-    if target is not None:
-        for ci in range(len(cs)):
-            for ai in range(len(as_)):
-                fig.add_trace(go.Scatter(
-                    x=[0, longest], y=[target, target], mode="lines", name="MSE target",
-                    legendgroup="target", showlegend=ci == 0 and ai == 0,
-                    line=dict(color=figures.MUTED, width=1, dash="dot"),
-                    hovertemplate=f"MSE target {target:g}<extra></extra>"),
-                    row=ci + 1, col=ai + 1)
-                n_fixed += 1
+    n_fixed = _add_target_lines(fig, target, len(cs), len(as_), [0, longest], "dot")
     fig.update_xaxes(showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_xaxes(title_text="epoch", row=len(cs))
     fig.update_yaxes(type="log", exponentformat="power", showline=True,
@@ -433,7 +421,7 @@ def loss_curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
                            "hover)") + "; dotted: the search's MSE target.")
     _training_layout(fig, summary, "Training loss (MSE) per epoch", caption, owner, n_fixed,
                      meta=dict(figure="loss_curves", seeds=summary["seeds"], widths=widths))
-    return _finish_training(fig)
+    return figures.figure_json(fig)
 
 
 def lr_search_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -499,17 +487,7 @@ def lr_search_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                                    "<br>final MSE %{y:.3g}<extra></extra>"),
                 ), **cell)
                 owner.append(p)
-    n_fixed = 0
-    if target is not None:
-        for ci in range(len(cs)):
-            for ai in range(len(as_)):
-                fig.add_trace(go.Scatter(
-                    x=[lrs[0], lrs[-1]], y=[target, target], mode="lines", name="MSE target",
-                    legendgroup="target", showlegend=ci == 0 and ai == 0,
-                    line=dict(color=figures.MUTED, width=1, dash="dash"),
-                    hovertemplate=f"MSE target {target:g}<extra></extra>"),
-                    row=ci + 1, col=ai + 1)
-                n_fixed += 1
+    n_fixed = _add_target_lines(fig, target, len(cs), len(as_), [lrs[0], lrs[-1]], "dash")
     fig.update_xaxes(type="log", exponentformat="power", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_xaxes(title_text="learning rate", row=len(cs))
@@ -524,7 +502,26 @@ def lr_search_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     _training_layout(fig, summary, "Learning-rate search: final MSE per learning rate",
                      caption, owner, n_fixed,
                      meta=dict(figure="lr_search", learning_rates=lrs, round_epochs=round_epochs))
-    return _finish_training(fig)
+    return figures.figure_json(fig)
+
+
+def _add_target_lines(fig: Any, target: float | None, n_c: int, n_a: int, x: list[float],
+                      dash: str) -> int:
+    """The search's MSE target as a horizontal line in every (c, a) panel; returns how many
+    traces were added (they stay visible whatever potential the dropdown shows)."""
+    import plotly.graph_objects as go
+
+    if target is None:
+        return 0
+    for ci in range(n_c):
+        for ai in range(n_a):
+            fig.add_trace(go.Scatter(
+                x=x, y=[target, target], mode="lines", name="MSE target", legendgroup="target",
+                showlegend=ci == 0 and ai == 0,
+                line=dict(color=figures.MUTED, width=1, dash=dash),
+                hovertemplate=f"MSE target {target:g}<extra></extra>"),
+                row=ci + 1, col=ai + 1)
+    return n_c * n_a
 
 
 def _hex(color: str) -> str:
@@ -534,8 +531,3 @@ def _hex(color: str) -> str:
     r, g, b = (int(float(v)) for v in color[color.index("(") + 1:color.index(")")].split(","))
     return f"#{r:02x}{g:02x}{b:02x}"
 
-
-def _finish_training(fig: Any) -> dict[str, Any]:
-    out = figures.json_safe(fig.to_plotly_json())
-    out.setdefault("layout", {}).pop("template", None)
-    return out

@@ -160,12 +160,6 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return layout
 
 
-def _finish(fig: Any) -> dict[str, Any]:
-    out = figures.json_safe(fig.to_plotly_json())
-    out.setdefault("layout", {}).pop("template", None)
-    return out
-
-
 def heatmap_figure(summary: dict[str, Any]) -> dict[str, Any]:
     """Mean ΔCDF: rows true potential × start, columns hypothesised potential (NE first).
     The lowest mean ΔCDF of each row is ringed."""
@@ -209,7 +203,7 @@ def heatmap_figure(summary: dict[str, Any]) -> dict[str, Any]:
         height=max(320, 60 + 44 * len(rows)),
         meta=dict(seeds=summary["seeds"], columns=columns, rows=rows),
     )
-    return _finish(go.Figure(data=[heat, best], layout=layout))
+    return figures.figure_json(go.Figure(data=[heat, best], layout=layout))
 
 
 def lines_figure(summary: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +256,7 @@ def lines_figure(summary: dict[str, Any]) -> dict[str, Any]:
     fig.update_layout(**_layout(
         f"ΔCDF of a change made with the true potential, by hypothesised potential "
         f"({summary['seeds']} seeds)", hovermode="closest"))
-    return _finish(fig)
+    return figures.figure_json(fig)
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

@@ -423,6 +423,4 @@ def fit_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
         shapes=shapes,
         meta=dict(best=best),
     )
-    out = figures.json_safe(go.Figure(data=data, layout=layout).to_plotly_json())
-    out.setdefault("layout", {}).pop("template", None)
-    return out
+    return figures.figure_json(go.Figure(data=data, layout=layout))
