@@ -29,9 +29,10 @@ bounded sublevel sets (X of full row rank and a strictly feasible Eq. 8), then q
 * negative entropy on the orthant of w⁰ (sign s = sign(w⁰), appendix C):
   φ* = Σ exp(s z − 1) = Σ|w|, w = s·exp(s z − 1), h = |w|. w keeps the sign of w⁰.
 
-The first Newton step from λ = 0 (where w = w⁰, J = X H Xᵀ) is exactly the paper's λ̂ of
-Eq. 15, so the iteration starts at the linearised solution whenever the line search accepts
-it (always in the lazy regime) and then corrects it.
+The first Newton step from λ = 0 (where w = w⁰, J = X H Xᵀ) is the paper's λ̂ of Eq. 15
+(exactly with ``linear_solver="direct"``; to the inexact-Newton tolerance with CG), so the
+iteration starts at the linearised solution whenever the line search accepts it (always in
+the lazy regime) and then corrects it.
 
 Primal formulation (p > 2). For p > 2, h = |w|^{2−p}/(p − 1) is unbounded as w_i → 0: the
 dual Newton model then overestimates the curvature of Ψ for every step that carries a z_i
@@ -40,7 +41,8 @@ crawls (it did not reach 1e-10 in 50 iterations at D = 2000, N = 44 for p = 3). 
 function D_φ(w, w⁰) has the mirror-image property (its curvature (p − 1)|w|^{p−2} vanishes at
 0, so the model underestimates and backtracking fixes the overshoot), so for p > 2 the same
 KKT system is solved by feasible Newton on the primal (Boyd & Vandenberghe §10.2): start at the
-linearised solution w = w⁰ + H Xᵀλ̂ (Eq. 14, feasible), and at each w solve
+linearised solution w = w⁰ + H Xᵀλ̂ (Eq. 14, feasible; with CG's inexact λ̂ it is projected
+back onto X w = y), and at each w solve
 
     J (λ⁺ − λ) = X h (∇φ(w) − ∇φ(w⁰) − Xᵀλ) − (X w − y),   dw = h (Xᵀλ⁺ − ∇φ(w) + ∇φ(w⁰)),
 
@@ -56,15 +58,19 @@ D = 2·10⁴: 8 Newton steps instead of 11).
 
 Linear algebra. Forming J costs O(N²D); J is symmetric, so only its lower block triangle is
 computed (N²D·(k + 1)/k flops with k ≤ 6 row blocks instead of 2N²D). A product with J
-costs O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` J is formed once per
-batch entry (for λ̂); later Newton systems are solved by conjugate gradients preconditioned
-by a reference J_ref kept close to J by exact low-rank updates (see :class:`_Newton`). J_ref
-is only a preconditioner, so for negative entropy and p ≤ 3 it is formed, updated and
-factorised in single precision (half the time: 0.5 s instead of 0.95 s at N = 1682,
-D = 2·10⁴ on two CPU cores), and so are the CG products of Newton steps whose tolerance
-is loose (≥ 1e-4); every residual, Xᵀλ and the stopping test stay in double precision,
-so the answer is as exact as before. With ``"direct"`` J is formed in double precision and
-factorised at every step.
+costs O(ND) and a factorisation O(N³). With ``linear_solver="pcg"`` (the default) J is never
+formed: the Newton systems are solved by conjugate gradients preconditioned by a reference
+J_ref = m X Xᵀ + (a low-rank correction for the coordinates whose curvature is far from the
+bulk value m), kept up to date by exact low-rank updates (see :class:`_Newton`). X Xᵀ does
+not depend on the potential, so the potentials solved on the same inputs share one
+formation of it (``gram``, :func:`input_gram`): for the Fig. 6 grid that is one O(N²D)
+product per seed instead of one per potential and seed. J_ref is only a preconditioner, so
+for negative entropy and p ≤ 3 it is kept in single precision (forming X Xᵀ then takes 0.5 s
+instead of 0.95 s at N = 1682, D = 2·10⁴ on two CPU cores), and so are the products with X
+of every Newton step from a residual ≥ 1e-3 and of CG solves to a tolerance ≥ 1e-5. Before
+the first double-precision step Xᵀλ is recomputed in double; the stopping test and the
+reported residual always are, so the answer is as exact as with double precision
+throughout. With ``"direct"`` J is formed in double precision and factorised at every step.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ __all__ = [
     "ImplicitBiasNotConverged",
     "ImplicitBiasSolution",
     "dual_change_magnitude",
+    "input_gram",
     "linearized_multipliers",
     "seeds_per_chunk",
     "solve_implicit_bias",
@@ -97,16 +104,24 @@ _BACKTRACK = 0.5
 _MAX_HALVINGS = 60
 # The Armijo test compares differences of sums over D terms; allow for their round-off.
 _ROUNDOFF = 256.0 * torch.finfo(torch.float64).eps
-# A coordinate whose curvature h moved by more than this factor from the reference value is
-# swapped into the reference Jacobian: the CG-preconditioned spectrum stays in [1/2, 2].
+# A coordinate tracked exactly in the reference Jacobian is updated there when its curvature
+# h moved by more than this factor from its reference value.
 _SWAP_FACTOR = 2.0
+# Coordinates whose curvature lies within this factor of the bulk value m enter J_ref as m
+# (see _Newton).
+_BULK_FACTOR = 8.0
 # Temporary memory for forming J block by block over the D columns: ~256 MB of float64.
 _BLOCK_ELEMENTS = 2**25
 # The relative CG tolerance of a "tight" Newton solve.
 _TIGHT = 1e-13
 _FORCING_CAP = 1e-2
-# CG products in single precision when every tolerance is at least this.
-_LOW_PRECISION_RTOL = 1e-4
+# CG products in single precision when every tolerance is at least this: a single-precision
+# product X diag(h) Xᵀ v is off by ~1e-6 of its size (measured at N = 1682, D = 2·10⁴).
+_LOW_PRECISION_RTOL = 1e-5
+# A Newton step from a residual ‖F‖/‖y‖ at least this takes every product with X in single
+# precision (its round-off, ~1e-6 of ‖y‖, is then a thousandth of what the step removes; the
+# next double-precision step corrects it, and Xᵀλ is recomputed in double before it).
+_LOW_PRECISION_RESIDUAL = 1e-3
 # A change of D_φ below this fraction of its size is not resolved (primal candidate choice).
 _UNRESOLVED = 1e-8
 
@@ -129,7 +144,8 @@ class ImplicitBiasSolution:
     dual change ξ = Xᵀλ = ∇φ(w∞) − ∇φ(w⁰). ``iterations``: (B,) Newton iterations taken
     (the first one is the λ̂ step of Eq. 15). ``residual``: (B,) ‖X w∞ − y‖ / ‖y‖ (absolute
     ‖X w∞‖ when y = 0). ``converged``: (B,) residual < rtol. ``jacobians_formed``: how many
-    times J = X diag(h) Xᵀ was formed in full (O(N²D) each), summed over the batch entries.
+    O(N²D) matrices X diag(h) Xᵀ (X Xᵀ included, unless passed in as ``gram``) the solve
+    formed, summed over the batch entries.
     """
 
     w: Tensor
@@ -153,11 +169,11 @@ def dual_change_magnitude(potential: Potential, w0: Tensor, w: Tensor) -> Tensor
 
 def seeds_per_chunk(n_samples: int, d: int, memory_bytes: float) -> int:
     """How many seeds of (N, D) float64 inputs fit in ``memory_bytes`` together with the
-    solver's working memory: per seed X, its single-precision copy, six N×N matrices
-    (reference J and its factor, a freshly formed J and its factor, slack) and O(D) vectors;
-    once, the ~256 MB block used to form J. At least 1.
+    solver's working memory: per seed X, its single-precision copy, seven N×N matrices
+    (X Xᵀ, reference J and its factor, a freshly formed J and its factor, slack) and O(D)
+    vectors; once, the ~256 MB block used to form J. At least 1.
     """
-    per_seed = 12.0 * n_samples * d + 8.0 * (6 * n_samples * n_samples + 8 * d + 8 * n_samples)
+    per_seed = 12.0 * n_samples * d + 8.0 * (7 * n_samples * n_samples + 8 * d + 8 * n_samples)
     return max(1, int((memory_bytes - 8.0 * _BLOCK_ELEMENTS) // per_seed))
 
 
@@ -299,11 +315,11 @@ def _mirror_lower(jac: Tensor) -> Tensor:
     return low + low.tril(-1).transpose(-2, -1)
 
 
-def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor,
+def _form_jacobian(x: Tensor, h: Tensor | None, rows: Tensor,
                    dtype: torch.dtype = torch.float64) -> Tensor:
-    """J = X diag(h) Xᵀ for the batch entries ``rows``, accumulated over column blocks so
-    the temporary stays near _BLOCK_ELEMENTS values, computing the lower triangle only
-    (J is symmetric; this was the largest single cost of the Fig. 6 grid). With ``dtype``
+    """J = X diag(h) Xᵀ (X Xᵀ for h None) for the batch entries ``rows``, accumulated over
+    column blocks so the temporary stays near _BLOCK_ELEMENTS values, computing the lower
+    triangle only (J is symmetric; it is the largest single cost of the solver). With ``dtype``
     float32 the blocks are rounded and multiplied in single precision (half the time on a
     CPU): good enough for a preconditioner, not for an exact solve.
     """
@@ -311,14 +327,30 @@ def _form_jacobian(x: Tensor, h: Tensor, rows: Tensor,
     jac = torch.zeros(b, n, n, dtype=dtype, device=x.device)
     block = max(64, _BLOCK_ELEMENTS // max(1, 2 * b * n))
     whole = b == x.shape[0]
-    h = h.to(dtype)
+    if h is not None:
+        h = h.to(dtype)
     for start in range(0, d, block):
         xb = x[:, :, start:start + block]
         if not whole:
             xb = xb.index_select(0, rows)
         xb = xb.to(dtype)
-        _add_lower_gram(jac, xb * h[:, None, start:start + block], xb)
+        weighted = xb if h is None else xb * h[:, None, start:start + block]
+        _add_lower_gram(jac, weighted, xb)
     return _mirror_lower(jac)
+
+
+def input_gram(x: Tensor) -> Tensor:
+    """G = X Xᵀ in single precision, (B, N, N) for X (B, N, D) or (N, N) for (N, D): the
+    base of :func:`solve_implicit_bias`'s preconditioner (see its ``gram`` argument). It
+    does not depend on the potential, so potentials solved on the same inputs can share it
+    and pay the O(N²D) formation once.
+    """
+    x = torch.as_tensor(x)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"X must have shape (N, D) or (B, N, D), got {tuple(x.shape)}")
+    xb = x[None] if x.ndim == 2 else x
+    gram = _form_jacobian(xb, None, torch.arange(xb.shape[0], device=xb.device), torch.float32)
+    return gram[0] if x.ndim == 2 else gram
 
 
 class _Preconditioner:
@@ -451,55 +483,76 @@ def _prepare(x: Tensor, y: Tensor, w0: Tensor) -> tuple[Tensor, Tensor, Tensor, 
 class _Newton:
     """Solves the Newton systems J δ = rhs, J = X diag(h) Xᵀ, for the active batch entries.
 
-    "direct": J is formed (O(N²D)) and Cholesky-factorised every time. "pcg": each entry
-    keeps a reference J_ref = X diag(h_ref) Xᵀ and its factor (single precision when a
-    single-precision X is given). Before a solve, the set S of coordinates whose curvature
-    moved by more than a factor 2 (h/h_ref ∉ [1/2, 2]) is swapped into J_ref by an exact
-    rank-|S| update of its lower triangle (O(N²|S|); J_ref is formed afresh when |S| > D/2)
-    and J_ref is refactorised (O(N³)); then conjugate gradients preconditioned by J_ref, whose
-    preconditioned spectrum lies in [1/2, 2] (each step O(ND)), solve J δ = rhs to the
-    forcing tolerance (to round-off right after J_ref was formed, or when asked for an exact
-    step). Should CG still miss it within ``pcg_max_iter`` iterations, J is formed in double
-    precision and factorised exactly.
+    "direct": J is formed (O(N²D)) and Cholesky-factorised every time. "pcg": conjugate
+    gradients (each step O(ND)) preconditioned by a reference J_ref = X diag(h_ref) Xᵀ, whose
+    Cholesky factor each entry keeps (single precision when a single-precision X is given).
+
+    J_ref is built from the Gram matrix G = X Xᵀ, which depends neither on the potential nor
+    on the iterate, so it is formed once per entry (or passed in and shared by the potentials
+    solved on the same inputs): coordinates whose curvature lies within a factor 8 of a bulk
+    value m (the median of h when J_ref is set up) enter J_ref as m, the others — the set S —
+    exactly, J_ref = m G + Σ_{i∈S} (h_ref,i − m) x_i x_iᵀ (a rank-|S| update, O(N²|S|)).
+    Before each solve a coordinate of S whose curvature moved by more than a factor 2, or a
+    bulk one that left the band, is swapped by an exact rank update of J_ref's lower triangle
+    and J_ref is refactorised (O(N³)); when that would swap more coordinates than rebuilding
+    from G around the current median, J_ref is rebuilt instead. The bulk is not tracked
+    coordinate by coordinate, yet the preconditioner stays good: for N ≪ D the
+    preconditioned matrix compresses diag(h/h_ref) onto the N-dimensional row space of X,
+    which averages the bulk's spread away (measured at N = 1682, D = 2·10⁴: condition number
+    ≈ 2.4 for negative entropy and p = 3 with |S| ≈ 1300 at w⁰ and a few hundred at w∞,
+    against 240 for m G alone at p = 3), so a loose Newton step takes 2–5 CG iterations.
+    Steps whose J_ref equals J (p = 2 always: h ≡ 1 = m) or that are asked to be exact are
+    solved to round-off. Should CG miss its tolerance within ``pcg_max_iter`` iterations, J
+    is formed in double precision and factorised exactly (and becomes J_ref).
     """
 
     def __init__(self, x: Tensor, x_low: Tensor | None, linear_solver: LinearSolver,
-                 pcg_max_iter: int) -> None:
+                 pcg_max_iter: int, gram: Tensor | None) -> None:
         self.x = x
         self.x_low = x_low                      # X in single precision, or None
         self.linear_solver = linear_solver
         self.pcg_max_iter = pcg_max_iter
-        # (B, N, N) reference Gram matrices; only their lower triangles are kept up to date.
-        self.jac: Tensor | None = None
-        self.reference: _Preconditioner | None = None
+        self.gram = gram                        # (B, N, N) X Xᵀ, formed on first use if None
+        b, n, d = x.shape
         # J_ref is a preconditioner only (every residual stays in double), so it is formed
         # and updated in single precision when x_low is given (see solve_implicit_bias).
-        self.reference_dtype = torch.float32 if x_low is not None else torch.float64
-        self.has_reference = torch.zeros(x.shape[0], dtype=torch.bool)
-        self.formed = 0                         # full formations of J, summed over entries
+        dtype = torch.float32 if x_low is not None else torch.float64
+        # (B, N, N) reference matrices; only their lower triangles are kept up to date.
+        self.jac = torch.zeros(0, n, n, dtype=dtype, device=x.device)
+        self.reference = _Preconditioner.__new__(_Preconditioner)
+        self.reference.h = torch.ones(b, d, dtype=torch.float64, device=x.device)
+        self.reference.pinv = {}
+        # The bulk curvature m per entry; NaN until the entry's J_ref is set up.
+        self.bulk = torch.full((b,), math.nan, dtype=torch.float64, device=x.device)
+        self.formed = 0                         # full O(N²D) formations, summed over entries
 
-    def _store(self, rows: list[int], jac: Tensor | None, pre: _Preconditioner) -> None:
-        """Keep J_ref (unless ``jac`` is None: updated in place) and its factor for ``rows``."""
-        dev = self.x.device
-        if self.jac is None or self.reference is None:
-            b, n, d = self.x.shape
-            dtype = self.reference_dtype
+    def _source(self) -> Tensor:
+        """X in the precision J_ref is kept in."""
+        return self.x_low if self.x_low is not None else self.x
+
+    def _gram(self, i: int) -> Tensor:
+        """G = X Xᵀ of entry i (lower triangle), in J_ref's precision."""
+        if self.gram is None:
+            self.gram = input_gram(self._source())
+            self.formed += self.x.shape[0]
+        return self.gram[i].to(self.jac.dtype)
+
+    def _allocate(self) -> None:
+        if self.jac.shape[0] == 0:
+            b, n, _ = self.x.shape
+            dtype, dev = self.jac.dtype, self.x.device
             self.jac = torch.zeros(b, n, n, dtype=dtype, device=dev)
-            self.reference = _Preconditioner.__new__(_Preconditioner)
             self.reference.factor = torch.eye(n, dtype=dtype, device=dev).expand(b, n,
                                                                                n).clone()
-            self.reference.h = torch.ones(b, d, dtype=torch.float64, device=dev)
-            self.reference.pinv = {}
-        index = torch.as_tensor(rows, device=dev)
-        if jac is not None:
-            self.jac[index] = jac.to(self.jac.dtype)
-        self.reference.factor[index] = pre.factor.to(self.reference.factor.dtype)
-        self.reference.h[index] = pre.h
+
+    def _factorise(self, rows: list[int]) -> None:
+        """Refactorise J_ref of the entries ``rows`` (after their J_ref changed)."""
+        pre = _Preconditioner(self.jac[rows], self.reference.h[rows])
+        self.reference.factor[rows] = pre.factor
         for k, i in enumerate(rows):
             self.reference.pinv.pop(i, None)
             if k in pre.pinv:
                 self.reference.pinv[i] = pre.pinv[k]
-        self.has_reference[rows] = True
 
     def _exact(self, active: Tensor, h: Tensor, rhs: Tensor) -> Tensor:
         """Form J in double precision, factorise it and solve exactly."""
@@ -508,49 +561,49 @@ class _Newton:
         self.formed += len(rows)
         pre = _Preconditioner(jac, h)
         if self.linear_solver == "pcg":
-            self._store(rows, jac, pre)
+            # J becomes J_ref (every coordinate then tracked exactly).
+            self._allocate()
+            self.jac[rows] = jac.to(self.jac.dtype)
+            self.reference.h[rows] = h
+            self._factorise(rows)
         return pre.solve(rhs)
 
-    def _form_reference(self, active: Tensor, h: Tensor) -> None:
-        """J_ref = J in single precision (half the cost of _exact on a CPU): CG
-        preconditioned by its factor then gains ~5 digits per iteration."""
-        jac = _form_jacobian(self._source(), h, active, self.reference_dtype)
-        self.formed += active.numel()
-        self._store(active.tolist(), jac, _Preconditioner(jac, h))
-
-    def _source(self) -> Tensor:
-        """X in the precision J_ref is formed in."""
-        if self.reference_dtype == torch.float32 and self.x_low is not None:
-            return self.x_low
-        return self.x
+    def _rebuild(self, i: int, m: Tensor) -> None:
+        """J_ref = m G for entry i: every coordinate in the bulk m."""
+        self.bulk[i] = m
+        self.jac[i] = self._gram(i) * m.to(self.jac.dtype)
+        self.reference.h[i] = m
 
     def _refresh(self, active: Tensor, h: Tensor) -> None:
-        """Swap the coordinates whose curvature moved into each active entry's J_ref."""
-        assert self.jac is not None and self.reference is not None
+        """Swap the coordinates whose curvature moved into each active entry's J_ref (setting
+        J_ref up from G first for entries that have none) and refactorise what changed."""
+        self._allocate()
         d = self.x.shape[2]
         changed: list[int] = []
-        reform: list[int] = []
         for k, i in enumerate(active.tolist()):
-            h_ref = self.reference.h[i]
-            # NaN (h = h_ref = 0) compares False: nothing to swap there.
-            swap = (torch.log(h[k] / h_ref).abs() > math.log(_SWAP_FACTOR)).nonzero().flatten()
+            if bool(torch.isnan(self.bulk[i])):
+                self._rebuild(i, h[k].median())
+                changed.append(i)
+            swap, target = _swaps(h[k], self.reference.h[i], self.bulk[i])
+            if swap.numel() > d // 8:
+                # Rebuilding around the current median may need fewer swaps (the bulk moved).
+                m = h[k].median()
+                fresh_swap, fresh_target = _swaps(h[k], m.expand(d), m)
+                if fresh_swap.numel() < swap.numel():
+                    self._rebuild(i, m)
+                    swap, target = fresh_swap, fresh_target
+                    changed.append(i)
             if swap.numel() == 0:
                 continue
-            if swap.numel() > d // 2:
-                reform.append(k)
-                continue
+            h_ref = self.reference.h[i]
             cols = self._source()[i].index_select(1, swap).to(self.jac.dtype)   # (N, |S|)
-            weights = (h[k, swap] - h_ref[swap]).to(self.jac.dtype)
+            weights = (target[swap] - h_ref[swap]).to(self.jac.dtype)
             # In place, lower triangle only: the upper one goes stale and is never read.
             _add_lower_gram(self.jac[i], cols * weights, cols)
-            h_ref[swap] = h[k, swap]
+            h_ref[swap] = target[swap]
             changed.append(i)
-        if reform:
-            local = torch.as_tensor(reform, device=h.device)
-            self._form_reference(active[local], h[local])
         if changed:
-            self._store(changed, None,
-                        _Preconditioner(self.jac[changed], self.reference.h[changed]))
+            self._factorise(sorted(set(changed)))
 
     def solve(self, active: Tensor, xa: _Rows, h: Tensor, rhs: Tensor, forcing: Tensor,
               exact: bool = False) -> tuple[Tensor, _Preconditioner | None]:
@@ -560,20 +613,30 @@ class _Newton:
         rows = active.tolist()
         if self.linear_solver == "direct":
             return self._exact(active, h, rhs), None
-        fresh = ~self.has_reference[rows]
-        if bool(fresh.any()):
-            self._form_reference(active[fresh.to(active.device)], h[fresh.to(h.device)])
         self._refresh(active, h)
-        assert self.reference is not None
         pre = self.reference.subset(rows)
-        # A step from a freshly formed J_ref, or one asked to be exact, is solved to
-        # round-off (two or three CG iterations): the λ̂ step of Eq. 15 stays exact.
-        tight = exact | fresh.to(forcing.device)
+        # Where J_ref = J (up to its precision) CG reaches round-off in two or three
+        # iterations: such steps, and those asked to be exact, are solved to round-off.
+        tight = (pre.h == h).all(dim=-1) | exact
         forcing = torch.where(tight, _TIGHT, forcing.clamp_min(_TIGHT))
         step, ok = _pcg(xa, h, rhs, pre, forcing, self.pcg_max_iter)
         if bool(ok.all()):
             return step, pre
         return self._exact(active, h, rhs), None
+
+
+def _swaps(h: Tensor, h_ref: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """(coordinates to swap, target h_ref) for one entry: a coordinate's target is the bulk
+    value m while h is within a factor _BULK_FACTOR of m, else h itself; a bulk coordinate is
+    swapped when it leaves the band, an exactly tracked one when h moved by more than a
+    factor _SWAP_FACTOR from h_ref (so it stays exact until then, even back in the band).
+    NaN ratios (h = h_ref = 0) compare False: nothing to swap there.
+    """
+    target = torch.where(torch.log(h / m).abs() <= math.log(_BULK_FACTOR), m, h)
+    bulk = h_ref == m
+    moved = torch.log(h / h_ref).abs() > math.log(_SWAP_FACTOR)
+    swap = torch.where(bulk, target != m, moved).nonzero().flatten()
+    return swap, target
 
 
 class _State:
@@ -590,13 +653,34 @@ class _State:
         self.res = torch.full((b,), math.inf, dtype=y.dtype, device=y.device)
         self.iterations = torch.zeros(b, dtype=torch.long, device=y.device)
         self.stalled = torch.zeros(b, dtype=torch.bool, device=y.device)
+        self.f = torch.zeros_like(y)            # F = X w(λ) − y at the current λ (dual)
+        # Entries whose Xᵀλ and F last came from single-precision products.
+        self.low = torch.zeros(b, dtype=torch.bool, device=y.device)
 
     def active(self, rtol: float) -> Tensor:
         return ((self.res >= rtol) & ~self.stalled).nonzero().flatten()
 
-    def residual(self, xa: _Rows, active: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """F = X w − y and ‖F‖/‖y‖ for the rows ``active``."""
-        f = xa.mv(w) - self.y[active]
+    def single_precision(self, active: Tensor) -> bool:
+        """Whether the next step of the entries ``active`` takes its products with X in
+        single precision: while every one of their residuals is ≥ _LOW_PRECISION_RESIDUAL."""
+        return (self.x_low is not None
+                and bool((self.res[active] >= _LOW_PRECISION_RESIDUAL).all()))
+
+    def settle(self, active: Tensor) -> bool:
+        """Recompute Xᵀλ in double precision for the entries ``active`` whose Xᵀλ took
+        single-precision products (before a double-precision step, and at the end). Returns
+        whether any was recomputed (F is then stale too)."""
+        stale = active[self.low[active]]
+        if stale.numel() == 0:
+            return False
+        self.xl[stale] = _Rows(self.x, stale).rmv(self.lam[stale])
+        self.low[stale] = False
+        return True
+
+    def residual(self, xa: _Rows, active: Tensor, w: Tensor,
+                 low: bool = False) -> tuple[Tensor, Tensor]:
+        """F = X w − y and ‖F‖/‖y‖ for the rows ``active`` (``low``: single precision)."""
+        f = xa.mv(w, low) - self.y[active]
         return f, torch.linalg.vector_norm(f, dim=-1) / self.scale[active]
 
 
@@ -609,19 +693,20 @@ def _rows(state: _State, active: Tensor) -> tuple[_Rows, _DualMap]:
 def _solve_dual(state: _State, newton: _Newton, rtol: float, max_iter: int) -> None:
     """Newton on the dual Ψ(λ) = φ*(∇φ(w⁰) + Xᵀλ) − λᵀy from λ = 0 (first step: λ̂)."""
     everything = torch.arange(state.x.shape[0], device=state.x.device)
-    _, state.res = state.residual(_Rows(state.x, everything), everything,
-                                  state.dual.primal(state.z0))
+    state.f, state.res = state.residual(_Rows(state.x, everything), everything,
+                                        state.dual.primal(state.z0))
     for _ in range(max_iter):
         active = state.active(rtol)
         if active.numel() == 0:
             return
+        low = state.single_precision(active)
         xa, dual = _rows(state, active)
         za = state.z0[active] + state.xl[active]
         wa = dual.primal(za)
-        f, res = state.residual(xa, active, wa)
+        f, res = state.f[active], state.res[active]           # F at λ, from the last step
         h = dual.curvature(wa)
         step, _ = newton.solve(active, xa, h, -f, _forcing(res, rtol))
-        dz = xa.rmv(step)                                        # Xᵀ Δ
+        dz = xa.rmv(step, low)                                   # Xᵀ Δ
         slope = (f * step).sum(-1)                               # ∇Ψᵀ Δ < 0
         ya = state.y[active]
         y_step, y_step_abs = (ya * step).sum(-1), (ya.abs() * step.abs()).sum(-1)
@@ -635,7 +720,15 @@ def _solve_dual(state: _State, newton: _Newton, rtol: float, max_iter: int) -> N
         t, accepted = _backtrack(decrease, slope)
         state.lam[active] += t[:, None] * step
         state.xl[active] += t[:, None] * dz
-        _, state.res[active] = state.residual(xa, active, dual.primal(za + t[:, None] * dz))
+        state.f[active], state.res[active] = state.residual(
+            xa, active, dual.primal(za + t[:, None] * dz), low)
+        state.low[active] |= low
+        if low and not state.single_precision(active):
+            # The next step is in double precision: Xᵀλ and F are recomputed in double
+            # first (F decides convergence; single precision cannot resolve it there).
+            state.settle(active)
+            za = state.z0[active] + state.xl[active]
+            state.f[active], state.res[active] = state.residual(xa, active, dual.primal(za))
         state.iterations[active] += 1
         state.stalled[active] = ~accepted
 
@@ -648,19 +741,23 @@ def _solve_primal(state: _State, newton: _Newton, w0: Tensor, rtol: float,
     everything = torch.arange(state.x.shape[0], device=state.x.device)
     x_all = _Rows(state.x, everything, state.x_low)
     h0 = state.dual.curvature(w0)
-    f0 = x_all.mv(w0) - state.y
-    lam_hat, pre = newton.solve(everything, x_all, h0, -f0, torch.zeros_like(state.scale),
-                                exact=True)
+    f0, state.res = state.residual(x_all, everything, w0)
+    low = state.single_precision(everything)
+    # The λ̂ step of Eq. 15, solved like every other step (to the forcing tolerance).
+    lam_hat, pre = newton.solve(everything, x_all, h0, -f0, _forcing(state.res, rtol))
     state.lam = lam_hat
-    state.xl = x_all.rmv(lam_hat)
+    state.xl = x_all.rmv(lam_hat, low)
+    state.low[:] = low
     w = w0 + h0 * state.xl
     w_dual = state.dual.primal(state.z0 + state.xl)
-    f_dual, state.res = state.residual(x_all, everything, w_dual)
+    f_dual, state.res = state.residual(x_all, everything, w_dual, low)
     state.iterations += 1
     if pre is not None:
-        # The same two candidates as below: Eq. 14's w⁰ + H Xᵀλ̂, or w(λ̂) projected back
-        # onto X w = y; whichever has the lower D_φ(·, w⁰) starts the iteration.
-        w_proj = w_dual - pre.h * x_all.rmv(pre.solve(f_dual))
+        # The same two candidates as below: Eq. 14's w⁰ + H Xᵀλ̂ and w(λ̂), each projected
+        # back onto X w = y along H_ref Xᵀ (λ̂ came from CG, so Eq. 14 is only feasible up
+        # to CG's residual); whichever has the lower D_φ(·, w⁰) starts the iteration.
+        w = w - pre.h * x_all.rmv(pre.solve(x_all.mv(w, low) - state.y), low)
+        w_proj = w_dual - pre.h * x_all.rmv(pre.solve(f_dual), low)
         lin, lin_size = _objective_change(state.dual, state.z0, w0, w - w0)
         proj, proj_size = _objective_change(state.dual, state.z0, w0, w_proj - w0)
         better = proj <= lin + _ROUNDOFF * (lin_size + proj_size)
@@ -669,28 +766,43 @@ def _solve_primal(state: _State, newton: _Newton, w0: Tensor, rtol: float,
         active = state.active(rtol)
         if active.numel() == 0:
             return
+        low = state.single_precision(active)
         xa, dual = _rows(state, active)
+        if not low and bool(state.low[active].any()):
+            # First double-precision step: recompute Xᵀλ, and project w back onto X w = y
+            # (single-precision steps leave it off by ~1e-6 of ‖y‖, so a Newton direction
+            # restoring that could fail the descent test below).
+            state.settle(active)
+            pre = newton.reference.subset(active.tolist())
+            f_w, _ = state.residual(xa, active, w[active])
+            w[active] = w[active] - pre.h * xa.rmv(pre.solve(f_w))
         wa, z0a, xla = w[active], state.z0[active], state.xl[active]
         g = dual.grad(wa) - z0a                                 # ∇f(w)
         h = dual.curvature(wa)
         ya = state.y[active]
         # KKT: diag(1/h) dw − Xᵀλ⁺ = −g, X dw = −r (r = X w − y ≈ 0, round-off) ⇒
         # J (λ⁺ − λ) = X h (g − Xᵀλ) − r = X (h (g − Xᵀλ) − w) + y: one product with X.
-        rhs = xa.mv(h * (g - xla) - wa) + ya
+        rhs = xa.mv(h * (g - xla) - wa, low) + ya
         forcing = _forcing(state.res[active], rtol)
         delta, xl_new, dw, pre = _primal_step(newton, active, xa, h, g, wa, ya, xla, rhs, forcing,
-                                              False)
+                                              False, low)
         w_dual = dual.primal(z0a + xl_new)                      # w(λ⁺), Eq. 13
-        f_dual, res_new = state.residual(xa, active, w_dual)
-        if pre is not None and bool((((g * dw).sum(-1) >= 0) & (res_new >= rtol)).any()):
+        f_dual, res_new = state.residual(xa, active, w_dual, low)
+        # The size of D_φ(w, w⁰) + const, whose changes below _UNRESOLVED of it are round-off.
+        size = dual.potential_change(torch.zeros_like(wa), wa)[1] + (z0a * wa).abs().sum(-1)
+        # (A slope below the resolution of D_φ says nothing: λ is then still improved, see
+        # the KKT test below; an exact solve there gave the same unresolved slope.)
+        ascent = ((g * dw).sum(-1) > _UNRESOLVED * size) & (res_new >= rtol)
+        if pre is not None and bool(ascent.any()):
             # An inexact (CG) step that does not descend: solve exactly instead.
             delta, xl_new, dw, pre = _primal_step(newton, active, xa, h, g, wa, ya, xla, rhs,
-                                                  forcing, True)
+                                                  forcing, True, low)
             w_dual = dual.primal(z0a + xl_new)
-            f_dual, res_new = state.residual(xa, active, w_dual)
+            f_dual, res_new = state.residual(xa, active, w_dual, low)
         res_old = state.res[active]
         state.lam[active] += delta
         state.xl[active] = xl_new
+        state.low[active] |= low
         state.res[active] = res_new
         state.iterations[active] += 1
         slope = (g * dw).sum(-1)                                # ∇fᵀdw < 0
@@ -715,14 +827,12 @@ def _solve_primal(state: _State, newton: _Newton, w0: Tensor, rtol: float,
             # w(λ⁺). Taking whichever of the two lowers D_φ more keeps the descent of the
             # damped Newton iteration and cut the p = 3 iterations of the largest Fig. 6
             # cell from 11 to ~7.
-            w_proj = w_dual - pre.h * xa.rmv(pre.solve(f_dual))
+            w_proj = w_dual - pre.h * xa.rmv(pre.solve(f_dual), low)
             proj_change, proj_size = change(w_proj - wa)
             step_change, step_size = change(w_next - wa)
             # Once D_φ cannot tell them apart (its change near 1e-8 of its size, where the
             # projection's single-precision infeasibility matters more than the objective),
             # w(λ⁺) projected is kept: it converges faster there.
-            size = (dual.potential_change(torch.zeros_like(wa), wa)[1]
-                    + (z0a * wa).abs().sum(-1))
             better = ((proj_change <= step_change + _ROUNDOFF * (proj_size + step_size))
                       | (step_change.abs() <= _UNRESOLVED * size))
             w_next = torch.where(better[:, None], w_proj, w_next)
@@ -748,20 +858,21 @@ def _forcing(res: Tensor, rtol: float) -> Tensor:
 
 
 def _primal_step(newton: _Newton, active: Tensor, xa: _Rows, h: Tensor, g: Tensor, w: Tensor,
-                 y: Tensor, xla: Tensor, rhs: Tensor, forcing: Tensor, exact: bool
+                 y: Tensor, xla: Tensor, rhs: Tensor, forcing: Tensor, exact: bool, low: bool
                  ) -> tuple[Tensor, Tensor, Tensor, _Preconditioner | None]:
     """(λ⁺ − λ, Xᵀλ⁺, dw, the preconditioner CG used or None when J was factorised
-    exactly) of one primal Newton step from w, with X dw ≈ −r = y − X w.
+    exactly) of one primal Newton step from w, with X dw ≈ −r = y − X w (``low``: products
+    with X in single precision).
     """
     delta, pre = newton.solve(active, xa, h, rhs, forcing, exact=exact)
-    xl_new = xla + xa.rmv(delta)
+    xl_new = xla + xa.rmv(delta, low)
     dw = h * (xl_new - g)
     if pre is not None:
         # CG left X dw + r = (its residual) ≠ 0: project dw back onto X dw = −r along
         # H_ref Xᵀ with the factor of J_ref = X H_ref Xᵀ. That factor is single precision,
         # so a small infeasibility remains; the next step's right-hand side removes it.
-        gap = xa.mv(w + dw) - y                                 # X dw + r
-        dw = dw - pre.h * xa.rmv(pre.solve(gap))
+        gap = xa.mv(w + dw, low) - y                            # X dw + r
+        dw = dw - pre.h * xa.rmv(pre.solve(gap), low)
     return delta, xl_new, dw, pre
 
 
@@ -786,7 +897,8 @@ def _backtrack(decrease: Callable[[Tensor], tuple[Tensor, Tensor]],
 
 def _solve(potential: Potential, xb: Tensor, yb: Tensor, w0b: Tensor, rtol: float,
            max_iter: int, formulation: Formulation, linear_solver: LinearSolver,
-           pcg_max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+           pcg_max_iter: int, gram: Tensor | None = None
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int]:
     """Solve one batch: (w, λ, Xᵀλ, iterations, residual, stalled, Jacobians formed)."""
     dual = _DualMap(potential, w0b)
     z0 = dual.grad(w0b)
@@ -800,13 +912,14 @@ def _solve(potential: Potential, xb: Tensor, yb: Tensor, w0b: Tensor, rtol: floa
     state = _State(xb, x_low, yb, z0, dual)
     use_primal = formulation == "primal" or (
         formulation == "auto" and isinstance(potential, PNorm) and potential.p > 2.0)
-    newton = _Newton(xb, x_low, linear_solver, pcg_max_iter)
+    newton = _Newton(xb, x_low, linear_solver, pcg_max_iter, gram)
     if use_primal:
         _solve_primal(state, newton, w0b, rtol, max_iter)
     else:
         _solve_dual(state, newton, rtol, max_iter)
-    w = dual.primal(z0 + state.xl)
     everything = torch.arange(xb.shape[0], device=xb.device)
+    state.settle(everything)
+    w = dual.primal(z0 + state.xl)
     _, res = state.residual(_Rows(xb, everything), everything, w)
     return w, state.lam, state.xl, state.iterations, res, state.stalled, newton.formed
 
@@ -822,6 +935,7 @@ def solve_implicit_bias(
     formulation: Formulation = "auto",
     linear_solver: LinearSolver = "pcg",
     pcg_max_iter: int = 50,
+    gram: Tensor | None = None,
     raise_on_failure: bool = True,
 ) -> ImplicitBiasSolution:
     """Solve Eq. 8 exactly: w∞ = argmin D_φ(w, w⁰) subject to X w = y, for a batch.
@@ -838,14 +952,18 @@ def solve_implicit_bias(
         formulation: "dual" (Newton on the multipliers with line search on the dual
             objective), "primal" (feasible Newton on w with line search on D_φ(w, w⁰),
             p-norms only) or "auto": primal for p > 2, dual otherwise (see module docstring).
-        linear_solver: "pcg" (Newton–Krylov: J is formed once per entry; later Newton
-            systems are solved by CG preconditioned by a reference J_ref kept within a
-            factor 2 of J, coordinate by coordinate, through exact low-rank updates, in
-            single precision for negative entropy and p ≤ 3; J is formed afresh when CG
-            needs more than ``pcg_max_iter`` iterations) or "direct" (J formed in double
-            precision and Cholesky-factorised every iteration). In the primal formulation
+        linear_solver: "pcg" (Newton–Krylov: the Newton systems are solved by CG
+            preconditioned by J_ref = m X Xᵀ plus exact low-rank updates for the coordinates
+            whose curvature is far from the bulk value m, in single precision for negative
+            entropy and p ≤ 3; J is formed in double precision when CG needs more than
+            ``pcg_max_iter`` iterations) or "direct" (J formed in double precision and
+            Cholesky-factorised every iteration). In the primal formulation
             a CG step is projected back onto X dw = −r with the factor of J_ref and solved
             to round-off instead when it does not descend.
+        gram: X Xᵀ from :func:`input_gram` (same batch shape as X), the base of the "pcg"
+            preconditioner; pass it to solve several potentials on the same inputs with
+            one O(N²D) formation. Formed here when None. It only steers the linear solves:
+            every residual is computed from X, so a wrong ``gram`` costs time, not accuracy.
         raise_on_failure: raise :class:`ImplicitBiasNotConverged` when an entry misses
             ``rtol`` after ``max_iter`` iterations or when its line search stalls; with
             False, return and let ``converged`` say so.
@@ -865,6 +983,13 @@ def solve_implicit_bias(
         raise ValueError("the primal formulation is for p-norms; negative entropy uses 'dual' "
                          "(its domain is an orthant, which the dual handles without bounds)")
     xb, yb, w0b, squeeze = _prepare(x, y, w0)
+    if gram is not None:
+        gram = torch.as_tensor(gram, device=xb.device)
+        gram = gram[None] if squeeze else gram
+        n = xb.shape[1]
+        if tuple(gram.shape) != (xb.shape[0], n, n):
+            raise ValueError(f"gram must have shape {tuple(xb.shape[:2]) + (n,)} (X Xᵀ of X "
+                             f"{tuple(xb.shape)}, from input_gram), got {tuple(gram.shape)}")
     if xb.device.type == "cpu":
         # On a CPU the entries are solved one after another: the batched kernels (a
         # one-column bmm, batched triangular solves) were slower there than a loop, and a
@@ -872,7 +997,8 @@ def solve_implicit_bias(
         # N = 1682, D = 2·10⁴ took 15.5 s batched, 11.3 s one by one). On a GPU the batch
         # runs together.
         parts = [_solve(potential, xb[b:b + 1], yb[b:b + 1], w0b[b:b + 1], rtol, int(max_iter),
-                        formulation, linear_solver, int(pcg_max_iter))
+                        formulation, linear_solver, int(pcg_max_iter),
+                        None if gram is None else gram[b:b + 1])
                  for b in range(xb.shape[0])]
         w, lam, xl, iterations, res, stalled = (torch.cat([part[k] for part in parts])
                                                  for k in range(6))
@@ -880,7 +1006,7 @@ def solve_implicit_bias(
     else:
         w, lam, xl, iterations, res, stalled, formed = _solve(
             potential, xb, yb, w0b, rtol, int(max_iter), formulation, linear_solver,
-            int(pcg_max_iter))
+            int(pcg_max_iter), gram)
     converged = res < rtol
 
     def out(t: Tensor) -> Tensor:
