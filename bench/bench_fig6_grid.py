@@ -45,17 +45,22 @@ PAPER_SEEDS = 30
 
 
 class CellClock:
-    """Progress callback that attributes wall time to the (c, a, D) cell being solved."""
+    """Progress callback that attributes wall time to the (c, a, D) cell and the potential
+    being solved (the first potential of a chunk also pays for drawing its inputs and
+    forming X Xᵀ, which the potentials share)."""
 
     def __init__(self) -> None:
         self.last = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.by_potential: dict[str, float] = {}
 
     def __call__(self, fraction: float, message: str) -> None:
         now = time.perf_counter()
-        cell = message.split(",", 1)[1].split(":")[0].strip()  # "c = 2, N = D^0.5, D = 100"
+        label, rest = message.split(",", 1)        # "p = 3", " c = 2, N = D^0.5, D = 100: …"
+        cell = rest.split(":")[0].strip()
         step, self.last = now - self.last, now
         self.seconds[cell] = self.seconds.get(cell, 0.0) + step
+        self.by_potential[label] = self.by_potential.get(label, 0.0) + step
         print(f"  {fraction:6.1%}  {message}  (+{step:.1f}s)", flush=True)
 
 
@@ -103,6 +108,7 @@ def main() -> None:
         record["grid"] = {
             "widths": widths, "seeds_run": args.seeds, "seconds": seconds,
             "seconds_per_cell": clock.seconds,
+            "seconds_per_potential": clock.by_potential,
             "extrapolated_seconds_30_seeds": seconds * PAPER_SEEDS / args.seeds,
             "extrapolated": args.seeds != PAPER_SEEDS,
             "all_converged": bool(grid.converged.all()),

@@ -328,8 +328,13 @@ def start_redis(workdir: Path) -> tuple[ServiceProcess, str]:
 # --- Celery worker and API server -----------------------------------------------------------
 
 
-def _child_env(env: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in env.items()}}
+def _child_env(env: dict[str, str], workdir: Path) -> dict[str, str]:
+    # Temporary files go under the test's folder: a worker a test kills cannot clean its
+    # own up, and those must not pile up in the machine's /tmp.
+    tmp = workdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp),
+            **{k: str(v) for k, v in env.items()}}
 
 
 def start_celery_worker(env: dict[str, str], workdir: Path) -> ServiceProcess:
@@ -354,7 +359,7 @@ def start_celery_worker(env: dict[str, str], workdir: Path) -> ServiceProcess:
     ]
     return start_process(
         cmd,
-        _child_env(env),
+        _child_env(env, workdir),
         log,
         name="celery worker",
         cwd=workdir,
@@ -380,7 +385,7 @@ def start_api_server(env: dict[str, str], workdir: Path) -> ServiceProcess:
     ]
     return start_process(
         cmd,
-        _child_env(env),
+        _child_env(env, workdir),
         workdir / f"api-{port}.log",
         name="api server",
         cwd=workdir,

@@ -20,8 +20,9 @@ from syngeo import figures
 from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
-# Work bound in units of N²·D per exact solve (forming J dominates) and of N·D per training
-# step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~10 min on 2 CPU cores).
+# Work bound in units of N²·D per exact solve (forming X Xᵀ and J_ref's updates scale so) and
+# of N·D per training step; the paper's full Fig. 6 grid is 1.3·10¹³ in both (exact: ~7.5 min
+# on 2 CPU cores, bench/README.md).
 MAX_WORK = 2.0e13
 # Learning-rate search rounds (each kept per cell and learning rate; the paper's has 5).
 MAX_SEARCH_ROUNDS = 50
