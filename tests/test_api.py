@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -315,6 +316,46 @@ def stored_bytes(env: dict, key: str) -> bytes:
     with session_factory(env["SYNGEO_DATABASE_URL"])() as s:
         return b"".join(s.scalars(select(ArtifactChunk.data).where(ArtifactChunk.key == key)
                                   .order_by(ArtifactChunk.seq)))
+
+
+def test_npz_download_leaves_nothing_on_disk(client: TestClient, queued: list[str], env: dict,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arrays are streamed from a temporary copy whose name is gone before the first byte
+    is sent: nothing is left on the server's disk however the download ends, a client that
+    hangs up half-way included."""
+    import asyncio
+    import tempfile
+
+    from syngeo.backend.routes import runs as routes
+    from syngeo.store.artifacts import artifact_store
+
+    run_id = client.post("/api/runs", json={"kind": "linear_regression",
+                                            "spec": TINY_TRAINING}).json()["id"]
+    run_queued(queued)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))
+    monkeypatch.setattr(routes, "_DOWNLOAD_CHUNK", 64)
+
+    async def read(response: Any, chunks: int | None) -> bytes:
+        body = b""
+        async for chunk in response.body_iterator:
+            body += chunk
+            if chunks is not None and len(body) >= 64 * chunks:
+                break                                   # the client hangs up
+        return body
+
+    stored = stored_bytes(env, f"results/{run_id}.npz")
+    with session_factory(env["SYNGEO_DATABASE_URL"])() as session:
+        for chunks in (None, 1):
+            response = routes.download(run_id, "npz", session, artifact_store("database"))
+            assert list(downloads.iterdir()) == []      # before a byte is sent
+            assert response.headers["content-length"] == str(len(stored))
+            body = asyncio.run(read(response, chunks))
+            assert body == (stored if chunks is None else stored[:64])
+            del response
+            assert list(downloads.iterdir()) == []
 
 
 def test_download_result_arrays(client: TestClient, queued: list[str], env: dict) -> None:

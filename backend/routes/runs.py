@@ -5,16 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from syngeo import __version__
 from syngeo.backend import deps
@@ -131,6 +131,7 @@ def get_result(run_id: str, session: Session = Depends(deps.session),
 #: format=json: the run record and its summary; csv: the kind's table rows; npz: the result
 #: arrays exactly as stored (numpy .npz; read with np.load(..., allow_pickle=False)).
 DOWNLOAD_FORMATS = ("json", "csv", "npz")
+_DOWNLOAD_CHUNK = 1 << 20
 
 
 def _download(session: Session, store: ArtifactStore, run: Run, format: str) -> Response:
@@ -160,24 +161,31 @@ def _download(session: Session, store: ArtifactStore, run: Run, format: str) -> 
 
 
 def _arrays_file(session: Session, store: ArtifactStore, run: Run, result: Result) -> Response:
-    """The stored .npz bytes, streamed from a temporary copy removed after sending (the
-    database store keeps artifacts in rows, so there is no file to point at)."""
+    """The stored .npz bytes, streamed from a temporary copy (the database store keeps
+    artifacts in rows, so there is no file to point at). The copy's name is removed before
+    the first byte is sent: the open handle keeps it readable, and nothing is left on disk
+    however the download ends (a client that disconnects half-way included)."""
     missing_fix = ("Its summary and table are still available (format=json, format=csv); run "
                    "it again to recreate the arrays.")
     if not result.arrays_artifact:
         raise ApiError(404, f"Run {run.id} stored no result arrays.", missing_fix)
-    tmp = tempfile.mkdtemp(prefix="syngeo-download-")
-    try:
-        path = store.fetch(session, result.arrays_artifact, Path(tmp) / "arrays.npz")
-    except FileNotFoundError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ApiError(404, f"The result arrays of run {run.id} are missing from the artifact "
-                       "store.", missing_fix) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{run.id}.npz",
-                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+    with tempfile.TemporaryDirectory(prefix="syngeo-download-") as tmp:
+        try:
+            path = store.fetch(session, result.arrays_artifact, Path(tmp) / "arrays.npz")
+        except FileNotFoundError:
+            raise ApiError(404, f"The result arrays of run {run.id} are missing from the "
+                           "artifact store.", missing_fix) from None
+        handle = path.open("rb")
+    size = os.fstat(handle.fileno()).st_size
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while data := handle.read(_DOWNLOAD_CHUNK):
+                yield data
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{run.id}.npz"',
+        "Content-Length": str(size)})
 
 
 @router.get("/runs/{run_id}/download",
