@@ -109,6 +109,20 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
         result = httpx.get(f"{api.url}/api/runs/{run_id}/result", timeout=30).json()
         assert result["summary"]["dataset"]["n"] == 500
         assert result["summary"]["dataset"]["source"] == "volumes.csv"
+
+        # The geometry page opened on this dataset says why it cannot analyse it and links
+        # to the fit, instead of an empty layer table.
+        page.goto(f"{api.url}/analyze?dataset={dataset_id}")
+        error = page.locator("#upload-error")
+        error.wait_for(state="visible")
+        text = error.inner_text()
+        assert "single distribution of 500 values" in text and "before and after" in text, text
+        assert page.locator("#dataset-summary").is_hidden()
+        assert page.locator("#run-btn").is_disabled()
+        error.get_by_role("link", name="Fit this distribution").click()
+        page.wait_for_url(f"**/new/spine_fit?dataset={dataset_id}")
+        page.wait_for_function(
+            f"() => document.getElementById('spec-dataset').value === '{dataset_id}'")
     finally:
         context.close()
     assert not page_errors, page_errors

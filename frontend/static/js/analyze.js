@@ -2,7 +2,7 @@
 // summary, set options (a form generated from the kind's JSON Schema) and start a run.
 
 import {
-  api, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
+  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
 } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
@@ -446,7 +446,15 @@ async function preload() {
   const id = new URL(location.href).searchParams.get("dataset");
   if (!id) return;
   try {
-    setDataset(await api(`/api/datasets/${encodeURIComponent(id)}`));
+    const ds = await api(`/api/datasets/${encodeURIComponent(id)}`);
+    if (ds.format === "distribution") {
+      // One column of values (uploaded for spine_fit): nothing here to compare before/after.
+      const box = $("upload-error");
+      showError(box, new ApiError(422, `Dataset ${shortId(ds.id)} is a single distribution of ${ds.n_pairs} values, not weights before and after learning, so the geometry analysis cannot read it.`, "Fit it with the distribution fit instead, or upload weights before and after here."), "This dataset cannot be analysed here.");
+      box.append(el("p", {}, el("a", { href: `/new/spine_fit?dataset=${encodeURIComponent(ds.id)}` }, "Fit this distribution")));
+      return;
+    }
+    setDataset(ds);
   } catch (err) {
     showError($("upload-error"), err, "Could not open that dataset.");
   }
