@@ -18,7 +18,7 @@ Conventions shared by the figures:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -355,25 +355,14 @@ def dual_change_histogram_figure(
     N(0,1) density curve. A dropdown selects the potential. Candidates whose densities are
     all NaN (not scored) are left out.
     """
-    n = len(densities)
-    _check_selector_inputs(keys, labels, n, "dual_change_histogram_figure")
-    per_candidate = _is_ragged_or_2d(edges, n)
-    series = []
-    for i, (key, label, dens) in enumerate(zip(keys, labels, densities, strict=True)):
-        e = np.asarray(edges[i] if per_candidate else edges, dtype=float).ravel()
-        d = np.asarray(dens, dtype=float).ravel()
-        if e.size != d.size + 1:
-            raise ValueError(
-                f"dual_change_histogram_figure: candidate {key!r} has {d.size} densities but "
-                f"{e.size} edges; pass len(densities) + 1 edges."
-            )
-        series.append((str(key), str(label), e, d))
-    # Candidates that could not be scored have no finite density: leave them out.
-    series = [row for row in series if np.isfinite(row[3]).any()]
-    keys, labels = [r[0] for r in series], [r[1] for r in series]
-    n = len(series)
-    active = _selected_index(keys, selected_key)
+    def mismatch(key: str, e: np.ndarray, d: np.ndarray) -> str | None:
+        if e.size == d.size + 1:
+            return None
+        return (f"dual_change_histogram_figure: candidate {key!r} has {d.size} densities but "
+                f"{e.size} edges; pass len(densities) + 1 edges.")
 
+    series, active = _candidate_series("dual_change_histogram_figure", edges, densities, keys,
+                                       labels, selected_key, mismatch)
     data = []
     lo, hi = -4.0, 4.0
     for i, (key, label, e, d) in enumerate(series):
@@ -394,19 +383,12 @@ def dual_change_histogram_figure(
         x=_floats(xs), y=_floats(_normal_pdf(xs)), name="N(0, 1) density", mode="lines",
         visible=True, line=dict(color=INK, width=2, dash="dash"), hoverinfo="skip",
     ))
-    title = "Normalised dual change"
-    selected_label = str(labels[active]) if n else ""
-    layout = _base_layout(
-        f"{title} — {selected_label}" if n else title,
+    layout = _selector_layout(
+        "Normalised dual change", series, active,
         xaxis=dict(title=dict(text="normalised dual change (not centred)")),
         yaxis=dict(title=dict(text="density"), rangemode="tozero"),
         bargap=0, barmode="overlay",
-        updatemenus=[_selector_menu([str(x) for x in labels], active, 1, title)] if n else [],
-        margin=dict(l=64, r=24, t=96, b=56),
-        meta=dict(keys=[str(k) for k in keys], selected=str(keys[active]) if n else None),
     )
-    layout["title"]["y"] = 0.97
-    layout["title"]["yanchor"] = "top"
     return figure_json(go.Figure(data=data, layout=layout))
 
 
@@ -418,6 +400,48 @@ def _is_ragged_or_2d(edges: Any, n: int) -> bool:
         return all(isinstance(e, (Sequence, np.ndarray)) and not isinstance(e, str)
                    for e in edges)
     return False
+
+
+Series = list[tuple[str, str, np.ndarray, np.ndarray]]
+
+
+def _candidate_series(what: str, x: Any, ys: Sequence[Any], keys: Sequence[str],
+                      labels: Sequence[str], selected_key: str | None,
+                      mismatch: Callable[[str, np.ndarray, np.ndarray], str | None],
+                      ) -> tuple[Series, int]:
+    """(key, label, x, y) per candidate of a selector figure, and the selected index: ``x``
+    is one array shared by all candidates or one per candidate, ``ys[i]`` candidate i's
+    values; ``mismatch(key, x, y)`` names a shape problem (raised as ValueError). Candidates
+    that could not be scored (no finite y) are left out."""
+    n = len(ys)
+    _check_selector_inputs(keys, labels, n, what)
+    per_candidate = _is_ragged_or_2d(x, n)
+    series: Series = []
+    for i, (key, label, values) in enumerate(zip(keys, labels, ys, strict=True)):
+        xi = np.asarray(x[i] if per_candidate else x, dtype=float).ravel()
+        yi = np.asarray(values, dtype=float).ravel()
+        problem = mismatch(str(key), xi, yi)
+        if problem:
+            raise ValueError(problem)
+        if np.isfinite(yi).any():
+            series.append((str(key), str(label), xi, yi))
+    return series, _selected_index([row[0] for row in series], selected_key)
+
+
+def _selector_layout(title: str, series: Series, active: int, **axes: Any) -> dict[str, Any]:
+    """Layout of a one-candidate-at-a-time figure: the selected label in the title and a
+    dropdown over the candidates."""
+    keys, labels = [row[0] for row in series], [row[1] for row in series]
+    layout = _base_layout(
+        f"{title} — {labels[active]}" if series else title,
+        updatemenus=[_selector_menu(labels, active, 1, title)] if series else [],
+        margin=dict(l=64, r=24, t=96, b=56),
+        meta=dict(keys=keys, selected=keys[active] if series else None),
+        **axes,
+    )
+    layout["title"]["y"] = 0.97
+    layout["title"]["yanchor"] = "top"
+    return layout
 
 
 # --------------------------------------------------------------------------- Q-Q
@@ -438,25 +462,14 @@ def qq_figure(
     visible), then the y = x reference line. A dropdown selects the potential. Candidates
     whose quantiles are all NaN (not scored) are left out.
     """
-    n = len(sample)
-    _check_selector_inputs(keys, labels, n, "qq_figure")
-    per_candidate = _is_ragged_or_2d(theoretical, n)
-    series = []
-    for i, (key, label, s) in enumerate(zip(keys, labels, sample, strict=True)):
-        t = np.asarray(theoretical[i] if per_candidate else theoretical, dtype=float).ravel()
-        y = np.asarray(s, dtype=float).ravel()
-        if t.size != y.size:
-            raise ValueError(
-                f"qq_figure: candidate {key!r} has {y.size} sample quantiles but {t.size} "
-                "theoretical quantiles; pass both at the same probabilities."
-            )
-        series.append((str(key), str(label), t, y))
-    # Candidates that could not be scored have no finite quantile: leave them out.
-    series = [row for row in series if np.isfinite(row[3]).any()]
-    keys, labels = [r[0] for r in series], [r[1] for r in series]
-    n = len(series)
-    active = _selected_index(keys, selected_key)
+    def mismatch(key: str, t: np.ndarray, y: np.ndarray) -> str | None:
+        if t.size == y.size:
+            return None
+        return (f"qq_figure: candidate {key!r} has {y.size} sample quantiles but {t.size} "
+                "theoretical quantiles; pass both at the same probabilities.")
 
+    series, active = _candidate_series("qq_figure", theoretical, sample, keys, labels,
+                                       selected_key, mismatch)
     data = []
     lo, hi = -3.0, 3.0
     for i, (key, label, t, y) in enumerate(series):
@@ -474,17 +487,11 @@ def qq_figure(
         x=[lo, hi], y=[lo, hi], name="y = x", mode="lines", visible=True,
         line=dict(color=INK, width=1.5, dash="dash"), hoverinfo="skip",
     ))
-    title = "Q-Q plot against N(0, 1)"
-    layout = _base_layout(
-        f"{title} — {labels[active]}" if n else title,
+    layout = _selector_layout(
+        "Q-Q plot against N(0, 1)", series, active,
         xaxis=dict(title=dict(text="N(0, 1) quantile")),
         yaxis=dict(title=dict(text="sample quantile")),
-        updatemenus=[_selector_menu([str(x) for x in labels], active, 1, title)] if n else [],
-        margin=dict(l=64, r=24, t=96, b=56),
-        meta=dict(keys=[str(k) for k in keys], selected=str(keys[active]) if n else None),
     )
-    layout["title"]["y"] = 0.97
-    layout["title"]["yanchor"] = "top"
     return figure_json(go.Figure(data=data, layout=layout))
 
 
