@@ -1,10 +1,8 @@
 """Launching a simulation kind from the generated form, in headless Chromium against the real
 stack (uvicorn, a Celery worker, Redis, PostgreSQL), and its generic result view.
 
-Uses the system Chromium, like tests/test_browser.py (whose fixtures and helpers it reuses).
+Fixtures: tests/browser/conftest.py.
 """
-# The fixtures imported from tests.test_browser are parameters of the tests below.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -12,20 +10,11 @@ import httpx
 import pytest
 from playwright import sync_api
 
-from tests.test_browser import (  # noqa: F401  (fixtures are found by name)
-    RUN_TIMEOUT_MS,
-    _diagnose,
-    _new_page,
-    browser,
-    page_errors,
-    stack_env,
-)
+from tests.browser.support import RUN_TIMEOUT_MS, TERMINAL, diagnose, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 KIND = "robustness"
-TERMINAL = ("() => ['succeeded', 'failed', 'cancelled'].includes("
-            "document.querySelector('#run-status .badge')?.textContent)")
 
 
 def _open_form(page, api) -> None:
@@ -44,7 +33,7 @@ def test_launch_from_the_form_and_see_the_result(
     api = api_server_factory(stack_env)
     worker = celery_worker_factory(stack_env)
 
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     try:
         _open_form(page, api)
         # The form comes from the kind's JSON Schema: defaults filled in, bounds on the input.
@@ -60,7 +49,7 @@ def test_launch_from_the_form_and_see_the_result(
         try:
             page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
         except sync_api.TimeoutError:
-            pytest.fail(_diagnose(page, api, worker), pytrace=False)
+            pytest.fail(diagnose(page, api, worker), pytrace=False)
         status = page.locator("#run-status .badge").text_content()
         assert status == "succeeded", page.locator("#run-error").inner_text()
 
@@ -91,7 +80,7 @@ def test_launch_from_the_form_and_see_the_result(
     finally:
         context.close()
 
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     try:
         page.goto(share_url)
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()
@@ -105,7 +94,7 @@ def test_launch_from_the_form_and_see_the_result(
 def test_out_of_bounds_values_are_refused(
         browser, stack_env, api_server_factory, page_errors: list[str]) -> None:
     api = api_server_factory(stack_env)
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     posts: list[str] = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
     alert = page.locator("#form-error[role=alert]")

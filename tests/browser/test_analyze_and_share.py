@@ -1,70 +1,20 @@
 """The web frontend in headless Chromium against the real stack: uvicorn serving the app,
 a Celery worker process, Redis as the broker and PostgreSQL as the database.
 
-Uses the system Chromium (never downloads a browser); `bash scripts/setup.sh --test`
-installs it.
+Fixtures: tests/browser/conftest.py.
 """
 
 from __future__ import annotations
 
-import itertools
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from playwright import sync_api
 
+from tests.browser.support import RUN_TIMEOUT_MS, diagnose, new_page
+
 pytestmark = [pytest.mark.browser, pytest.mark.services]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-RUN_TIMEOUT_MS = 120_000
-
-# Redis databases of their own, so that queues left by other test modules cannot interfere.
-_redis_db = itertools.count(11)
-
-
-def _chromium_path() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    path = _chromium_path()
-    if path is None:
-        pytest.fail("Chromium is not installed: run `bash scripts/setup.sh --test`")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def stack_env(fresh_postgres_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "SYNGEO_DATABASE_URL": fresh_postgres_url,
-        "SYNGEO_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db) % 16}",
-        "SYNGEO_ARTIFACTS": "database",
-        "SYNGEO_DATA_DIR": str(tmp_path / "data"),
-    }
-
-
-@pytest.fixture
-def page_errors() -> list[str]:
-    return []
-
-
-def _new_page(browser, errors: list[str]):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.set_default_timeout(30_000)
-    return context, page
 
 
 def _ne_csv(path: Path, n: int = 2000, seed: int = 0) -> Path:
@@ -75,21 +25,6 @@ def _ne_csv(path: Path, n: int = 2000, seed: int = 0) -> Path:
     lines = ["before,after"] + [f"{a:.10g},{b:.10g}" for a, b in zip(w0, w1, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _diagnose(page, api, worker) -> str:
-    """What the page, the API and the worker say when a run does not finish in time."""
-    import httpx
-
-    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        run = httpx.get(f"{api.url}/api/runs/{run_id}", timeout=10).text
-    except httpx.HTTPError as exc:
-        run = f"(GET /api/runs/{run_id} failed: {exc})"
-    return (f"run {run_id} did not finish in {RUN_TIMEOUT_MS / 1000:.0f} s\n"
-            f"page status: {page.locator('#run-status').inner_text()!r}\n"
-            f"API: {run}\n--- api log ---\n{api.log_tail()}\n"
-            f"--- worker log ---\n{worker.log_tail()}")
 
 
 def _visible_trace(page, div_id: str) -> list[bool]:
@@ -103,7 +38,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
     worker = celery_worker_factory(stack_env)
     csv_path = _ne_csv(tmp_path / "weights.csv")
 
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     try:
         page.goto(f"{api.url}/analyze")
         page.set_input_files("#file-input", str(csv_path))
@@ -127,7 +62,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
                 "document.querySelector('#run-status .badge')?.textContent)",
                 timeout=RUN_TIMEOUT_MS)
         except sync_api.TimeoutError:
-            pytest.fail(_diagnose(page, api, worker), pytrace=False)
+            pytest.fail(diagnose(page, api, worker), pytrace=False)
         assert status.text_content() == "succeeded", page.locator("#run-error").inner_text()
 
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
@@ -156,7 +91,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
         context.close()
 
     # A colleague opens the link in a fresh browser context: no cookies, nothing shared.
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     try:
         page.goto(share_url)
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
@@ -177,7 +112,7 @@ def test_bad_upload_shows_the_problem(browser, stack_env, api_server_factory, tm
     bad = tmp_path / "bad.csv"
     bad.write_text("before,after\n0.1,0.2\nnan,0.3\n0.2,0.1\n0.3,0.35\n")
 
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     try:
         page.goto(f"{api.url}/analyze")
         page.set_input_files("#file-input", str(bad))

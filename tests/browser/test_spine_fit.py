@@ -1,10 +1,8 @@
 """Uploading one distribution on the spine_fit form and fitting it, in headless Chromium
 against the real stack (uvicorn, a Celery worker, Redis, PostgreSQL).
 
-Uses the system Chromium, like tests/test_browser.py (whose fixtures and helpers it reuses).
+Fixtures: tests/browser/conftest.py.
 """
-# The fixtures imported from tests.test_browser are parameters of the tests below.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -15,15 +13,7 @@ import numpy as np
 import pytest
 from playwright import sync_api
 
-from tests.test_browser import (  # noqa: F401  (fixtures are found by name)
-    RUN_TIMEOUT_MS,
-    _diagnose,
-    _new_page,
-    browser,
-    page_errors,
-    stack_env,
-)
-from tests.test_browser_simulate import TERMINAL
+from tests.browser.support import RUN_TIMEOUT_MS, TERMINAL, diagnose, new_page
 from tests.test_distribution_upload import column_csv, volumes
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
@@ -45,7 +35,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
     bad = tmp_path / "two_columns.csv"
     bad.write_text("volume,area\n" + "0.1,0.2\n" * 30)
 
-    context, page = _new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors)
     posts: list[str] = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
     try:
@@ -92,7 +82,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
         try:
             page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
         except sync_api.TimeoutError:
-            pytest.fail(_diagnose(page, api, worker), pytrace=False)
+            pytest.fail(diagnose(page, api, worker), pytrace=False)
         status = page.locator("#run-status .badge").text_content()
         assert status == "succeeded", page.locator("#run-error").inner_text()
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()

@@ -1,0 +1,32 @@
+"""Helpers shared by the browser tests (their fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import httpx
+
+RUN_TIMEOUT_MS = 120_000
+# A run page whose status badge shows a final state.
+TERMINAL = ("() => ['succeeded', 'failed', 'cancelled'].includes("
+            "document.querySelector('#run-status .badge')?.textContent)")
+
+
+def new_page(browser, errors: list[str]):
+    """A fresh context and page whose JavaScript errors are appended to ``errors``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    return context, page
+
+
+def diagnose(page, api, worker) -> str:
+    """What the page, the API and the worker say when a run does not finish in time."""
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        run = httpx.get(f"{api.url}/api/runs/{run_id}", timeout=10).text
+    except httpx.HTTPError as exc:
+        run = f"(GET /api/runs/{run_id} failed: {exc})"
+    return (f"run {run_id} did not finish in {RUN_TIMEOUT_MS / 1000:.0f} s\n"
+            f"page status: {page.locator('#run-status').inner_text()!r}\n"
+            f"API: {run}\n--- api log ---\n{api.log_tail()}\n"
+            f"--- worker log ---\n{worker.log_tail()}")
