@@ -4,6 +4,7 @@
 import {
   api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
 } from "./api.js";
+import { normalise } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
 const KIND = "geometry";
@@ -253,46 +254,6 @@ const KNOWN = {
 const ORDER = ["potentials", "method", "bootstrap", "include_all", "confidence", "seed", "device"];
 
 let kindDescription = "";
-
-function resolveRef(schema, root) {
-  let s = schema || {};
-  for (let i = 0; s.$ref && i < 10; i += 1) {
-    const name = s.$ref.split("/").pop();
-    const target = (root.$defs && root.$defs[name]) || (root.definitions && root.definitions[name]) || {};
-    const { $ref, ...rest } = s;
-    s = { ...target, ...rest };
-  }
-  if (Array.isArray(s.allOf) && s.allOf.length === 1) {
-    const { allOf, ...rest } = s;
-    s = { ...resolveRef(allOf[0], root), ...rest };
-  }
-  return s;
-}
-
-/** Flatten a JSON Schema property into {type, enum, nullable, items, …}. */
-function normalise(prop, root) {
-  let s = resolveRef(prop, root);
-  let nullable = false;
-  const variants = s.anyOf || s.oneOf;
-  if (Array.isArray(variants)) {
-    const resolved = variants.map((v) => resolveRef(v, root));
-    nullable = resolved.some((v) => v.type === "null");
-    const rest = resolved.filter((v) => v.type !== "null");
-    const { anyOf, oneOf, ...outer } = s;
-    if (rest.length === 1) s = { ...rest[0], ...outer };
-    else if (rest.length && rest.every((v) => v.const !== undefined || v.enum)) {
-      s = { ...outer, enum: rest.flatMap((v) => (v.enum ? v.enum : [v.const])) };
-    } else s = { ...outer, type: rest.length ? rest[0].type : "string" };
-  }
-  let type = s.type;
-  if (Array.isArray(type)) {
-    nullable = nullable || type.includes("null");
-    type = type.find((t) => t !== "null") || "string";
-  }
-  const enumValues = s.enum || (s.const !== undefined ? [s.const] : null);
-  const items = s.items ? normalise(s.items, root) : null;
-  return { ...s, type, nullable, enum: enumValues, items };
-}
 
 function fieldFor(key, prop) {
   const known = KNOWN[key] || {};
