@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+import pytest
+from playwright import sync_api
 
 RUN_TIMEOUT_MS = 120_000
 # A run page whose status badge shows a final state.
@@ -30,3 +32,14 @@ def diagnose(page, api, worker) -> str:
             f"page status: {page.locator('#run-status').inner_text()!r}\n"
             f"API: {run}\n--- api log ---\n{api.log_tail()}\n"
             f"--- worker log ---\n{worker.log_tail()}")
+
+
+def wait_for_run_to_succeed(page, api, worker) -> None:
+    """On a run page: wait for a final state and require "succeeded" (failing with what the
+    page, the API and the worker say when it takes too long, or with the run's error)."""
+    try:
+        page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        pytest.fail(diagnose(page, api, worker), pytrace=False)
+    status = page.locator("#run-status .badge").text_content()
+    assert status == "succeeded", page.locator("#run-error").inner_text()

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright import sync_api
 
-from tests.browser.support import RUN_TIMEOUT_MS, diagnose, new_page
+from tests.browser.support import new_page, wait_for_run_to_succeed
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -55,15 +54,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
         page.get_by_role("button", name="Run analysis").click()
         page.wait_for_url("**/runs/*")
 
-        status = page.locator("#run-status .badge")
-        try:
-            page.wait_for_function(
-                "() => ['succeeded', 'failed', 'cancelled'].includes("
-                "document.querySelector('#run-status .badge')?.textContent)",
-                timeout=RUN_TIMEOUT_MS)
-        except sync_api.TimeoutError:
-            pytest.fail(diagnose(page, api, worker), pytrace=False)
-        assert status.text_content() == "succeeded", page.locator("#run-error").inner_text()
+        wait_for_run_to_succeed(page, api, worker)
 
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
         assert page.locator("#verdict-text").inner_text().strip()

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from playwright import sync_api
 
-from tests.browser.support import RUN_TIMEOUT_MS, TERMINAL, diagnose, new_page
+from tests.browser.support import new_page, wait_for_run_to_succeed
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -46,12 +45,7 @@ def test_launch_from_the_form_and_see_the_result(
         seeds.fill("2")
         page.get_by_role("button", name="Start run").click()
         page.wait_for_url("**/runs/*")
-        try:
-            page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
-        except sync_api.TimeoutError:
-            pytest.fail(diagnose(page, api, worker), pytrace=False)
-        status = page.locator("#run-status .badge").text_content()
-        assert status == "succeeded", page.locator("#run-error").inner_text()
+        wait_for_run_to_succeed(page, api, worker)
 
         # Every figure of the result gets a card titled from its layout.title.
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()

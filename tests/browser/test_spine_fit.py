@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright import sync_api
 
-from tests.browser.support import RUN_TIMEOUT_MS, TERMINAL, diagnose, new_page
+from tests.browser.support import new_page, wait_for_run_to_succeed
 from tests.test_distribution_upload import column_csv, volumes
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
@@ -79,12 +78,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
         page.select_option("#spec-init_models", value='"point_masses"')
         page.get_by_role("button", name="Start run").click()
         page.wait_for_url("**/runs/*")
-        try:
-            page.wait_for_function(TERMINAL, timeout=RUN_TIMEOUT_MS)
-        except sync_api.TimeoutError:
-            pytest.fail(diagnose(page, api, worker), pytrace=False)
-        status = page.locator("#run-status .badge").text_content()
-        assert status == "succeeded", page.locator("#run-error").inner_text()
+        wait_for_run_to_succeed(page, api, worker)
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()
         titles = page.locator("#figures .figure-card h2").all_inner_texts()
         assert any("fitted mirror-descent models" in t for t in titles), titles
