@@ -330,7 +330,7 @@ def start_redis(workdir: Path) -> tuple[ServiceProcess, str]:
 
 def _child_env(env: dict[str, str], workdir: Path) -> dict[str, str]:
     # Temporary files go under the test's folder: a worker a test kills cannot clean its
-    # own up, and those must not pile up in the machine's /tmp.
+    # own up, and those must not pile up in the system's temporary folder.
     tmp = workdir / "tmp"
     tmp.mkdir(exist_ok=True)
     return {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp),
