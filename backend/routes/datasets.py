@@ -4,9 +4,10 @@ positive values such as spine volumes (``POST /api/datasets/distribution``)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -77,24 +78,36 @@ def _ingest_distribution(session: Session, store: ArtifactStore, file: crud.Stor
                   n_pairs=int(values.size), combined_sha256=combined), True
 
 
+async def _receive_and_ingest(
+    request: Request, response: Response, settings: Settings,
+    ingest: Callable[[list[crud.StoredFile], dict[str, str]], tuple[Dataset, bool]],
+    **receive: Any,
+) -> DatasetOut:
+    """Receive the upload into a temporary folder (removed afterwards), validate and store it
+    with ``ingest(files, form fields)`` off the event loop; 200 instead of 201 when the same
+    bytes were already stored."""
+    with tempfile.TemporaryDirectory(prefix="syngeo-upload-",
+                                     ignore_cleanup_errors=True) as folder:
+        files, fields = await receive_files(request, Path(folder), settings.max_upload_bytes,
+                                            **receive)
+        dataset, created = await run_in_threadpool(ingest, files, fields)
+    if not created:
+        response.status_code = 200
+    return DatasetOut.of(dataset)
+
+
 @router.post("", response_model=DatasetOut, status_code=201,
              summary="Upload before/after weights (one or two files, form field 'files')")
 async def upload_dataset(request: Request, response: Response,
                          session: Session = Depends(deps.session),
                          store: ArtifactStore = Depends(deps.store),
                          settings: Settings = Depends(deps.settings)) -> DatasetOut:
-    folder = Path(tempfile.mkdtemp(prefix="syngeo-upload-"))
-    try:
-        files, fields = await receive_files(request, folder, settings.max_upload_bytes)
+    def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
         name = fields.get("name") or " + ".join(f.name for f in files)
         include_all = fields.get("include_all", "").lower() in {"1", "true", "on", "yes"}
-        dataset, created = await run_in_threadpool(_ingest, session, store, files, name[:255],
-                                                   include_all)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if not created:
-        response.status_code = 200
-    return DatasetOut.of(dataset)
+        return _ingest(session, store, files, name[:255], include_all)
+
+    return await _receive_and_ingest(request, response, settings, ingest)
 
 
 @router.post(
@@ -112,21 +125,15 @@ async def upload_distribution(request: Request, response: Response,
                               session: Session = Depends(deps.session),
                               store: ArtifactStore = Depends(deps.store),
                               settings: Settings = Depends(deps.settings)) -> DatasetOut:
-    folder = Path(tempfile.mkdtemp(prefix="syngeo-upload-"))
-    try:
-        files, fields = await receive_files(
-            request, folder, settings.max_upload_bytes, max_files=1,
-            expected="one file holding one column of positive values (a .csv, .tsv or .txt "
-                     "table with an optional header row, or a 1-D .npy)",
-            example="curl -F files=@volumes.csv")
+    def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
         name = fields.get("name") or files[0].name
-        dataset, created = await run_in_threadpool(_ingest_distribution, session, store,
-                                                   files[0], name[:255])
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if not created:
-        response.status_code = 200
-    return DatasetOut.of(dataset)
+        return _ingest_distribution(session, store, files[0], name[:255])
+
+    return await _receive_and_ingest(
+        request, response, settings, ingest, max_files=1,
+        expected="one file holding one column of positive values (a .csv, .tsv or .txt "
+                 "table with an optional header row, or a 1-D .npy)",
+        example="curl -F files=@volumes.csv")
 
 
 @router.post("/example", response_model=DatasetOut, status_code=201,
