@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 Solver = Literal["exact", "training"]
-ProgressFn = Callable[[float, str], None]
+ProgressCallback = Callable[[float, str], None]
 
 #: Acceptance thresholds of §4.1: ΔCDF "always relatively small (≤ 0.2)"; Δφ ≪ 1 at large D.
 DELTA_CDF_LIMIT = 0.2
@@ -400,7 +400,7 @@ def run_linear_regression(
     rtol: float = 1e-10,
     memory_bytes: float = 2.0 * 2**30,
     device: str = "cpu",
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
 ) -> LinearRegressionResult:
     """Score w∞ for every potential, c, a, width and seed (Fig. 6 grid, §4.1).
 
