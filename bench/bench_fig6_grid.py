@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from syngeo.engine.linear_regression import (
+from syngeo.engine.geometry.linear_regression import (
     TrainingConfig,
     run_linear_regression,
     width_grid,
 )
-from syngeo.engine.potentials import NegativeEntropy, PNorm
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POTENTIALS = [NegativeEntropy(), PNorm(2), PNorm(3)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from syngeo.engine.correlated_inputs import (
+from syngeo.engine.geometry.correlated_inputs import (
     UNIFORM_VARIANCE,
     circulant_embedding,
     correlated_inputs,

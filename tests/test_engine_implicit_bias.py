@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from syngeo.engine.correlated_inputs import correlated_inputs
-from syngeo.engine.geometry import delta_cdf_exact
-from syngeo.engine.implicit_bias import (
+from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.correlated_inputs import correlated_inputs
+from syngeo.engine.geometry.implicit_bias import (
     ImplicitBiasNotConverged,
     dual_change_magnitude,
     input_gram,
@@ -17,7 +17,7 @@ from syngeo.engine.implicit_bias import (
     seeds_per_chunk,
     solve_implicit_bias,
 )
-from syngeo.engine.potentials import NegativeEntropy, PNorm, Potential
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm, Potential
 
 NE = NegativeEntropy()
 POTENTIALS = [NE, PNorm(1.5), PNorm(2), PNorm(3)]
@@ -122,7 +122,7 @@ def test_matches_long_mirror_descent_training(potential: Potential) -> None:
 
 @pytest.mark.parametrize("potential", POTENTIALS, ids=str)
 def test_batched_equals_per_seed(potential: Potential) -> None:
-    from syngeo.engine.implicit_bias import _solve
+    from syngeo.engine.geometry.implicit_bias import _solve
 
     x, y, w0 = problem(10, 90, [0, 1, 2, 3])
     batched = solve_implicit_bias(potential, x, y, w0)
@@ -299,7 +299,7 @@ def test_cuda_matches_cpu() -> None:
 def test_jacobian_from_its_lower_triangle(n: int) -> None:
     # J = X diag(h) Xᵀ is formed from its lower block triangle (1 to 6 row blocks) and
     # mirrored: it must match the plain product and be exactly symmetric.
-    from syngeo.engine.implicit_bias import _add_lower_gram, _form_jacobian, _mirror_lower
+    from syngeo.engine.geometry.implicit_bias import _add_lower_gram, _form_jacobian, _mirror_lower
 
     g = torch.Generator().manual_seed(n)
     x = torch.randn(2, n, 150, generator=g, dtype=torch.float64)

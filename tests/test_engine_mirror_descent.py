@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from syngeo.engine.mirror_descent import MirrorDescent
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.mirror_descent import MirrorDescent
+from syngeo.engine.geometry.potentials import (
     Hypentropy,
     NegativeEntropy,
     PNorm,

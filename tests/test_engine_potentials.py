@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.potentials import (
     NegativeEntropy,
     PNorm,
     Potential,

@@ -1,5 +1,5 @@
 """Tests of the fine-tuning experiment (paper §4.3, Fig. 4B and 7A, appendix B.3): the engine
-(syngeo.engine.finetuning) and its kind (syngeo.kinds.finetuning), on the 8×8 digits.
+(syngeo.engine.geometry.finetuning) and its kind (syngeo.kinds.finetuning), on the 8×8 digits.
 
 One reduced run (2 seeds, a smaller CNN and RNN, the paper's Fig. 4B evaluation potentials
 NE, 1.5, 2, 2.5, 3) is shared by most tests; it takes about 5–10 s on two cores.
@@ -19,7 +19,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from syngeo.engine.finetuning import (
+from syngeo.engine.geometry.finetuning import (
     FinetuningSettings,
     analysed_weights,
     build_network,
@@ -29,7 +29,7 @@ from syngeo.engine.finetuning import (
     sample_size,
     search_learning_rate,
 )
-from syngeo.engine.potentials import NegativeEntropy, PNorm
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm
 from syngeo.kinds.base import Cancelled, KindResult
 from syngeo.kinds.finetuning import FinetuningKind, FinetuningSpec, load_digits_images
 from tests.kind_context import RecordingContext as Ctx

@@ -13,8 +13,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from syngeo.engine.implicit_bias import solve_implicit_bias
-from syngeo.engine.linear_regression import (
+from syngeo.engine.geometry.implicit_bias import solve_implicit_bias
+from syngeo.engine.geometry.linear_regression import (
     MAX_CURVE_POINTS,
     TrainingConfig,
     choose_learning_rate,
@@ -27,7 +27,7 @@ from syngeo.engine.linear_regression import (
     train_mirror_descent,
     width_grid,
 )
-from syngeo.engine.potentials import NegativeEntropy, PNorm
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.linear_regression import LinearRegressionKind, LinearRegressionSpec
 from tests.kind_context import RecordingContext as Ctx

@@ -14,9 +14,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from syngeo.engine.geometry import delta_cdf_exact
-from syngeo.engine.potentials import NegativeEntropy, PNorm, default_potentials
-from syngeo.engine.robustness import run_robustness, sample_start
+from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm, default_potentials
+from syngeo.engine.geometry.robustness import run_robustness, sample_start
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.robustness import RobustnessKind, RobustnessSpec
 from tests.kind_context import RecordingContext as Ctx
@@ -209,7 +209,7 @@ def test_kind_module_does_not_import_torch() -> None:
 
 
 def test_default_hypothesised_match_the_engine() -> None:
-    from syngeo.engine.potentials import parse_potential
+    from syngeo.engine.geometry.potentials import parse_potential
     from syngeo.kinds.geometry import DEFAULT_POTENTIALS
 
     assert [parse_potential(k) for k in DEFAULT_POTENTIALS] == default_potentials()

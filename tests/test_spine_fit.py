@@ -15,12 +15,12 @@ import pytest
 from pydantic import ValidationError
 from scipy import integrate, stats
 
-from syngeo.engine.distribution_fit import (
+from syngeo.engine.geometry.distribution_fit import (
     DistributionFit,
     fit_distribution,
     validate_sample,
 )
-from syngeo.engine.potentials import NegativeEntropy, PNorm
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import Cancelled
 from syngeo.kinds.spine_fit import SpineFitKind, SpineFitSpec, read_distribution

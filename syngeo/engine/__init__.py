@@ -1,6 +1,6 @@
 """Scientific engine: pure torch/numpy/scipy code, no web, database or task-queue imports."""
 
-from syngeo.engine.geometry import (
+from syngeo.engine.geometry.analysis import (
     GRID_POINTS,
     HIST_EDGES,
     QQ_POINTS,
@@ -13,8 +13,8 @@ from syngeo.engine.geometry import (
     delta_cdf_exact,
     delta_cdf_grid,
 )
-from syngeo.engine.mirror_descent import MirrorDescent
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.mirror_descent import MirrorDescent
+from syngeo.engine.geometry.potentials import (
     Hypentropy,
     NegativeEntropy,
     PNorm,

@@ -185,8 +185,8 @@ class FinetuningKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = FinetuningSpec
 
     def run(self, spec: FinetuningSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.finetuning import FinetuningSettings, run_finetuning
-        from syngeo.engine.potentials import parse_potential
+        from syngeo.engine.geometry.finetuning import FinetuningSettings, run_finetuning
+        from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Loading the digits")
         images, labels, digest = load_digits_images()

@@ -88,8 +88,8 @@ class GeometryKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = GeometrySpec
 
     def run(self, spec: GeometrySpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.geometry import analyze_geometry
-        from syngeo.engine.potentials import parse_potential
+        from syngeo.engine.geometry.analysis import analyze_geometry
+        from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Reading weights")
         pairs = ctx.load_weights(spec.dataset, include_all=spec.include_all)

@@ -31,7 +31,7 @@ _A_COLORS = ("#d97706", "#2f6690", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
 
 
 def _widths(d_min: int, d_max: int, n_widths: int) -> list[int]:
-    # Same rule as syngeo.engine.linear_regression.width_grid, without importing torch.
+    # Same rule as syngeo.engine.geometry.linear_regression.width_grid, without importing torch.
     if n_widths == 1:
         return [d_min]
     values = np.rint(np.logspace(math.log10(d_min), math.log10(d_max), n_widths)).astype(int)
@@ -165,8 +165,8 @@ class LinearRegressionKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = LinearRegressionSpec
 
     def run(self, spec: LinearRegressionSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.linear_regression import TrainingConfig, run_linear_regression
-        from syngeo.engine.potentials import parse_potential
+        from syngeo.engine.geometry.linear_regression import TrainingConfig, run_linear_regression
+        from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Solving")
         training = TrainingConfig(

@@ -98,8 +98,8 @@ class RobustnessKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = RobustnessSpec
 
     def run(self, spec: RobustnessSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.potentials import parse_potential
-        from syngeo.engine.robustness import run_robustness
+        from syngeo.engine.geometry.potentials import parse_potential
+        from syngeo.engine.geometry.robustness import run_robustness
 
         ctx.progress(0.0, "Simulating")
         result = run_robustness(

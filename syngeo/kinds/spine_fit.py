@@ -38,7 +38,7 @@ from syngeo.kinds.geometry import potential_key
 
 EXAMPLE = "example"
 EXAMPLE_FILE = "spine_volumes_synthetic.csv"
-#: Fewest values accepted (mirrors syngeo.engine.distribution_fit.MIN_SAMPLE, kept here so
+#: Fewest values accepted (mirrors syngeo.engine.geometry.distribution_fit.MIN_SAMPLE, kept here so
 #: reading a file does not import torch).
 MIN_VALUES = 20
 TEXT_EXTENSIONS = (".csv", ".tsv", ".txt")
@@ -296,8 +296,8 @@ class SpineFitKind(ExperimentKind):
         return distribution_dataset_problem(dataset_id, format)
 
     def run(self, spec: SpineFitSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.distribution_fit import fit_distributions
-        from syngeo.engine.potentials import parse_potential
+        from syngeo.engine.geometry.distribution_fit import fit_distributions
+        from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Reading the sample")
         if is_example(spec.dataset):  # bundled with the package: the same everywhere

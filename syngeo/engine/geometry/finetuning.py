@@ -13,7 +13,7 @@ follows appendix B.3:
 3. For each training potential φ and seed, N = ⌊D^a⌋ points (a = 0.5 in the paper; D = number
    of analysed weights) are drawn from the pool ("randomly sampled … for each seed", B.3), and
    the pretrained network is fine-tuned with mirror descent
-   (:class:`~syngeo.engine.mirror_descent.MirrorDescent`: SGD-style momentum 0.9, no weight
+   (:class:`~syngeo.engine.geometry.mirror_descent.MirrorDescent`: SGD-style momentum 0.9, no weight
    decay, cosine annealing, cross-entropy, batch 256) on every parameter.
 4. The learning rate comes from a log10 grid: the grid point with the lowest final training
    loss is kept (the rule of the paper's code); while its training accuracy is below 100 %,
@@ -56,9 +56,9 @@ import torch
 from torch import Tensor, nn
 
 from syngeo.engine.device import resolve_device
-from syngeo.engine.geometry import analyze_geometry
-from syngeo.engine.mirror_descent import MirrorDescent
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.analysis import analyze_geometry
+from syngeo.engine.geometry.mirror_descent import MirrorDescent
+from syngeo.engine.geometry.potentials import (
     NegativeEntropy,
     PNorm,
     Potential,

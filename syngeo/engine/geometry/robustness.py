@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device, single_cpu_thread
-from syngeo.engine.geometry import delta_cdf_exact
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.potentials import (
     NegativeEntropy,
     PNorm,
     Potential,

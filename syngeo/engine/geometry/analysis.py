@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device
-from syngeo.engine.potentials import (
+from syngeo.engine.geometry.potentials import (
     Family,
     NegativeEntropy,
     PNorm,

@@ -11,9 +11,9 @@ the MSE loss converges to w∞ = argmin_{Xw = y} D_φ(w, w⁰) (Eq. 8), whose du
 * Δφ = ‖ξ‖₂ / ‖∇φ(w⁰)‖₂ (§4.1), small in the lazy regime where Eq. 14 holds.
 
 w∞ comes from one of two solvers: ``"exact"`` solves Eq. 8 by Newton's method
-(:func:`~syngeo.engine.implicit_bias.solve_implicit_bias`); ``"training"`` follows the paper's
-protocol (appendix B.1): mirror descent with momentum 0.9 and a cosine learning-rate schedule
-on the MSE loss (full batch: one step per epoch), the learning rate chosen on one seed by a
+(:func:`~syngeo.engine.geometry.implicit_bias.solve_implicit_bias`); ``"training"`` follows the
+paper's protocol (appendix B.1): mirror descent with momentum 0.9 and a cosine learning-rate
+schedule on the MSE loss (full batch: one step per epoch), the learning rate chosen on one seed by a
 grid search over log10-spaced points, with 100 more epochs (up to a cap) while the best MSE
 stays above a target. Training records its loss: the MSE at every epoch of every run
 (summarised per cell as the median and 5/95% percentiles over seeds, plus the first seed's own
@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from syngeo.engine.correlated_inputs import correlated_inputs
 from syngeo.engine.device import resolve_device
-from syngeo.engine.geometry import delta_cdf_exact
-from syngeo.engine.implicit_bias import input_gram, seeds_per_chunk, solve_implicit_bias
-from syngeo.engine.mirror_descent import MirrorDescent
-from syngeo.engine.potentials import Potential
+from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.correlated_inputs import correlated_inputs
+from syngeo.engine.geometry.implicit_bias import input_gram, seeds_per_chunk, solve_implicit_bias
+from syngeo.engine.geometry.mirror_descent import MirrorDescent
+from syngeo.engine.geometry.potentials import Potential
 
 __all__ = [
     "MAX_CURVE_POINTS",

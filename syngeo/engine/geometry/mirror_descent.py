@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from syngeo.engine.potentials import NegativeEntropy, Potential, parse_potential
+from syngeo.engine.geometry.potentials import NegativeEntropy, Potential, parse_potential
 
 __all__ = ["MirrorDescent"]
 
@@ -86,9 +86,9 @@ class MirrorDescent(Optimizer):
         params: parameters or parameter groups, as for any torch optimiser. A group may set
             its own ``potential``, ``lr``, ``momentum``, ``dampening``, ``nesterov`` and
             ``maximize``.
-        potential: a :class:`~syngeo.engine.potentials.Potential` (``PNorm(p)`` with p > 1,
+        potential: a :class:`~syngeo.engine.geometry.potentials.Potential` (``PNorm(p)`` with p > 1,
             ``NegativeEntropy()``, ``Hypentropy(beta)``) or its name as accepted by
-            :func:`~syngeo.engine.potentials.parse_potential` ("ne", "p1.5", "hyp0.1", …).
+            :func:`~syngeo.engine.geometry.potentials.parse_potential` ("ne", "p1.5", "hyp0.1", …).
         lr: learning rate η ≥ 0 of the dual step (read every step, so torch LR schedulers
             work, e.g. the cosine annealing of appendix B.1).
         momentum: μ ≥ 0 of the dual-space buffer b ← μ·b + (1 − dampening)·g; as in

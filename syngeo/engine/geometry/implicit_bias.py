@@ -83,7 +83,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from syngeo.engine.potentials import NegativeEntropy, PNorm, Potential
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm, Potential
 
 __all__ = [
     "ImplicitBiasNotConverged",

@@ -47,7 +47,7 @@ from scipy import optimize
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device, single_cpu_thread
-from syngeo.engine.potentials import NegativeEntropy, PNorm, Potential
+from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm, Potential
 
 __all__ = [
     "INIT_MODELS",
