@@ -93,20 +93,30 @@ def print_geometry(summary: dict[str, Any]) -> None:
     pooled = summary["pooled"]
     for layer in summary["layers"] + ([pooled] if len(summary["layers"]) > 1 else []):
         table = Table(title=f"{layer['name']}: {layer['n']:,} weights", title_justify="left")
-        for column in ("potential", "ΔCDF", "interval", "Δφ", "weights used"):
+        for column in ("potential", "ΔCDF", "interval", "fit p", "Δφ"):
             table.add_column(column, justify="left" if column == "potential" else "right")
         best = layer["verdict"]["best"]["key"] if layer["verdict"]["best"] else None
         for c in layer["candidates"]:
             ci = c["delta_cdf_ci"]
             mark = " ◀ best" if c["key"] == best else ""
             table.add_row(c["label"] + mark, _num(c["delta_cdf"]),
-                          f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "—", _num(c["dual_change"]),
-                          f"{c['n_used']:,}", style="bold" if mark else None)
+                          f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "—", _p(c),
+                          _num(c["dual_change"]), style="bold" if mark else None)
         out.print(table)
         if layer["n_zero"] or layer["n_sign_flips"]:
-            out.print(f"  {layer['n_zero']:,} weights are exactly zero and "
-                      f"{layer['n_sign_flips']:,} change sign (left out for negative entropy).")
-    out.print(summary["verdict"]["text"])
+            out.print(f"  {layer['n_zero']:,} pairs with a zero weight are left out; "
+                      f"{layer['n_sign_flips']:,} weights change sign.")
+    out.print("  — : no interval where ΔCDF may be 0 or a few extreme changes dominate "
+              "(the test answers instead).")
+    out.print(summary["headline"])
+
+
+def _p(candidate: dict[str, Any]) -> str:
+    p = candidate.get("p_value")
+    if p is None:
+        return "—"
+    text = f"<{p:.2g}" if candidate.get("p_value_bounded") else f"{p:.2g}"
+    return text + ("" if candidate.get("fits") else " ✗")
 
 
 def _num(value: float | None) -> str:

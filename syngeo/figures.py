@@ -205,9 +205,13 @@ def _check_selector_inputs(keys: Sequence[Any], labels: Sequence[Any], n: int, w
 
 
 def delta_cdf_figure(
-    candidates: list[dict[str, Any]], best_key: str | None = None
+    candidates: list[dict[str, Any]], best_key: str | None = None,
+    critical: float | None = None,
 ) -> dict[str, Any]:
     """ΔCDF of each candidate potential against p, with its bootstrap CI as error bars.
+
+    ``critical`` (the goodness-of-fit test's critical ΔCDF at this n) is drawn as a dashed
+    line: a candidate below it is Gaussian within sampling noise.
 
     Negative entropy is drawn at ``p = 1`` (tick "NE"); candidates whose ``delta_cdf`` is
     ``None`` (e.g. the potential is undefined for negative weights) are skipped. The best
@@ -286,6 +290,15 @@ def delta_cdf_figure(
             type="rect", xref="paper", x0=0, x1=1, yref="y", y0=best["lo"], y1=best["hi"],
             fillcolor=BEST, opacity=0.08, line=dict(width=0), layer="below",
         ))
+    if critical is not None and math.isfinite(critical):
+        shapes.append(dict(
+            type="line", xref="paper", x0=0, x1=1, yref="y", y0=critical, y1=critical,
+            line=dict(color=MUTED, width=1.5, dash="dash"),
+        ))
+        data.append(go.Scatter(
+            x=[None], y=[None], mode="lines", name="fits below (test at this n)",
+            line=dict(color=MUTED, width=1.5, dash="dash"), hoverinfo="skip",
+        ))
     x_lo = min(xs) if xs else NE_X
     x_hi = max(xs) if xs else 3.0
     pad = max(0.08, 0.04 * (x_hi - x_lo))
@@ -297,7 +310,7 @@ def delta_cdf_figure(
         yaxis=dict(title=dict(text="ΔCDF (W₁ distance to N(0, 1))"),
                    rangemode="tozero"),
         shapes=shapes,
-        meta=dict(best=best["key"] if best else None, ne_x=NE_X),
+        meta=dict(best=best["key"] if best else None, ne_x=NE_X, critical=critical),
     )
     if not rows:
         layout["annotations"] = [dict(

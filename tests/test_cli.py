@@ -35,9 +35,15 @@ def test_analyze_csv_json(tmp_path: Path) -> None:
     body = json.loads(result.stdout)
     assert body["best"]["family"] == "negative_entropy" and body["best"]["p"] is None
     assert len(body["candidates"]) == 21
-    first = body["candidates"][0]
-    assert {"family", "p", "delta_cdf", "delta_cdf_ci", "dual_change"} <= set(first)
-    assert first["delta_cdf_ci"][0] <= first["delta_cdf"] <= first["delta_cdf_ci"][1]
+    first, last = body["candidates"][0], body["candidates"][10]
+    assert {"family", "p", "delta_cdf", "delta_cdf_ci", "p_value", "fits", "dual_change"} \
+        <= set(first)
+    # The true potential: consistent with a Gaussian, so no interval (its population value
+    # is 0) but a test; p = 2 is far off: ruled out, with an interval well above NE's score.
+    assert first["fits"] is True and first["delta_cdf_ci"] is None and first["ci_note"]
+    assert last["fits"] is False and last["p_value_bounded"] is True  # beyond the null table
+    assert last["delta_cdf_ci"][0] > 10 * first["delta_cdf"]
+    assert body["headline"] == body["verdict"]["text"]
 
 
 def test_analyze_two_npy_table_and_grid(tmp_path: Path) -> None:

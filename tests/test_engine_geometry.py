@@ -183,15 +183,19 @@ def test_negative_entropy_data_are_recognised_exactly_with_enough_weights(start:
         assert best_p(synthetic_pair(NegativeEntropy(), start, 100_000, seed), seed) == 1.0
 
 
-def test_negative_entropy_is_clearly_distinguished_from_p2_data() -> None:
+def test_p2_data_rule_out_negative_entropy_by_its_test() -> None:
     result = analyze_geometry({"w": synthetic_pair(PNorm(2.0), "lognormal", 5000, 0)},
                               bootstrap=100, seed=0, device="cpu")
     verdict = result.pooled.verdict
     comparison = verdict.negative_entropy_vs_p_norm
     assert comparison is not None
     assert comparison.winner == "p_norm" and comparison.distinguishable is True
+    assert comparison.basis == "test"
     assert comparison.best_p is not None and abs(comparison.best_p - 2.0) <= 0.2
-    assert comparison.difference_ci is not None and comparison.difference_ci[0] > 0
+    ne = result.pooled.candidates[0]
+    assert ne.fits is False and ne.p_value is not None and ne.p_value.value < 0.001
+    assert verdict.fitting and all(p.family == "p_norm" for p in verdict.fitting)
+    assert "negative entropy is ruled out" in verdict.text
 
 
 def test_true_potential_has_small_delta_cdf_and_dual_change_matches_its_definition() -> None:
@@ -204,20 +208,56 @@ def test_true_potential_has_small_delta_cdf_and_dual_change_matches_its_definiti
     xi = after - before  # p = 2: ∇φ(w) = w
     assert p2.dual_change == pytest.approx(np.linalg.norm(xi) / np.linalg.norm(before),
                                            rel=1e-10)
+    assert p2.change_size == p2.dual_change
 
 
-def test_normalisation_divides_by_the_std_but_does_not_centre() -> None:
+def test_normalisation_divides_by_the_sample_std_but_does_not_centre() -> None:
     # For p = 2, ξ = after − before. A shifted change must be scored without removing
-    # its mean (paper footnote 1).
+    # its mean (paper footnote 1), after dividing by the ddof = 1 standard deviation.
     rng = np.random.default_rng(10)
-    before = rng.normal(0, 1, 4000)
-    xi = rng.normal(0.5, 1, 4000)
+    before = rng.normal(0, 1, 400)
+    xi = rng.normal(0.5, 1, 400)
     result = analyze_geometry({"w": (before, before + xi)}, [PNorm(2.0)], bootstrap=0,
                               device="cpu")
-    t = np.sort(xi / xi.std())
-    assert result.pooled.candidates[0].delta_cdf == pytest.approx(exact(t), rel=1e-12)
-    centred = np.sort((xi - xi.mean()) / xi.std())
+    t = np.sort(xi / np.std(xi, ddof=1))
+    assert result.pooled.candidates[0].delta_cdf == pytest.approx(brute_force_w1(t), abs=1e-8)
+    assert result.pooled.candidates[0].delta_cdf != pytest.approx(
+        exact(np.sort(xi / np.std(xi, ddof=0))), abs=1e-6)  # the ddof matters at n = 400
+    centred = np.sort((xi - xi.mean()) / xi.std(ddof=1))
     assert result.pooled.candidates[0].delta_cdf > exact(centred) + 0.2
+
+
+def test_negative_entropys_change_size_does_not_depend_on_the_unit_of_the_weights() -> None:
+    before, after = synthetic_pair(NegativeEntropy(), "lognormal", 3000, 15)
+    pots = [NegativeEntropy(), PNorm(2.0)]
+    scores = [analyze_geometry({"w": (before * unit, after * unit)}, pots, bootstrap=0,
+                               device="cpu").pooled.candidates for unit in (1.0, 1e3, 1e-4)]
+    ne = [s[0] for s in scores]
+    # ξ = log(w_after / w_before) does not see the unit, nor ΔCDF and the change size.
+    assert max(c.change_size for c in ne) == pytest.approx(min(c.change_size for c in ne),
+                                                           rel=1e-9)
+    xi = np.log(after / before)
+    assert ne[0].change_size == pytest.approx(np.sqrt(np.mean(xi**2)), rel=1e-9)
+    assert max(c.delta_cdf for c in ne) == pytest.approx(min(c.delta_cdf for c in ne), rel=1e-9)
+    # The paper's Δφ divides by ‖∇φ(w_before)‖ = ‖1 + log|w|‖, which shifts with the unit.
+    assert ne[1].dual_change > 1.5 * ne[0].dual_change or \
+        ne[2].dual_change < ne[0].dual_change / 1.5
+    # p-norms are homogeneous: their Δφ is unit-free.
+    p2 = [s[1].dual_change for s in scores]
+    assert max(p2) == pytest.approx(min(p2), rel=1e-9)
+
+
+def test_a_large_change_is_flagged_outside_the_small_change_regime() -> None:
+    before, after = synthetic_pair(PNorm(2.0), "gaussian", 3000, 16)
+    large = before + 5 * (after - before)  # Δφ ≈ 0.5: the linearisation of Eq. 14 fails
+    result = analyze_geometry({"w": (before, large)}, [PNorm(2.0), PNorm(3.0)], bootstrap=0,
+                              device="cpu")
+    verdict = result.pooled.verdict
+    assert verdict.small_change is False
+    assert "outside the small-change regime" in verdict.text
+    small = analyze_geometry({"w": (before, after)}, [PNorm(2.0), PNorm(3.0)], bootstrap=0,
+                             device="cpu").pooled.verdict
+    assert small.small_change is True and "small-change" not in small.text
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,38 +265,38 @@ def test_normalisation_divides_by_the_std_but_does_not_centre() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_zero_weights_and_sign_flips_are_counted_and_excluded_for_negative_entropy() -> None:
+def test_zeros_are_left_out_for_every_candidate_and_sign_flips_scored_signed() -> None:
     before, after = synthetic_pair(PNorm(2.0), "gaussian", 3000, 2)
     before[:5] = 0.0
     after[5:8] = 0.0
+    keep = (before != 0) & (after != 0)
     flips = int(np.sum(np.sign(before) * np.sign(after) < 0))
     assert flips > 0  # Gaussian start + additive change: small weights cross zero
     result = analyze_geometry({"w": (before, after)}, bootstrap=20, device="cpu")
     layer = result.layers[0]
-    assert layer.n_zero == 8 and layer.n_sign_flips == flips
+    assert layer.n == 2992 and layer.n_zero == 8 and layer.n_sign_flips == flips
+    assert all(c.n_used == 2992 for c in layer.candidates)  # the same sample for everyone
     ne = layer.candidates[0]
     assert isinstance(ne.potential, NegativeEntropy)
-    assert ne.n_used == 3000 - 8 - flips
-    assert ne.delta_cdf is not None and math.isfinite(ne.delta_cdf)
-    assert all(c.n_used == 3000 for c in layer.candidates[1:])
-    assert "sign" in layer.verdict.text and "evidence against negative entropy" in \
-        layer.verdict.text
-    summary = result.to_summary()
-    json.dumps(summary, allow_nan=False)  # no NaN anywhere
+    # The signed convention of appendix B.3: ∇φ(w) = sign(w)(1 + log|w|) on every weight.
+    b, a = before[keep], after[keep]
+    xi = np.sign(a) * (1 + np.log(np.abs(a))) - np.sign(b) * (1 + np.log(np.abs(b)))
+    assert ne.delta_cdf == pytest.approx(exact(np.sort(xi / np.std(xi, ddof=1))), rel=1e-9)
+    assert ne.fits is False  # a multiplicative update cannot flip a sign
+    assert "changed sign" in layer.verdict.text
+    assert "negative entropy is ruled out" in layer.verdict.text
+    assert layer.verdict.best is not None and layer.verdict.best.family == "p_norm"
+    json.dumps(result.to_summary(), allow_nan=False)  # no NaN anywhere
 
 
-def test_negative_entropy_with_too_few_usable_weights_is_unusable_not_nan() -> None:
+def test_too_few_weights_for_a_test_is_said_and_not_a_crash() -> None:
     before = np.array([0.1, -0.2, 0.3, 0.4, -0.5])
-    after = np.array([-0.1, 0.25, -0.2, 0.0, -0.45])  # only the last keeps its sign
+    after = np.array([0.12, -0.25, 0.2, 0.0, -0.45])
     result = analyze_geometry({"w": (before, after)}, [NegativeEntropy(), PNorm(2.0)],
                               bootstrap=10, device="cpu")
-    ne, p2 = result.pooled.candidates
-    assert ne.delta_cdf is None and ne.delta_cdf_ci is None and ne.n_used == 1
-    assert p2.delta_cdf is not None
-    verdict = result.pooled.verdict
-    assert verdict.best == PNorm(2.0) and verdict.runner_up is None
-    assert verdict.negative_entropy_vs_p_norm is None
-    assert np.isnan(result.hist_density[0]).all() and np.isfinite(result.hist_density[1]).all()
+    assert result.pooled.n == 4 and result.pooled.n_zero == 1
+    assert all(c.p_value is None and c.fits is None for c in result.pooled.candidates)
+    assert "too few" in result.pooled.verdict.text
     json.dumps(result.to_summary(), allow_nan=False)
 
 
@@ -272,10 +312,9 @@ def test_unchanged_layer_has_no_verdict_and_is_left_out_of_the_pool() -> None:
     assert moving_score.verdict.best is not None
     pooled = result.pooled
     assert pooled.n == 2500
-    # Frozen weights have no normalised change, so only the moving layer is pooled.
-    for c_pool, c_moving in zip(pooled.candidates, moving_score.candidates, strict=True):
-        assert c_pool.n_used == c_moving.n_used
-        assert c_pool.delta_cdf == pytest.approx(c_moving.delta_cdf, rel=1e-9)
+    # Frozen weights have no normalised change, so they add nothing to the pool but zeros
+    # would distort it: a constant layer contributes no values (its scale is undefined).
+    assert "could not be scored" in result.headline
     json.dumps(result.to_summary(), allow_nan=False)
 
 
@@ -297,7 +336,7 @@ def test_invalid_inputs_raise_value_error(layers: Any, match: str) -> None:
 @pytest.mark.parametrize("kwargs", [
     {"method": "trapezoid"}, {"bootstrap": -1}, {"bootstrap": 2.5}, {"subsample": 1},
     {"confidence": 1.0}, {"confidence": 0.0}, {"seed": -3}, {"device": "tpu"},
-    {"potentials": []},
+    {"potentials": []}, {"potentials": [PNorm(2.0), PNorm(2.0)]},
 ])
 def test_invalid_settings_raise_value_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -324,35 +363,46 @@ def test_torch_tensor_inputs_are_accepted_and_flattened() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("subsample", [20_000, 800])
-def test_intervals_contain_the_estimates(subsample: int) -> None:
-    result = analyze_geometry({"w": synthetic_pair(PNorm(2.0), "gaussian", 3000, 5)},
-                              bootstrap=60, subsample=subsample, seed=1, device="cpu")
-    for cand in result.pooled.candidates:
-        assert cand.delta_cdf is not None and cand.delta_cdf_ci is not None
-        lo, hi = cand.delta_cdf_ci
-        assert 0.0 <= lo <= cand.delta_cdf <= hi
-    verdict = result.pooled.verdict
-    assert verdict.difference_ci is not None and verdict.runner_up is not None
-    diff = result.pooled.candidates[default_potentials().index(verdict.runner_up)].delta_cdf
-    best = result.pooled.candidates[default_potentials().index(verdict.best)].delta_cdf
-    assert diff is not None and best is not None
-    assert verdict.difference_ci[0] <= diff - best <= verdict.difference_ci[1]
-    assert verdict.distinguishable == (verdict.difference_ci[0] > 0)
+def test_interval_is_the_basic_bootstrap_interval_of_the_replicates() -> None:
+    # The interval is [δ̂ − √(m/n)(q_hi − δ̂), δ̂ − √(m/n)(q_lo − δ̂)] of replicates computed
+    # here independently: ΔCDF of m-out-of-n resamples drawn with the documented generator.
+    pair = synthetic_pair(PNorm(2.0), "gaussian", 3000, 5)
+    m, boot = 1000, 50
+    result = analyze_geometry({"w": pair}, [PNorm(3.0)], bootstrap=boot, subsample=m, seed=1,
+                              device="cpu")
+    cand = result.pooled.candidates[0]
+    before, after = (torch.as_tensor(x) for x in pair)
+    xi = (PNorm(3.0).grad(after) - PNorm(3.0).grad(before)).numpy()
+    idx = torch.randint(3000, (boot, m), generator=torch.Generator().manual_seed(1)).numpy()
+    reps = [exact(np.sort(xi[i] / np.std(xi[i], ddof=1))) for i in idx]
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    est = exact(np.sort(xi / np.std(xi, ddof=1)))
+    shrink = math.sqrt(m / 3000)
+    assert cand.delta_cdf_ci == pytest.approx((est - shrink * (hi - est),
+                                               est - shrink * (lo - est)), rel=1e-9)
 
 
-def test_m_out_of_n_interval_has_the_full_sample_width() -> None:
-    # With m < n the resample deviations are shrunk by sqrt(m/n): the interval should be about
-    # as wide as with the full-size bootstrap, not sqrt(n/m) = 3 times wider.
-    pair = synthetic_pair(PNorm(2.0), "gaussian", 9000, 6)
-    pots = [PNorm(1.8), PNorm(2.0), PNorm(2.4)]
-    full = analyze_geometry({"w": pair}, pots, bootstrap=150, subsample=9000, device="cpu")
-    sub = analyze_geometry({"w": pair}, pots, bootstrap=150, subsample=1000, device="cpu")
-    for a, b in zip(full.pooled.candidates, sub.pooled.candidates, strict=True):
-        assert a.delta_cdf_ci is not None and b.delta_cdf_ci is not None
-        width_full = a.delta_cdf_ci[1] - a.delta_cdf_ci[0]
-        width_sub = b.delta_cdf_ci[1] - b.delta_cdf_ci[0]
-        assert 0.5 < width_sub / width_full < 2.0
+def test_no_interval_where_the_population_value_may_be_zero() -> None:
+    pair = synthetic_pair(PNorm(2.0), "gaussian", 3000, 5)
+    result = analyze_geometry({"w": pair}, [PNorm(2.0), PNorm(3.0)], bootstrap=50, seed=1,
+                              device="cpu")
+    true, wrong = result.pooled.candidates
+    assert true.delta_cdf_ci is None and "no interval" in (true.ci_note or "")
+    assert "goodness-of-fit test" in (true.ci_note or "")
+    assert wrong.delta_cdf_ci is not None and wrong.ci_note is None
+
+
+def test_heavy_tailed_change_gets_no_interval() -> None:
+    # A handful of huge changes among small ones: the spread is set by the few.
+    rng = np.random.default_rng(17)
+    before = rng.normal(0, 1, 2000)
+    xi = rng.normal(0, 0.01, 2000)
+    xi[:6] = 50.0
+    result = analyze_geometry({"w": (before, before + xi)}, [PNorm(2.0)], bootstrap=50,
+                              device="cpu")
+    cand = result.pooled.candidates[0]
+    assert cand.effective_n is not None and cand.effective_n < 50
+    assert cand.delta_cdf_ci is None and "extreme changes" in (cand.ci_note or "")
 
 
 def test_same_seed_same_result_and_bootstrap_off_gives_no_intervals() -> None:
@@ -365,8 +415,10 @@ def test_same_seed_same_result_and_bootstrap_off_gives_no_intervals() -> None:
     assert first["candidates"][5]["delta_cdf_ci"] != other["candidates"][5]["delta_cdf_ci"]
     off = analyze_geometry({"w": pair}, bootstrap=0, device="cpu").to_summary()
     assert all(c["delta_cdf_ci"] is None for c in off["candidates"])
-    assert off["verdict"]["distinguishable"] is None and off["verdict"]["difference_ci"] is None
-    assert "without a bootstrap" in off["verdict"]["text"]
+    assert all(c["ci_note"] == "no interval: the bootstrap is off" for c in off["candidates"])
+    # The verdict does not need the bootstrap: the tests decide.
+    assert off["verdict"]["distinguishable"] == first["verdict"]["distinguishable"]
+    assert off["verdict"]["basis"] == "test"
     assert off["bootstrap"]["replicates"] == 0
 
 
@@ -395,14 +447,55 @@ def test_progress_is_reported_and_an_exception_from_it_stops_the_run() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------
+
+
+def test_layers_that_disagree_are_named_in_the_headline() -> None:
+    ne_layer = synthetic_pair(NegativeEntropy(), "lognormal", 20_000, 18)
+    p2_layer = synthetic_pair(PNorm(2.0), "lognormal", 20_000, 19)
+    result = analyze_geometry({"fc1": ne_layer, "fc2": p2_layer}, bootstrap=0, device="cpu")
+    assert result.layers[0].verdict.best == NegativeEntropy()
+    assert result.layers[1].verdict.best is not None
+    assert result.layers[1].verdict.best.family == "p_norm"
+    assert result.headline.startswith("The layers disagree: 1 of 2 favour")
+    assert "'fc1': negative entropy" in result.headline and "'fc2': p = " in result.headline
+    assert result.layer_agreement["agree"] is False
+    assert result.layer_agreement["families"] == {"negative_entropy": ["fc1"],
+                                                  "p_norm": ["fc2"]}
+    agree = analyze_geometry({"fc1": p2_layer, "fc2": p2_layer}, bootstrap=0, device="cpu")
+    assert agree.headline.startswith("All 2 layers favour p-norms")
+
+
+def test_pooled_score_normalises_each_layer_first() -> None:
+    # A layer on a 1000× larger scale must not dominate the pool: the pooled t is the
+    # concatenation of each layer's own t, renormalised.
+    a = synthetic_pair(PNorm(2.0), "gaussian", 1500, 9)
+    b = synthetic_pair(PNorm(2.0), "gaussian", 2500, 10)
+    result = analyze_geometry({"a": a, "b": (b[0] * 1e3, b[1] * 1e3)}, [PNorm(2.0)],
+                              bootstrap=0, device="cpu")
+    t = []
+    for before, after in (a, (b[0] * 1e3, b[1] * 1e3)):
+        xi = after - before
+        t.append(xi / np.std(xi, ddof=1))
+    pooled = np.concatenate(t)
+    pooled /= np.std(pooled, ddof=1)
+    assert result.pooled.candidates[0].delta_cdf == pytest.approx(exact(np.sort(pooled)),
+                                                                  rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
 # Result shapes
 # ---------------------------------------------------------------------------------------
 
 POTENTIAL_KEYS = {"family", "p", "label", "key"}
-CANDIDATE_KEYS = POTENTIAL_KEYS | {"delta_cdf", "delta_cdf_ci", "dual_change", "n_used"}
-VERDICT_KEYS = {"best", "runner_up", "distinguishable", "difference_ci",
-                "negative_entropy_vs_p_norm", "text"}
-LAYER_KEYS = {"name", "n", "n_zero", "n_sign_flips", "candidates", "verdict"}
+CANDIDATE_KEYS = POTENTIAL_KEYS | {"delta_cdf", "delta_cdf_exact", "delta_cdf_ci", "ci_note",
+                                   "p_value", "p_value_bounded", "fits", "dual_change",
+                                   "change_size", "effective_n", "n_used"}
+VERDICT_KEYS = {"best", "runner_up", "fitting", "distinguishable", "basis", "difference",
+                "difference_ci", "small_change", "negative_entropy_vs_p_norm", "text"}
+LAYER_KEYS = {"name", "n", "n_zero", "n_sign_flips", "critical_delta_cdf", "candidates",
+              "verdict"}
 
 
 def _plain(value: Any) -> bool:
@@ -422,13 +515,14 @@ def _check_layer(layer: dict[str, Any], n_candidates: int) -> None:
         assert cand["family"] in ("negative_entropy", "p_norm")
         ci = cand["delta_cdf_ci"]
         assert ci is None or (isinstance(ci, list) and len(ci) == 2)
+        assert (ci is None) != (cand["ci_note"] is None)
     verdict = layer["verdict"]
     assert set(verdict) == VERDICT_KEYS
     assert set(verdict["best"]) == POTENTIAL_KEYS
     assert verdict["runner_up"] is None or set(verdict["runner_up"]) == POTENTIAL_KEYS
     comparison = verdict["negative_entropy_vs_p_norm"]
     assert comparison is None or set(comparison) == {
-        "winner", "best_p", "difference", "difference_ci", "distinguishable"}
+        "winner", "best_p", "difference", "difference_ci", "distinguishable", "basis"}
     assert isinstance(verdict["text"], str) and verdict["text"].endswith(".")
 
 
@@ -438,10 +532,11 @@ def test_summary_schema_per_layer_and_pooled() -> None:
     b = (b[0] * 30.0, b[1] * 30.0)  # a layer on another scale: pooled after normalising
     result = analyze_geometry({"fc1": a, "fc2": b}, bootstrap=20, seed=2, device="cpu")
     summary = result.to_summary()
-    assert set(summary) == {"method", "n_pairs", "device", "bootstrap", "layers", "pooled",
+    assert set(summary) == {"method", "n_pairs", "device", "headline", "layer_agreement",
+                            "bootstrap", "statistics", "noise", "layers", "pooled",
                             "candidates", "best", "verdict"}
     assert summary["method"] == "exact" and summary["device"] == "cpu"
-    assert summary["n_pairs"] == 4000
+    assert summary["n_pairs"] == 4000 and summary["noise"] is None
     assert summary["bootstrap"] == {"replicates": 20, "subsample": 4000, "confidence": 0.95,
                                     "seed": 2}
     assert [layer["name"] for layer in summary["layers"]] == ["fc1", "fc2"]
@@ -454,19 +549,14 @@ def test_summary_schema_per_layer_and_pooled() -> None:
     assert _plain(summary)
     json.dumps(summary, allow_nan=False)
 
-    # Pooled Δφ = sqrt(Σ‖ξ‖² / Σ‖∇φ(w0)‖²) over the layers, over the weights each candidate
-    # uses (negative entropy skips sign flips).
+    # Pooled Δφ = sqrt(Σ‖ξ‖² / Σ‖∇φ(w0)‖²) over the layers, every weight signed.
     pots = default_potentials()
     xi_sq = np.zeros(21)
     g0_sq = np.zeros(21)
     for before, after in (a, b):
         bt, at = torch.as_tensor(before), torch.as_tensor(after)
-        keep = torch.sign(bt) * torch.sign(at) > 0
-        use = torch.stack([keep if p.p is None else torch.ones_like(keep) for p in pots])
-        xi = torch.where(use, dual_changes(pots, bt, at), 0.0)
-        g0 = torch.where(use, torch.stack([p.grad(bt) for p in pots]), 0.0)
-        xi_sq += (xi**2).sum(dim=1).numpy()
-        g0_sq += (g0**2).sum(dim=1).numpy()
+        xi_sq += (dual_changes(pots, bt, at) ** 2).sum(dim=1).numpy()
+        g0_sq += (torch.stack([p.grad(bt) for p in pots]) ** 2).sum(dim=1).numpy()
     pooled_dual = [c["dual_change"] for c in summary["candidates"]]
     np.testing.assert_allclose(pooled_dual, np.sqrt(xi_sq / g0_sq), rtol=1e-10)
 
@@ -478,6 +568,7 @@ def test_single_layer_pooled_is_the_layer() -> None:
     layer, pooled = summary["layers"][0], summary["pooled"]
     assert layer["name"] == "only" and pooled["name"] == "pooled"
     assert {**layer, "name": "pooled"} == pooled
+    assert summary["headline"] == pooled["verdict"]["text"]
 
 
 def test_pooling_a_layer_with_itself_changes_nothing_but_the_counts() -> None:
@@ -488,9 +579,10 @@ def test_pooling_a_layer_with_itself_changes_nothing_but_the_counts() -> None:
     assert two.pooled.n == 3000 and two.pooled.n_sign_flips == 2 * one.pooled.n_sign_flips
     for c1, c2 in zip(one.pooled.candidates, two.pooled.candidates, strict=True):
         assert c2.n_used == 2 * c1.n_used
-        assert c2.delta_cdf == pytest.approx(c1.delta_cdf, rel=1e-9)
+        # ddof = 1 on 1500 and on 3000 values: the same t up to a factor √(1 − 1/2999)...
+        assert c2.delta_cdf == pytest.approx(c1.delta_cdf, rel=2e-3)
         assert c2.dual_change == pytest.approx(c1.dual_change, rel=1e-12)
-    np.testing.assert_allclose(two.hist_density, one.hist_density, rtol=1e-12)
+    np.testing.assert_allclose(two.hist_density[0], one.hist_density[0], atol=0.02)
 
 
 def test_grid_method_runs_and_is_reported() -> None:
@@ -501,6 +593,7 @@ def test_grid_method_runs_and_is_reported() -> None:
     assert grid.pooled.verdict.best == exact_result.pooled.verdict.best
     for g, e in zip(grid.pooled.candidates, exact_result.pooled.candidates, strict=True):
         assert g.delta_cdf is not None and e.delta_cdf is not None
+        assert g.delta_cdf_exact == e.delta_cdf  # the statistics use the exact value
         # The grid ignores |t| > 5, which matters only for heavy-tailed (poor) candidates.
         if e.delta_cdf < 0.1:
             assert g.delta_cdf == pytest.approx(e.delta_cdf, abs=5e-3)
@@ -509,22 +602,29 @@ def test_grid_method_runs_and_is_reported() -> None:
 
 
 def test_figure_arrays_shapes_dtypes_and_npz_roundtrip(tmp_path: Any) -> None:
-    result = analyze_geometry({"w": synthetic_pair(PNorm(2.0), "gaussian", 4000, 13)},
-                              bootstrap=0, device="cpu")
+    a = synthetic_pair(PNorm(2.0), "gaussian", 4000, 13)
+    b = synthetic_pair(NegativeEntropy(), "lognormal", 3000, 13)
+    result = analyze_geometry({"a": a, "b": b}, bootstrap=0, device="cpu")
     arrays = result.to_arrays()
     assert set(arrays) == {"hist_edges", "hist_density", "qq_theoretical", "qq_sample",
-                           "candidate_keys"}
-    assert arrays["hist_edges"].shape == (101,) and arrays["hist_density"].shape == (21, 100)
-    assert arrays["qq_theoretical"].shape == (QQ_POINTS,) and arrays["qq_sample"].shape == (21, 200)
+                           "candidate_keys", "figure_sets"}
+    assert list(arrays["figure_sets"]) == ["all layers (pooled)", "a", "b"]
+    assert arrays["hist_edges"].shape == (101,) and arrays["hist_density"].shape == (3, 21, 100)
+    assert arrays["qq_theoretical"].shape == (QQ_POINTS,)
+    assert arrays["qq_sample"].shape == (3, 21, 200)
     assert arrays["candidate_keys"].shape == (21,) and arrays["candidate_keys"].dtype.kind == "U"
     assert all(a.dtype != object for a in arrays.values())
     np.testing.assert_array_equal(arrays["hist_edges"], HIST_EDGES)
     np.testing.assert_allclose(arrays["qq_theoretical"],
                                stats.norm.ppf((np.arange(200) + 0.5) / 200), rtol=1e-12)
-    # Densities integrate to the fraction of t inside [−5, 5] (≈ 1 for these data).
-    mass = arrays["hist_density"].sum(axis=1) * np.diff(HIST_EDGES)[0]
-    assert np.all(mass <= 1 + 1e-12) and mass[10] == pytest.approx(1.0, abs=1e-3)
-    assert np.all(np.diff(arrays["qq_sample"], axis=1) >= 0)
+    # Layer a's histogram is the histogram of its own normalised change.
+    xi = a[1] - a[0]
+    density, _ = np.histogram(xi / np.std(xi, ddof=1), bins=HIST_EDGES, density=False)
+    np.testing.assert_allclose(arrays["hist_density"][1, 10],
+                               density / (4000 * np.diff(HIST_EDGES)[0]), rtol=1e-12)
+    mass = arrays["hist_density"].sum(axis=2) * np.diff(HIST_EDGES)[0]
+    assert np.all(mass <= 1 + 1e-12)
+    assert np.all(np.diff(arrays["qq_sample"], axis=2) >= 0)
     np.savez(tmp_path / "fig.npz", **arrays)
     with np.load(tmp_path / "fig.npz", allow_pickle=False) as loaded:
         assert list(loaded["candidate_keys"]) == [p.key for p in default_potentials()]

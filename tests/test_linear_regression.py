@@ -79,7 +79,8 @@ def test_scores_match_a_direct_computation(small_run) -> None:
     x, y, w0 = sample_problem(20, 400, 2.0, x_seeds[2:3], l_seeds[2:3])
     sol = solve_implicit_bias(PNorm(3), x, y, w0)
     xi = PNorm(3).grad(sol.w[0]) - PNorm(3).grad(w0[0])
-    t = np.sort((xi / xi.pow(2).mean().sqrt()).numpy())
+    # The paper's normalisation: sample standard deviation (ddof = 1), not centred.
+    t = np.sort(xi.numpy() / np.std(xi.numpy(), ddof=1))
     # ∫|eCDF − Φ| on a fine grid (the exact formula is tested in the geometry tests).
     from scipy.stats import norm
     grid = np.linspace(-9, 9, 400_001)

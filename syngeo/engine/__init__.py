@@ -1,7 +1,10 @@
-"""Scientific engine: pure torch/numpy/scipy code, no web, database or task-queue imports."""
+"""Scientific engine: pure torch/numpy/scipy code, no web, database or task-queue imports.
+
+Organised by topic (``geometry/``: the geometry of plasticity) with shared numerics
+(``device.py``) beside it; the names most callers need are re-exported here.
+"""
 
 from syngeo.engine.geometry.analysis import (
-    GRID_POINTS,
     HIST_EDGES,
     QQ_POINTS,
     CandidateScore,
@@ -10,10 +13,16 @@ from syngeo.engine.geometry.analysis import (
     LayerScore,
     Verdict,
     analyze_geometry,
+)
+from syngeo.engine.geometry.delta_cdf import (
+    GRID_POINTS,
     delta_cdf_exact,
     delta_cdf_grid,
+    delta_cdf_of_change,
 )
+from syngeo.engine.geometry.gof import gof_p_value
 from syngeo.engine.geometry.mirror_descent import MirrorDescent
+from syngeo.engine.geometry.noise import MeasurementNoise
 from syngeo.engine.geometry.potentials import (
     Hypentropy,
     NegativeEntropy,
@@ -36,6 +45,7 @@ __all__ = [
     "GeometryAnalysis",
     "Hypentropy",
     "LayerScore",
+    "MeasurementNoise",
     "MirrorDescent",
     "NegativeEntropy",
     "PNorm",
@@ -47,7 +57,9 @@ __all__ = [
     "default_potentials",
     "delta_cdf_exact",
     "delta_cdf_grid",
+    "delta_cdf_of_change",
     "dual_changes",
+    "gof_p_value",
     "parse_potential",
     "sign_log",
 ]

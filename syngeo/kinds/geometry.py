@@ -54,6 +54,27 @@ class GeometrySpec(BaseModel):
                            description="Largest bootstrap resample; larger inputs use an "
                            "m-out-of-n bootstrap rescaled by √(m/n).")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of intervals.")
+    noise_absolute_before: float = Field(
+        0.0, ge=0.0, le=1e6, title="Measurement noise before, absolute (s.d., weight units)",
+        description="Standard deviation of additive measurement noise on the weights before "
+        "learning, in the weights' unit. With any noise declared, every candidate's test is "
+        "calibrated by simulating that noise (slower; see 'calibration').")
+    noise_relative_before: float = Field(
+        0.0, ge=0.0, le=10.0, title="Measurement noise before, relative (s.d., fraction of |w|)",
+        description="Standard deviation of multiplicative measurement noise on the weights "
+        "before learning, as a fraction of |w| (0.05 = 5%).")
+    noise_absolute_after: float = Field(
+        0.0, ge=0.0, le=1e6, title="Measurement noise after, absolute (s.d., weight units)",
+        description="Standard deviation of additive measurement noise on the weights after "
+        "learning, in the weights' unit.")
+    noise_relative_after: float = Field(
+        0.0, ge=0.0, le=10.0, title="Measurement noise after, relative (s.d., fraction of |w|)",
+        description="Standard deviation of multiplicative measurement noise on the weights after "
+        "learning, as a fraction of |w|.")
+    calibration: int = Field(
+        200, ge=20, le=2000, title="Simulated data sets per candidate (noise calibration)",
+        description="With measurement noise declared: data sets simulated per candidate to "
+        "calibrate its test (the smallest p-value is 1/(this + 1)). Ignored without noise.")
     include_all: bool = Field(False, description="Checkpoints: keep biases and normalisation "
                               "parameters (left out by default, as in the paper).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1,
@@ -89,17 +110,22 @@ class GeometryKind(ExperimentKind):
 
     def run(self, spec: GeometrySpec, ctx: RunContext) -> KindResult:
         from syngeo.engine.geometry.analysis import analyze_geometry
+        from syngeo.engine.geometry.noise import MeasurementNoise
         from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Reading weights")
         pairs = ctx.load_weights(spec.dataset, include_all=spec.include_all)
         potentials = [parse_potential(k) for k in (spec.potentials or DEFAULT_POTENTIALS)]
+        noise = MeasurementNoise(spec.noise_absolute_before, spec.noise_relative_before,
+                                 spec.noise_absolute_after, spec.noise_relative_after)
         analysis = analyze_geometry(
             pairs.layers, potentials, method=spec.method, bootstrap=spec.bootstrap,
             subsample=spec.subsample, confidence=spec.confidence, seed=spec.seed or 0,
             device=ctx.device if spec.device == "auto" else spec.device,
+            noise=noise if noise.declared else None, calibration=spec.calibration,
             progress=lambda f, m="": ctx.progress(0.02 + 0.97 * f, m))
         summary = analysis.to_summary()
+        summary["figure_sets"] = list(analysis.figure_sets)
         summary["dataset"] = {"format": pairs.format, "skipped": pairs.skipped,
                               "shapes": pairs.shapes}
         return KindResult(summary=summary, arrays=analysis.to_arrays())
@@ -111,18 +137,29 @@ class GeometryKind(ExperimentKind):
         return list(spec.dataset) if isinstance(spec.dataset, list) else []
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
-        candidates = summary["candidates"]
+        """ΔCDF, histogram and Q-Q figures for every sample the arrays describe: the pooled
+        layers (when there are several) and each layer. The first sample's figures are keyed
+        "delta_cdf", "histogram" and "qq"; sample i's "delta_cdf|i" and so on, and
+        ``summary["figure_sets"]`` names them (the page's layer selector)."""
         keys = [str(k) for k in arrays["candidate_keys"]]
-        labels = {c["key"]: c["label"] for c in candidates}
-        best = (summary.get("best") or {}).get("key") or (keys[0] if keys else None)
-        return {
-            "delta_cdf": figures.delta_cdf_figure(candidates),
-            "histogram": figures.dual_change_histogram_figure(
-                arrays["hist_edges"], arrays["hist_density"], keys,
-                [labels.get(k, k) for k in keys], best),
-            "qq": figures.qq_figure(arrays["qq_theoretical"], arrays["qq_sample"], keys,
-                                    [labels.get(k, k) for k in keys], best),
-        }
+        density, qq = np.asarray(arrays["hist_density"]), np.asarray(arrays["qq_sample"])
+        if density.ndim == 2:  # a result stored before figures were kept per layer
+            density, qq = density[None], qq[None]
+        layers = summary["layers"]
+        scores = ([summary["pooled"]] if len(layers) > 1 else []) + layers
+        out: dict[str, dict] = {}
+        for i, (score, dens, quant) in enumerate(zip(scores, density, qq, strict=False)):
+            candidates = score["candidates"]
+            labels = {c["key"]: c["label"] for c in candidates}
+            best = (score["verdict"].get("best") or {}).get("key") or (keys[0] if keys else None)
+            suffix = "" if i == 0 else f"|{i}"
+            out["delta_cdf" + suffix] = figures.delta_cdf_figure(
+                candidates, best, score.get("critical_delta_cdf"))
+            out["histogram" + suffix] = figures.dual_change_histogram_figure(
+                arrays["hist_edges"], dens, keys, [labels.get(k, k) for k in keys], best)
+            out["qq" + suffix] = figures.qq_figure(
+                arrays["qq_theoretical"], quant, keys, [labels.get(k, k) for k in keys], best)
+        return out
 
     def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows = []
@@ -132,5 +169,8 @@ class GeometryKind(ExperimentKind):
                 ci = c["delta_cdf_ci"] or [None, None]
                 rows.append({"layer": layer["name"], "family": c["family"], "p": c["p"],
                              "delta_cdf": c["delta_cdf"], "ci_low": ci[0], "ci_high": ci[1],
-                             "dual_change": c["dual_change"], "n_used": c["n_used"]})
+                             "fit_p_value": c.get("p_value"), "fits": c.get("fits"),
+                             "dual_change": c["dual_change"],
+                             "change_size": c.get("change_size"), "n_used": c["n_used"]})
         return rows
+

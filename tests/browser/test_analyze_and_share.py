@@ -135,3 +135,73 @@ def test_pages_and_plotly_are_served(api_server_factory, stack_env) -> None:
         for asset in ("/static/css/app.css", "/static/js/result.js", "/static/js/api.js"):
             assert client.get(asset).status_code == 200, asset
 
+
+
+def _layers_safetensors(tmp_path: Path) -> tuple[Path, Path]:
+    """Two layers trained under different geometries (appendix B.2 with D = 100, ±log-normal
+    start): 'fc1' by negative entropy, 'fc2' by gradient descent (p = 2)."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(3)
+    n, d = 50_000, 100
+    before, after = {}, {}
+    for name, ne in (("fc1.weight", True), ("fc2.weight", False)):
+        w0 = rng.choice([-1.0, 1.0], n) * rng.lognormal(-np.log(np.sqrt(2 * d)),
+                                                       np.sqrt(np.log(2)), n)
+        if ne:
+            z = np.sign(w0) * (1 + np.log(np.abs(w0))) + 0.1 * (1 - np.log(np.sqrt(d))) \
+                * rng.standard_normal(n)
+            w1 = np.sign(w0) * np.exp(np.sign(w0) * z - 1)
+        else:
+            w1 = w0 + 0.1 / np.sqrt(d) * rng.standard_normal(n)
+        before[name] = torch.as_tensor(w0.reshape(500, 100))
+        after[name] = torch.as_tensor(w1.reshape(500, 100))
+    save_file(before, str(tmp_path / "before.safetensors"))
+    save_file(after, str(tmp_path / "after.safetensors"))
+    return tmp_path / "before.safetensors", tmp_path / "after.safetensors"
+
+
+def test_layers_that_disagree_say_so_and_every_figure_follows_the_layer_selector(
+        browser, stack_env, api_server_factory, celery_worker_factory, tmp_path: Path,
+        page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    worker = celery_worker_factory(stack_env)
+    before, after = _layers_safetensors(tmp_path)
+    context, page = new_page(browser, page_errors)
+    try:
+        page.goto(f"{api.url}/analyze")
+        page.set_input_files("#file-input", [str(before), str(after)])
+        page.get_by_role("button", name="Upload", exact=True).click()
+        page.locator("#dataset-summary").wait_for(state="visible")
+        page.locator("#advanced > summary").click()
+        page.fill("#opt-bootstrap", "0")
+        page.get_by_role("button", name="Run analysis").click()
+        page.wait_for_url("**/runs/*")
+        wait_for_run_to_succeed(page, api, worker)
+        page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
+
+        headline = page.locator("#verdict-text").inner_text()
+        assert headline.startswith("The layers disagree: 1 of 2 favour"), headline
+        assert "'fc1.weight': negative entropy" in headline
+        assert "'fc2.weight': p = " in headline
+
+        select = page.locator("#layer-select")
+        assert select.locator("option").all_inner_texts() == [
+            "all layers (pooled)", "fc1.weight", "fc2.weight"]
+        caption = page.locator("#candidates-table caption")
+        assert caption.inner_text().startswith("all layers (pooled):")
+        select.select_option(label="fc1.weight")
+        for plot in ("delta-cdf-plot", "histogram-plot", "qq-plot"):
+            page.wait_for_function(
+                "id => document.getElementById(id).dataset.layer === '1'", arg=plot)
+        assert caption.inner_text().startswith("fc1.weight:")
+        best_row = page.locator("#candidates-table tbody tr.is-best th")
+        assert best_row.inner_text().startswith("negative entropy")
+        select.select_option(label="fc2.weight")
+        page.wait_for_function(
+            "() => document.getElementById('qq-plot').dataset.layer === '2'")
+        assert page.locator("#candidates-table tbody tr.is-best th").inner_text().startswith("p = ")
+    finally:
+        context.close()
+    assert not page_errors, page_errors

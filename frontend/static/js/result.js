@@ -59,6 +59,11 @@ function familyName(family) {
 
 // ------------------------------------------------------------------ verdict
 
+function fmtP(c) {
+  if (!c || c.p_value === null || c.p_value === undefined) return "–";
+  return c.p_value_bounded ? `< ${fmtNum(c.p_value, 2)}` : fmtNum(c.p_value, 2);
+}
+
 function renderVerdict(summary) {
   const verdict = summary.verdict || {};
   const candidates = summary.candidates || [];
@@ -66,28 +71,31 @@ function renderVerdict(summary) {
   const bestCandidate = candidates.find((c) => summary.best && c.key === summary.best.key);
   const runnerUp = labelOf(verdict.runner_up, candidates);
   const nevp = verdict.negative_entropy_vs_p_norm || null;
+  const fitting = (verdict.fitting || []).map((f) => labelOf(f, candidates));
+  const multi = (summary.layers || []).length > 1;
 
   const facts = el("dl", { class: "facts" });
   const fact = (term, ...value) => facts.append(el("div", {}, el("dt", {}, term), el("dd", {}, ...value)));
-  if (bestCandidate) fact("ΔCDF of best", fmtNum(bestCandidate.delta_cdf, 4), " ", el("span", { class: "muted small" }, fmtCI(bestCandidate.delta_cdf_ci, 3)));
+  if (bestCandidate) fact("ΔCDF of best", fmtNum(bestCandidate.delta_cdf, 4), " ", el("span", { class: "muted small" }, bestCandidate.delta_cdf_ci ? fmtCI(bestCandidate.delta_cdf_ci, 3) : `fit p ${fmtP(bestCandidate)}`));
+  fact(multi ? "Fit (pooled)" : "Fit", fitting.length ? fitting.join(", ") : el("span", { class: "no" }, "no candidate fits"));
   if (runnerUp) fact("Runner-up", runnerUp);
   if (verdict.distinguishable !== undefined) {
-    fact("Distinguishable from runner-up", yesNo(verdict.distinguishable), verdict.difference_ci ? el("span", { class: "muted small" }, ` Δ CI ${fmtCI(verdict.difference_ci, 3)}`) : null);
+    const basis = verdict.basis === "test" ? " by the tests" : verdict.basis === "interval" ? " by the gap's interval" : "";
+    fact("Distinguishable from runner-up", yesNo(verdict.distinguishable), el("span", { class: "muted small" }, basis + (verdict.difference_ci ? ` Δ ${fmtCI(verdict.difference_ci, 3)}` : "")));
   }
   if (nevp && nevp.winner) {
-    // difference = ΔCDF(losing family) − ΔCDF(winning family) ≥ 0, with a paired bootstrap CI.
+    // difference = ΔCDF(losing family) − ΔCDF(winning family) ≥ 0.
     const winner = familyName(nevp.winner);
     const margin = nevp.difference !== undefined && nevp.difference !== null ? ` by ${fmtNum(nevp.difference, 3)}` : "";
     fact(
       "Negative entropy vs p-norms",
       `${winner} wins${margin}`,
-      nevp.difference_ci ? el("span", { class: "muted small" }, ` ${fmtCI(nevp.difference_ci, 3)}`) : null,
       nevp.distinguishable === null || nevp.distinguishable === undefined
         ? null
         : el("span", { class: "small" }, nevp.distinguishable ? " (distinguishable)" : " (not distinguishable)"),
     );
-    if (nevp.best_p !== null && nevp.best_p !== undefined) fact("Best p-norm", `p = ${fmtNum(nevp.best_p, 3)}`);
   }
+  if (summary.noise) fact("Measurement noise", "declared: tests calibrated by simulation");
   const n = summary.n_pairs;
   if (n !== undefined) fact("Weight pairs", fmtInt(n));
 
@@ -96,9 +104,9 @@ function renderVerdict(summary) {
     { class: "card verdict", "aria-labelledby": "verdict-heading" },
     el("h2", { id: "verdict-heading", class: "sr-only" }, "Verdict"),
     summary.best || verdict.best
-      ? el("p", { class: "headline" }, "Most Gaussian dual change: ", el("span", { class: "best-name" }, bestLabel))
+      ? el("p", { class: "headline" }, multi ? "Most Gaussian dual change, pooled: " : "Most Gaussian dual change: ", el("span", { class: "best-name" }, bestLabel))
       : el("p", { class: "headline" }, "No candidate potential could be scored on these weights."),
-    verdict.text ? el("p", { class: "text", id: "verdict-text" }, verdict.text) : null,
+    summary.headline || verdict.text ? el("p", { class: "text", id: "verdict-text" }, summary.headline || verdict.text) : null,
     facts,
   );
 }
@@ -137,13 +145,31 @@ export function plotFigure(div, fig, { selectId, controls, controlLabel = "Poten
   window.Plotly.newPlot(div, data, layout, PLOT_CONFIG);
 }
 
-function renderFigures(figures) {
+/**
+ * The geometry figures, with a layer selector when the result holds several samples
+ * (summary.figure_sets: the pooled layers, then each layer; figure keys "name|i").
+ * `onLayer(i)` is called when the selection changes (the candidate table follows it).
+ */
+function renderFigures(figures, sets, onLayer) {
   const wrap = el("div", { class: "stack" });
-  const pending = [];
+  const cards = [];
   let pair = null;
+  if (sets.length > 1) {
+    const select = el("select", { id: "layer-select", name: "layer-select" });
+    sets.forEach((name, i) => select.append(el("option", { value: String(i) }, name)));
+    select.addEventListener("change", () => {
+      plotAll(Number(select.value));
+      onLayer(Number(select.value));
+    });
+    wrap.append(el(
+      "section",
+      { class: "card layer-picker", "aria-label": "Layer" },
+      el("label", { for: "layer-select" }, "Figures and table for "),
+      select,
+    ));
+  }
   for (const spec of FIGURES) {
-    const fig = figures && figures[spec.name];
-    if (!fig) continue;
+    if (!figures || !figures[spec.name]) continue;
     const div = el("div", { id: spec.id, class: "plot-div" });
     const controls = el("div", { class: "plot-controls", hidden: true });
     const headingId = `${spec.id}-heading`;
@@ -163,16 +189,24 @@ function renderFigures(figures) {
       }
       pair.append(card);
     }
-    pending.push(() => plotFigure(div, fig, { selectId: `${spec.id.replace("-plot", "")}-select`, controls }));
+    cards.push({ spec, div, controls });
   }
-  return { node: wrap, plot: () => pending.forEach((f) => f()) };
+  function plotAll(i) {
+    for (const { spec, div, controls } of cards) {
+      const fig = figures[i ? `${spec.name}|${i}` : spec.name] || figures[spec.name];
+      div.dataset.layer = String(i);
+      plotFigure(div, fig, { selectId: `${spec.id.replace("-plot", "")}-select`, controls });
+    }
+  }
+  return { node: wrap, plot: () => plotAll(0) };
 }
 
 // ------------------------------------------------------------------ tables
 
-function renderCandidates(summary) {
-  const candidates = [...(summary.candidates || [])];
-  const bestKey = summary.best && summary.best.key;
+function renderCandidates(summary, score, setName) {
+  const candidates = [...((score && score.candidates) || summary.candidates || [])];
+  const verdict = (score && score.verdict) || summary.verdict || {};
+  const bestKey = verdict.best && verdict.best.key;
   candidates.sort((a, b) => {
     const x = a.delta_cdf === null || a.delta_cdf === undefined ? Infinity : a.delta_cdf;
     const y = b.delta_cdf === null || b.delta_cdf === undefined ? Infinity : b.delta_cdf;
@@ -181,6 +215,7 @@ function renderCandidates(summary) {
   const body = el("tbody");
   candidates.forEach((c, i) => {
     const isBest = c.key === bestKey;
+    const fit = c.fits === null || c.fits === undefined ? "" : c.fits ? " ✓" : " ✗";
     body.append(
       el(
         "tr",
@@ -188,10 +223,10 @@ function renderCandidates(summary) {
         el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "–" : String(i + 1)),
         el("th", { scope: "row" }, c.label || c.key, isBest ? el("span", { class: "sr-only" }, " (best)") : null),
         el("td", {}, familyName(c.family)),
-        el("td", { class: "num" }, c.p === null || c.p === undefined ? "–" : fmtNum(c.p, 3)),
         el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "not defined" : fmtNum(c.delta_cdf, 4)),
-        el("td", { class: "num" }, fmtCI(c.delta_cdf_ci, 3)),
-        el("td", { class: "num" }, fmtNum(c.dual_change, 3)),
+        el("td", { class: "num", title: c.ci_note || null }, c.delta_cdf_ci ? fmtCI(c.delta_cdf_ci, 3) : "—"),
+        el("td", { class: c.fits ? "num yes" : "num" }, fmtP(c) + fit),
+        el("td", { class: "num", title: "Change size checked against the small-change regime" }, fmtNum(c.change_size, 3)),
         el("td", { class: "num" }, fmtInt(c.n_used)),
       ),
     );
@@ -205,23 +240,26 @@ function renderCandidates(summary) {
       el("th", { scope: "col", class: "num" }, "Rank"),
       el("th", { scope: "col" }, "Potential"),
       el("th", { scope: "col" }, "Family"),
-      el("th", { scope: "col", class: "num" }, "p"),
       el("th", { scope: "col", class: "num" }, "ΔCDF"),
-      el("th", { scope: "col", class: "num" }, "CI"),
-      el("th", { scope: "col", class: "num", title: "Dual change magnitude ‖ξ‖ / ‖∇φ(w₀)‖" }, "Dual change"),
-      el("th", { scope: "col", class: "num" }, "n used"),
+      el("th", { scope: "col", class: "num" }, "Interval"),
+      el("th", { scope: "col", class: "num", title: "p-value of 'the dual change is a zero-mean Gaussian'" }, "Fit p"),
+      el("th", { scope: "col", class: "num", title: "Δφ = ‖ξ‖ / ‖∇φ(w₀)‖ (p-norms); RMS of ξ (negative entropy)" }, "Change size"),
+      el("th", { scope: "col", class: "num" }, "Weights"),
     ),
   );
   const conf = summary.bootstrap && summary.bootstrap.confidence;
+  const level = conf ? `${Math.round(conf * 100)} %` : "";
   const caption = el(
     "caption",
     {},
-    `Sorted by ΔCDF (pooled over all layers). CI: ${conf ? `${Math.round(conf * 100)} % ` : ""}bootstrap interval` +
-      (summary.bootstrap && summary.bootstrap.replicates ? ` from ${fmtInt(summary.bootstrap.replicates)} replicates.` : "."),
+    `${setName ? `${setName}: ` : ""}sorted by ΔCDF. Interval: ${level} bootstrap interval, given only where ΔCDF is clearly above 0 ` +
+      "(elsewhere — with the reason on hover: the test answers instead). Fit p: goodness-of-fit test of a zero-mean Gaussian change" +
+      (summary.noise ? ", calibrated for the declared measurement noise" : "") +
+      "; ✓ fits, ✗ ruled out.",
   );
   return el(
     "section",
-    { class: "card", "aria-labelledby": "candidates-heading" },
+    { class: "card", "aria-labelledby": "candidates-heading", id: "candidates-card" },
     el("h2", { id: "candidates-heading" }, "Candidate potentials"),
     el("div", { class: "table-wrap" }, el("table", { class: "data", id: "candidates-table" }, caption, head, body)),
   );
@@ -241,6 +279,7 @@ function layerRows(summary, table) {
       best: labelOf(v.best, cands),
       delta_cdf: best ? best.delta_cdf : null,
       runner_up: labelOf(v.runner_up, cands),
+      fitting: (v.fitting || []).map((f) => labelOf(f, cands)),
       distinguishable: v.distinguishable,
       n_zero: layer.n_zero,
       n_sign_flips: layer.n_sign_flips,
@@ -261,6 +300,7 @@ function renderLayers(summary, table) {
         el("td", {}, r.best ?? "–"),
         el("td", { class: "num" }, fmtNum(r.delta_cdf, 4)),
         el("td", {}, r.runner_up ?? "–"),
+        el("td", {}, r.fitting ? (r.fitting.length ? r.fitting.join(", ") : "none") : "–"),
         el("td", {}, yesNo(r.distinguishable)),
         el("td", { class: "num" }, fmtInt(r.n_zero)),
         el("td", { class: "num" }, fmtInt(r.n_sign_flips)),
@@ -273,8 +313,8 @@ function renderLayers(summary, table) {
     el(
       "tr",
       {},
-      ...["Layer", "Weights", "Best", "ΔCDF of best", "Runner-up", "Distinguishable", "Zero", "Sign flips"].map((h, i) =>
-        el("th", { scope: "col", class: [1, 3, 6, 7].includes(i) ? "num" : null }, h),
+      ...["Layer", "Weights", "Best", "ΔCDF of best", "Runner-up", "Fit", "Distinguishable", "Zero", "Sign flips"].map((h, i) =>
+        el("th", { scope: "col", class: [1, 3, 7, 8].includes(i) ? "num" : null }, h),
       ),
     ),
   );
@@ -327,8 +367,16 @@ export function renderResult(container, run, result, options = {}) {
     return;
   }
   const summary = (result && result.summary) || {};
-  const figures = renderFigures((result && result.figures) || {});
-  const parts = [renderVerdict(summary), figures.node, renderCandidates(summary)];
+  const layers = summary.layers || [];
+  const sets = summary.figure_sets || [];
+  const scores = (layers.length > 1 ? [summary.pooled] : []).concat(layers);
+  let table = renderCandidates(summary, scores[0], sets.length > 1 ? sets[0] : null);
+  const figures = renderFigures((result && result.figures) || {}, sets, (i) => {
+    const next = renderCandidates(summary, scores[i], sets[i]);
+    table.replaceWith(next);
+    table = next;
+  });
+  const parts = [renderVerdict(summary), figures.node, table];
   if ((summary.layers || []).length > 1) parts.push(renderLayers(summary, result.table));
   parts.push(renderDownloads(downloadBase(run, options)));
   container.replaceChildren(...parts);

@@ -1,18 +1,40 @@
-"""Which geometry did learning use? ΔCDF scores of dual-space weight changes.
+"""Which geometry did learning use? A calibrated verdict from weights before and after.
 
 Paper: Pogodin, Cornford et al., "Synaptic weight distributions depend on the geometry of
-plasticity". Theorem 1 (§3) says the change ξ = ∇φ(w_after) − ∇φ(w_before) is Gaussian in
-the dual space of the potential φ that learning used; in the dual space of a wrong potential
-φ' it is distorted by the nonlinear map ∇φ'∘∇φ⁻¹ ("practical usage", end of §3). So each
-candidate potential is scored by how far its normalised change is from N(0, 1):
+plasticity" (ICLR 2024). Theorem 1 (§3) says the change ξ = ∇φ(w_after) − ∇φ(w_before) is
+Gaussian in the dual space of the potential φ that learning used; in the dual space of a
+wrong potential it is distorted by ∇φ'∘∇φ⁻¹ ("practical usage", end of §3). Each candidate
+is scored by ΔCDF of its normalised change (:mod:`~syngeo.engine.geometry.delta_cdf`, the
+one definition every kind uses), and this module turns the scores into statistics a
+scientist can publish:
 
-    t = ξ / std(ξ),     ΔCDF = ∫ |eCDF_t(x) − Φ(x)| dx      (§4.1 and footnote 1)
-
-and the most Gaussian candidate is the inferred geometry (§4.2, Fig. 3B). ΔCDF is the
-1-Wasserstein distance between the sample of t and N(0, 1), computed here exactly over the
-sorted sample (:func:`delta_cdf_exact`); the paper's Riemann sum on a grid is available too
-(:func:`delta_cdf_grid`). The magnitude Δφ = ‖ξ‖₂ / ‖∇φ(w_before)‖₂ (§4.1) says whether the
-change was small enough for the linearisation behind Theorem 1 (Eq. 14) to hold.
+* **Same sample for every candidate.** Weights that are exactly zero before or after are
+  left out for every candidate and counted. Weights that change sign are scored in the
+  paper's signed convention (∇φ of negative entropy is sign(w)(1 + log|w|), appendix B.3),
+  so every candidate sees the same n weights; a sign flip is also reported as its own
+  evidence: a multiplicative update (negative entropy) cannot produce one (appendix C).
+* **Goodness of fit.** Each candidate's p-value of "this dual change is a zero-mean
+  Gaussian" comes from the exact null distribution of ΔCDF at the same n
+  (:mod:`~syngeo.engine.geometry.gof`). A candidate *fits* when p ≥ 1 − confidence. With
+  measurement noise declared, the p-values are calibrated by simulation instead
+  (:mod:`~syngeo.engine.geometry.noise`).
+* **Intervals.** ΔCDF is a distance: its estimate is biased upwards by sampling noise
+  (≈ 1.2/√n when the population value is 0) and at a population value of 0 no bootstrap
+  interval is valid. Intervals are the basic bootstrap interval of the m-out-of-n bootstrap
+  (:func:`_basic_interval`, which carries the bias over), given only where the candidate is
+  clearly away from 0 at the bootstrap's resolution (test p < :data:`INTERVAL_TEST_LEVEL`
+  at m) and its spread is not dominated by a few extreme changes (effective sample size
+  n / kurtosis ≥ :data:`MIN_EFFECTIVE_N`); otherwise ``ci_note`` says why there is none and
+  the test answers instead. Their coverage is measured in the tests against population
+  values computed on 10⁷ pairs.
+* **Verdict.** Candidates that fit are the ones the data cannot tell apart; the best is
+  *distinguishable* from the runner-up when the runner-up is ruled out by its test, or,
+  when nothing fits, when the paired interval of their ΔCDF gap excludes 0. The verdict says
+  when no candidate fits, and when the change is outside the small-change regime of
+  Theorem 1 (:data:`SMALL_CHANGE_LIMIT`).
+* **Layers.** Every layer gets its own verdict; the headline summarises them (how many
+  layers agree on which family, and where they differ). The pooled score normalises each
+  layer by its own standard deviation before pooling.
 
 Everything runs in torch float64 on CPU or CUDA, batched over candidates in memory-bounded
 chunks; the only per-candidate cost that grows faster than linearly in n is one sort.
@@ -32,6 +54,16 @@ import torch
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device
+from syngeo.engine.geometry.delta_cdf import (
+    _delta_cdf_exact,
+    _delta_cdf_grid,
+    _NormalQuantiles,
+    delta_cdf_exact,
+    delta_cdf_grid,
+    normalise_rows_,
+    sort_rows_,
+)
+from syngeo.engine.geometry.gof import MIN_N, PValue, gof_p_value, null_quantile
 from syngeo.engine.geometry.potentials import (
     Family,
     NegativeEntropy,
@@ -47,10 +79,12 @@ __all__ = [
     "CandidateScore",
     "FamilyComparison",
     "GeometryAnalysis",
-    "GRID_POINTS",
     "HIST_EDGES",
+    "INTERVAL_TEST_LEVEL",
     "LayerScore",
+    "MIN_EFFECTIVE_N",
     "QQ_POINTS",
+    "SMALL_CHANGE_LIMIT",
     "Verdict",
     "analyze_geometry",
     "delta_cdf_exact",
@@ -64,168 +98,25 @@ ProgressCallback = Callable[[float, str], None]
 HIST_EDGES: np.ndarray = np.linspace(-5.0, 5.0, 101)
 #: Number of Q-Q points; theoretical quantiles at q = (k − 0.5) / QQ_POINTS.
 QQ_POINTS = 200
-#: The paper's integration grid for ΔCDF: 1000 points on [−5, 5].
-GRID_POINTS: np.ndarray = np.linspace(-5.0, 5.0, 1000)
+#: Largest change size for the small-change regime of Theorem 1 (the linearisation of
+#: Eq. 14). Change size is Δφ = ‖ξ‖/‖∇φ(w_before)‖ for p-norms (§4.1) and the root mean
+#: square of ξ for negative entropy, whose ξ is log(w_after/w_before) for a weight that
+#: keeps its sign: the relative error of the linearisation is of order size²/2 for both.
+#: In the paper the true potential's ΔCDF approaches 0 where Δφ ≲ 0.2 (Fig. 3A, 6), and
+#: its fine-tuned networks mostly stayed below 0.2 (appendix B.3).
+SMALL_CHANGE_LIMIT = 0.2
+#: An interval is given only where the goodness-of-fit test at the bootstrap's resample
+#: size rejects at this level: the population ΔCDF is then clearly away from 0.
+INTERVAL_TEST_LEVEL = 0.01
+#: An interval needs an effective sample size (Σt²)²/Σt⁴ = n / kurtosis of at least this:
+#: below it a few extreme changes set the standard deviation and the bootstrap misleads.
+MIN_EFFECTIVE_N = 50
 
 # Working memory per candidate chunk: a row of n values is one float64 buffer (ξ, sorted in
 # place); the second is slack for the blocked temporaries and the allocator.
 _CHUNK_BYTES = 512 * 2**20
 _BUFFERS_PER_ROW = 2
-# Elementwise work runs in blocks of about this many values (8 MB of float64): temporaries
-# stay in cache and the allocator reuses them instead of faulting in fresh pages.
 _BLOCK_ELEMENTS = 2**20
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-# ---------------------------------------------------------------------------------------
-# ΔCDF: exact closed form and the paper's grid rule
-# ---------------------------------------------------------------------------------------
-
-
-def _normal_pdf(x: Tensor) -> Tensor:
-    # exp(-inf) = 0, so φ(±∞) = 0 comes out without special cases.
-    return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
-
-
-class _NormalQuantiles:
-    """Φ⁻¹(i/n), i = 0…n, and φ at those points: they depend only on n, so one instance is
-    shared by every candidate (and every bootstrap replicate) of the same sample size.
-    """
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        u = torch.arange(n + 1, dtype=torch.float64, device=device) / n
-        q = torch.special.ndtri(u)  # q[0] = −∞, q[n] = +∞
-        pdf = _normal_pdf(q)
-        self.lower = q[:-1]
-        self.upper = q[1:]
-        self.pdf_lower = pdf[:-1]
-        self.pdf_upper = pdf[1:]
-        # μ_i = n ∫_{a_i}^{b_i} z φ(z) dz = n (φ(a_i) − φ(b_i)): the mean of N(0,1) on [a_i, b_i].
-        self.mean = (pdf[:-1] - pdf[1:]) * n
-        # An order statistic can only lie inside [a_i, b_i] if |x − μ_i| < b_i − a_i.
-        self.width = q[1:] - q[:-1]
-
-
-def _delta_cdf_exact(sorted_x: Tensor, quantiles: _NormalQuantiles) -> Tensor:
-    """W1 to N(0, 1) of each row of ``sorted_x`` (see :func:`delta_cdf_exact`)."""
-    n = sorted_x.shape[-1]
-    rows = sorted_x.reshape(-1, n).contiguous()
-    flat_rows = rows.view(-1)
-    total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    step = max(1, _BLOCK_ELEMENTS // max(rows.shape[0], 1))
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        deviation = torch.sub(rows[:, start:stop], quantiles.mean[start:stop]).abs_()
-        total += deviation.sum(dim=1)
-        # Cheap pre-filter (one comparison pass), then the exact inside test on the survivors,
-        # addressed by flat indices (2-D advanced indexing is several times slower).
-        flat = (deviation < quantiles.width[start:stop]).view(-1).nonzero().squeeze(1)
-        r = flat // (stop - start)
-        i = flat % (stop - start) + start
-        x = flat_rows.index_select(0, r * n + i)
-        keep = ((x > quantiles.lower[i]) & (x < quantiles.upper[i])).nonzero().squeeze(1)
-        if keep.numel() == 0:
-            continue
-        flat, r, x, i = flat[keep], r[keep], x[keep], i[keep]
-        # Φ(a_i) + Φ(b_i) = (2i − 1)/n with 1-based i, i.e. (2·col + 1)/n for column col.
-        mass = (2.0 * i.to(torch.float64) + 1.0) / n
-        exact = x * (2.0 * torch.special.ndtr(x) - mass) + 2.0 * _normal_pdf(x)
-        exact -= quantiles.pdf_lower[i] + quantiles.pdf_upper[i]
-        # The total is divided by n below, so the exact term is scaled up by n.
-        exact = exact * n - deviation.view(-1).index_select(0, flat)
-        total.index_add_(0, r, exact)
-    return (total / n).reshape(sorted_x.shape[:-1])
-
-
-def delta_cdf_exact(sorted_x: Tensor) -> Tensor:
-    """Exact ΔCDF = ∫|eCDF(t) − Φ(t)| dt (paper §4.1, footnote 1) of each sample along the
-    last dimension, which must be sorted ascending; batched over leading dimensions.
-
-    ΔCDF is the 1-Wasserstein distance between the sample and N(0, 1), evaluated in closed
-    form over the quantile representation, with no integration grid:
-    W1 = Σ_i ∫_{a_i}^{b_i} |x_(i) − z| φ(z) dz with a_i = Φ⁻¹((i−1)/n), b_i = Φ⁻¹(i/n).
-    With G(t) = ∫_{−∞}^t (x − z) φ(z) dz = xΦ(t) + φ(t) and c = clip(x_(i), a_i, b_i) the
-    i-th term is 2G(c) − G(a_i) − G(b_i), where Φ(a_i) = (i−1)/n, Φ(b_i) = i/n and
-    φ(±∞) = 0. When x_(i) lies outside [a_i, b_i], c is an endpoint and the term reduces to
-    |x_(i) − μ_i| / n with μ_i = n(φ(a_i) − φ(b_i)) the mean of N(0, 1) on [a_i, b_i]: no
-    special function is needed. Only the few order statistics strictly inside their own
-    interval (a fraction of order 1/√n for a near-normal sample) need Φ and φ.
-
-    Returns a float64 tensor of shape ``sorted_x.shape[:-1]``.
-    """
-    x = _checked_sorted(sorted_x, "delta_cdf_exact")
-    return _delta_cdf_exact(x, _NormalQuantiles(x.shape[-1], x.device))
-
-
-def _checked_sorted(sorted_x: Tensor, name: str) -> Tensor:
-    x = torch.as_tensor(sorted_x, dtype=torch.float64)
-    if x.ndim == 0 or x.shape[-1] == 0:
-        raise ValueError(f"{name} needs at least one value along the last dimension")
-    # Also rejects NaN, which compares false.
-    if not bool((x[..., 1:] >= x[..., :-1]).all()):
-        raise ValueError(f"{name} needs values sorted ascending along the last dimension, "
-                         "without NaN (use torch.sort(x, dim=-1).values)")
-    return x
-
-
-def delta_cdf_grid(sorted_x: Tensor) -> Tensor:
-    """ΔCDF by the paper's grid rule: Σ_j |eCDF(t_j) − Φ(t_j)|·Δt over t = linspace(−5, 5, 1000)
-    (the rule of the paper's code; it ignores mass beyond ±5 and has O(Δt) error).
-
-    ``sorted_x`` must be sorted ascending along the last dimension; batched over leading dims.
-    """
-    x = _checked_sorted(sorted_x, "delta_cdf_grid")
-    return _delta_cdf_grid(x)
-
-
-def _delta_cdf_grid(x: Tensor) -> Tensor:
-    n = x.shape[-1]
-    rows = x.reshape(-1, n).contiguous()
-    t = torch.as_tensor(GRID_POINTS, dtype=torch.float64, device=x.device)
-    # eCDF(t) = #{x_i ≤ t} / n: searchsorted with right=True counts ties as ≤.
-    counts = torch.searchsorted(rows, t.expand(rows.shape[0], -1).contiguous(), right=True)
-    gap = (counts.to(torch.float64) / n - torch.special.ndtr(t)).abs_()
-    dt = float(GRID_POINTS[1] - GRID_POINTS[0])
-    return (gap.sum(dim=1) * dt).reshape(x.shape[:-1])
-
-
-def _sort_rows_(x: Tensor, pool: ThreadPoolExecutor | None = None, workers: int = 1) -> Tensor:
-    """Sort along the last dimension; in place on CPU. Returns the sorted tensor.
-
-    On CPU torch.sort is about 10× slower than numpy's SIMD sort (1.3 s vs 0.13 s for 10⁷
-    float64 values on the development machine) and also builds an index tensor, so CPU
-    tensors are sorted in place through a shared-memory numpy view; numpy releases the GIL,
-    so with a thread ``pool`` the rows are split across ``workers`` threads. CUDA uses
-    torch.sort.
-    """
-    if x.device.type != "cpu":
-        return torch.sort(x, dim=-1).values
-    x = x.contiguous()  # so that the reshape below is a view, not a copy
-    rows = x.numpy().reshape(-1, x.shape[-1])
-    workers = 1 if pool is None else min(workers, rows.shape[0])
-    if workers <= 1 or rows.size < 65536:
-        rows.sort(axis=1)
-        return x
-    bounds = np.linspace(0, rows.shape[0], workers + 1).astype(int)
-    list(pool.map(lambda lo_hi: rows[lo_hi[0]:lo_hi[1]].sort(axis=1),
-                  zip(bounds[:-1], bounds[1:], strict=True)))
-    return x
-
-
-def _population_std(x: Tensor) -> Tensor:
-    """Population std (ddof = 0) along the last dimension.
-
-    From the first two moments, which is ~10× faster than torch.std on CPU; rows whose mean
-    is so large against their spread that the moments would cancel badly (mean² > 10⁸·var)
-    are recomputed with the two-pass formula.
-    """
-    n = x.shape[-1]
-    mean = x.sum(dim=-1) / n
-    var = (torch.linalg.vector_norm(x, dim=-1) ** 2 / n - mean * mean).clamp_min_(0.0)
-    shaky = var * 1e8 <= mean * mean
-    if bool(shaky.any()):
-        var = torch.where(shaky, x.var(dim=-1, correction=0), var)
-    return var.sqrt_()
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,16 +138,27 @@ def _pair(ci: tuple[float, float] | None) -> list[float] | None:
 class CandidateScore:
     """One candidate potential's score on one layer (or on the pooled layers).
 
-    ``delta_cdf`` is None when the candidate could not be scored (fewer than two usable
-    weights or a constant dual change); ``dual_change`` is Δφ = ‖ξ‖₂ / ‖∇φ(w_before)‖₂
-    (paper §4.1); ``n_used`` counts the weights scored (negative entropy drops zeros and
-    sign flips).
+    ``delta_cdf`` is by the analysis' method (exact, or the paper's grid rule);
+    ``delta_cdf_exact`` is the exact value the statistics use. ``p_value`` is the
+    goodness-of-fit test of a zero-mean Gaussian change and ``fits`` says p ≥ 1 −
+    confidence (False for negative entropy when weights changed sign and no measurement
+    noise was declared). ``delta_cdf_ci`` is None where no interval is valid, and
+    ``ci_note`` then says why. ``dual_change`` is the paper's Δφ = ‖ξ‖₂/‖∇φ(w_before)‖₂,
+    which for negative entropy depends on the unit of the weights (∇φ(w) = sign(w)(1 +
+    log|w|)); ``change_size`` is the unit-free size checked against
+    :data:`SMALL_CHANGE_LIMIT`. ``effective_n`` = (Σt²)²/Σt⁴.
     """
 
     potential: Potential
     delta_cdf: float | None
+    delta_cdf_exact: float | None
     delta_cdf_ci: tuple[float, float] | None
+    ci_note: str | None
+    p_value: PValue | None
+    fits: bool | None
     dual_change: float | None
+    change_size: float | None
+    effective_n: float | None
     n_used: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,8 +166,15 @@ class CandidateScore:
         assert out is not None
         out.update(
             delta_cdf=self.delta_cdf,
+            delta_cdf_exact=self.delta_cdf_exact,
             delta_cdf_ci=_pair(self.delta_cdf_ci),
+            ci_note=self.ci_note,
+            p_value=None if self.p_value is None else self.p_value.value,
+            p_value_bounded=None if self.p_value is None else self.p_value.bounded,
+            fits=self.fits,
             dual_change=self.dual_change,
+            change_size=self.change_size,
+            effective_n=self.effective_n,
             n_used=int(self.n_used),
         )
         return out
@@ -276,7 +185,8 @@ class FamilyComparison:
     """Negative entropy (multiplicative updates) against the best p-norm (additive updates):
     the distinction the paper finds most pronounced (§4.2, §4.3).
 
-    ``difference`` = ΔCDF(loser) − ΔCDF(winner) ≥ 0, with its paired bootstrap interval.
+    ``difference`` = ΔCDF(loser) − ΔCDF(winner) ≥ 0; ``distinguishable`` and ``basis`` as
+    in :class:`Verdict`.
     """
 
     winner: Family
@@ -284,6 +194,7 @@ class FamilyComparison:
     difference: float
     difference_ci: tuple[float, float] | None
     distinguishable: bool | None
+    basis: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -292,32 +203,49 @@ class FamilyComparison:
             "difference": float(self.difference),
             "difference_ci": _pair(self.difference_ci),
             "distinguishable": self.distinguishable,
+            "basis": self.basis,
         }
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The most Gaussian candidate and whether the data tell it apart from the runner-up.
+    """The most Gaussian candidate, which candidates fit, and whether the data tell the best
+    apart from the runner-up.
 
-    ``best`` is None only when no candidate could be scored. ``difference_ci`` is the paired
-    bootstrap interval of ΔCDF(runner_up) − ΔCDF(best); ``distinguishable`` says whether it
-    excludes 0 (None without bootstrap or without a runner-up).
+    ``fitting`` lists every candidate whose test does not reject (the data cannot tell them
+    apart). ``distinguishable`` is decided on ``basis`` "test" (the best fits and the
+    runner-up is ruled out: True; both fit: False) or, when nothing fits, "interval" (the
+    paired interval ``difference_ci`` of ΔCDF(runner-up) − ΔCDF(best) excludes 0); None
+    when neither is available. ``small_change`` says whether the best candidate's change is
+    inside the small-change regime of Theorem 1.
     """
 
     best: Potential | None
     runner_up: Potential | None
+    fitting: tuple[Potential, ...]
     distinguishable: bool | None
+    basis: str | None
+    difference: float | None
     difference_ci: tuple[float, float] | None
+    small_change: bool | None
     negative_entropy_vs_p_norm: FamilyComparison | None
     text: str
+
+    @property
+    def family(self) -> Family | None:
+        return None if self.best is None else self.best.family
 
     def to_dict(self) -> dict[str, Any]:
         comparison = self.negative_entropy_vs_p_norm
         return {
             "best": _potential_dict(self.best),
             "runner_up": _potential_dict(self.runner_up),
+            "fitting": [_potential_dict(p) for p in self.fitting],
             "distinguishable": self.distinguishable,
+            "basis": self.basis,
+            "difference": self.difference,
             "difference_ci": _pair(self.difference_ci),
+            "small_change": self.small_change,
             "negative_entropy_vs_p_norm": None if comparison is None else comparison.to_dict(),
             "text": self.text,
         }
@@ -325,7 +253,11 @@ class Verdict:
 
 @dataclass(frozen=True)
 class LayerScore:
-    """Scores of every candidate on one layer (or ``name == "pooled"``)."""
+    """Scores of every candidate on one layer (or ``name == "pooled"``). ``n`` counts the
+    pairs scored (zeros left out), ``n_zero`` the pairs left out. ``critical_delta_cdf`` is
+    the ΔCDF below which a change is Gaussian within sampling noise at this n (the test's
+    critical value at 1 − confidence; None with noise calibration, where each candidate
+    has its own null)."""
 
     name: str
     n: int
@@ -333,6 +265,7 @@ class LayerScore:
     n_sign_flips: int
     candidates: tuple[CandidateScore, ...]
     verdict: Verdict
+    critical_delta_cdf: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -340,6 +273,7 @@ class LayerScore:
             "n": int(self.n),
             "n_zero": int(self.n_zero),
             "n_sign_flips": int(self.n_sign_flips),
+            "critical_delta_cdf": self.critical_delta_cdf,
             "candidates": [c.to_dict() for c in self.candidates],
             "verdict": self.verdict.to_dict(),
         }
@@ -347,15 +281,20 @@ class LayerScore:
 
 @dataclass(frozen=True, eq=False)
 class GeometryAnalysis:
-    """Result of :func:`analyze_geometry`: per-layer and pooled scores plus figure data.
+    """Result of :func:`analyze_geometry`: per-layer and pooled scores, the headline, and
+    figure data for every layer.
 
-    ``hist_density`` (C, 100) is the density of the pooled normalised change t on
-    :data:`HIST_EDGES`; ``qq_sample`` (C, 200) holds its quantiles at ``qq_theoretical``.
-    Rows of candidates that could not be scored are NaN.
+    ``figure_sets`` names the samples the figure arrays describe: the pooled layers first
+    (when there are several layers), then each layer. ``hist_density`` (S, C, 100) is the
+    density of the normalised change t on :data:`HIST_EDGES`; ``qq_sample`` (S, C, 200)
+    holds its quantiles at ``qq_theoretical``. Rows of candidates that could not be scored
+    are NaN.
     """
 
     layers: tuple[LayerScore, ...]
     pooled: LayerScore
+    headline: str
+    layer_agreement: dict[str, Any]
     potentials: tuple[Potential, ...]
     method: Method
     device: str
@@ -363,6 +302,8 @@ class GeometryAnalysis:
     subsample: int
     confidence: float
     seed: int
+    noise: dict[str, Any] | None
+    figure_sets: tuple[str, ...]
     hist_edges: np.ndarray = field(repr=False)
     hist_density: np.ndarray = field(repr=False)
     qq_theoretical: np.ndarray = field(repr=False)
@@ -370,7 +311,7 @@ class GeometryAnalysis:
 
     @property
     def n_pairs(self) -> int:
-        """Total number of (before, after) weight pairs over all layers."""
+        """Pairs scored over all layers (zeros left out)."""
         return self.pooled.n
 
     def to_summary(self) -> dict[str, Any]:
@@ -380,12 +321,24 @@ class GeometryAnalysis:
             "method": self.method,
             "n_pairs": int(self.n_pairs),
             "device": self.device,
+            "headline": self.headline,
+            "layer_agreement": self.layer_agreement,
             "bootstrap": {
                 "replicates": int(self.bootstrap),
                 "subsample": int(min(self.n_pairs, self.subsample)),
                 "confidence": float(self.confidence),
                 "seed": int(self.seed),
             },
+            "statistics": {
+                "normalisation": "ξ / sample standard deviation (ddof = 1), not centred",
+                "fit_level": float(1.0 - self.confidence),
+                "interval_test_level": INTERVAL_TEST_LEVEL,
+                "min_effective_n": MIN_EFFECTIVE_N,
+                "small_change_limit": SMALL_CHANGE_LIMIT,
+                "calibration": "measurement noise (simulation)" if self.noise else
+                               "exact null of ΔCDF at the same n (tabulated)",
+            },
+            "noise": self.noise,
             "layers": [layer.to_dict() for layer in self.layers],
             "pooled": pooled,
             "candidates": pooled["candidates"],
@@ -397,19 +350,20 @@ class GeometryAnalysis:
         """Figure arrays, safe for ``np.savez`` / ``np.load(allow_pickle=False)``."""
         keys = [p.key for p in self.potentials]
         width = max(1, *(len(k) for k in keys))
+        set_width = max(1, *(len(s) for s in self.figure_sets))
         return {
             "hist_edges": np.asarray(self.hist_edges, dtype=np.float64),
             "hist_density": np.asarray(self.hist_density, dtype=np.float64),
             "qq_theoretical": np.asarray(self.qq_theoretical, dtype=np.float64),
             "qq_sample": np.asarray(self.qq_sample, dtype=np.float64),
             "candidate_keys": np.asarray(keys, dtype=f"<U{width}"),
+            "figure_sets": np.asarray(self.figure_sets, dtype=f"<U{set_width}"),
         }
 
 
 # ---------------------------------------------------------------------------------------
 # Input preparation
 # ---------------------------------------------------------------------------------------
-
 
 
 def _as_weights(values: Any, layer: str, which: str, device: torch.device) -> Tensor:
@@ -439,22 +393,16 @@ def _as_weights(values: Any, layer: str, which: str, device: torch.device) -> Te
 
 @dataclass
 class _Layer:
-    """One layer on the device, as sign/log-magnitude pairs shared by all candidates."""
+    """One layer on the device: the pairs every candidate scores (zeros left out), as raw
+    (before, after) rows and as sign/log-magnitude pairs shared by all candidates."""
 
     name: str
     n: int
-    before: SignLog
-    after: SignLog
-    pairs: Tensor  # (n, 2) raw (before, after): one cache line per bootstrap draw
-    ne_mask: Tensor | None  # weights negative entropy can score; None when all can
     n_zero: int
     n_sign_flips: int
-
-    def restricted(self, mask: Tensor | None) -> tuple[SignLog, SignLog]:
-        if mask is None:
-            return self.before, self.after
-        return (SignLog(self.before.sign[mask], self.before.log_abs[mask]),
-                SignLog(self.after.sign[mask], self.after.log_abs[mask]))
+    pairs: Tensor  # (n, 2) raw (before, after): one cache line per bootstrap draw
+    before: SignLog
+    after: SignLog
 
 
 def _prepare_layer(name: str, pair: Any, device: torch.device) -> _Layer:
@@ -467,14 +415,13 @@ def _prepare_layer(name: str, pair: Any, device: torch.device) -> _Layer:
     if before.numel() != after.numel():
         raise ValueError(f"layer {name!r}: before has {before.numel()} weights but after has "
                          f"{after.numel()}; they must pair up one to one")
-    zero = (before == 0) | (after == 0)
-    same_sign = (torch.sign(before) * torch.sign(after)) > 0
-    n_zero = int(zero.sum())
-    n_flips = int(before.numel() - n_zero - int(same_sign.sum()))
-    # Negative entropy is defined only away from 0 and its ∇φ cannot cross 0 (appendix C).
-    ne_mask = None if bool(same_sign.all()) else same_sign
-    return _Layer(name, before.numel(), sign_log(before), sign_log(after),
-                  torch.stack([before, after], dim=1), ne_mask, n_zero, n_flips)
+    nonzero = (before != 0) & (after != 0)
+    n_zero = int(before.numel() - int(nonzero.sum()))
+    if n_zero:
+        before, after = before[nonzero], after[nonzero]
+    n_flips = int((torch.sign(before) != torch.sign(after)).sum())
+    return _Layer(name, before.numel(), n_zero, n_flips, torch.stack([before, after], dim=1),
+                  sign_log(before), sign_log(after))
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,30 +472,19 @@ class _Settings:
 
 @dataclass
 class _RawScore:
-    """Per-candidate numbers of one score before they become a LayerScore."""
+    """Per-candidate numbers of one sample (a layer, or the pooled layers)."""
 
-    n_used: np.ndarray  # (C,) int
-    std: np.ndarray  # (C,) population std of ξ (NaN when unusable)
-    delta: np.ndarray  # (C,) NaN when unusable
-    xi_sq: np.ndarray  # (C,) ‖ξ‖² over the used weights
-    grad0_sq: np.ndarray  # (C,) ‖∇φ(w_before)‖² over the used weights
+    n: int
+    std: np.ndarray  # (C,) sample std of ξ (NaN when unusable)
+    delta: np.ndarray  # (C,) exact ΔCDF, NaN when unusable
+    delta_method: np.ndarray  # (C,) ΔCDF by the analysis' method
+    xi_sq: np.ndarray  # (C,) ‖ξ‖²
+    grad0_sq: np.ndarray  # (C,) ‖∇φ(w_before)‖²
+    effective_n: np.ndarray  # (C,) (Σt²)² / Σt⁴
     replicates: np.ndarray  # (C, B) bootstrap ΔCDF, NaN where undefined
-    scale: np.ndarray  # (C,) sqrt(m / n_used) of the m-out-of-n bootstrap
+    m: int  # resample size
     hist: np.ndarray | None = None  # (C, 100)
     qq: np.ndarray | None = None  # (C, QQ_POINTS)
-
-
-@dataclass
-class _Group:
-    """Candidates scored on the same subset of weights (so their rows can be batched)."""
-
-    members: list[int]
-    # Per layer: None (all weights), a bool mask, or False (layer left out).
-    selection: tuple[Tensor | None | bool, ...]
-    valid: Tensor | None  # bool mask in the score's index space; None = all weights
-
-    def n_used(self, n: int) -> int:
-        return n if self.valid is None else int(self.valid.sum())
 
 
 @dataclass
@@ -582,11 +518,9 @@ class _Scorer:
         self.qq_q = qq_q.to(settings.device)
 
     def _sort(self, x: Tensor) -> Tensor:
-        return _sort_rows_(x, self.pool, self.workers)
+        return sort_rows_(x, self.pool, self.workers)
 
-    def _delta(self, sorted_rows: Tensor) -> Tensor:
-        if self.s.method == "grid":
-            return _delta_cdf_grid(sorted_rows)
+    def _exact(self, sorted_rows: Tensor) -> Tensor:
         n = sorted_rows.shape[-1]
         if n not in self.quantiles:
             self.quantiles[n] = _NormalQuantiles(n, sorted_rows.device)
@@ -597,49 +531,40 @@ class _Scorer:
         # A multiple of the sorting threads, so none of them idles on the last row.
         return rows - rows % self.workers if rows >= self.workers else rows
 
-    def score(
-        self,
-        label: str,
-        source: _Source,
-        groups: list[_Group],
-        figures: bool,
-    ) -> _RawScore:
-        """Score every candidate group: full-sample ΔCDF first, then the bootstrap."""
-        n_c, boot = len(self.s.potentials), self.s.bootstrap
+    def score(self, label: str, source: _Source, figures: bool) -> _RawScore:
+        """Score every candidate on the same sample: full-sample ΔCDF, then the bootstrap."""
+        n_c, boot, n = len(self.s.potentials), self.s.bootstrap, source.n
         raw = _RawScore(
-            n_used=np.zeros(n_c, dtype=np.int64),
+            n=n,
             std=np.full(n_c, np.nan),
             delta=np.full(n_c, np.nan),
+            delta_method=np.full(n_c, np.nan),
             xi_sq=np.zeros(n_c),
             grad0_sq=np.zeros(n_c),
+            effective_n=np.full(n_c, np.nan),
             replicates=np.full((n_c, boot), np.nan),
-            scale=np.ones(n_c),
+            m=min(n, self.s.subsample),
             hist=np.full((n_c, len(HIST_EDGES) - 1), np.nan) if figures else None,
             qq=np.full((n_c, QQ_POINTS), np.nan) if figures else None,
         )
-        for group in groups:
-            n_used = group.n_used(source.n)
-            raw.n_used[group.members] = n_used
-            if n_used < 2:
-                continue  # nothing to score: the candidates stay marked unusable
-            rows = min(self._rows_per_chunk(n_used), len(group.members))
-            # One buffer reused by every chunk: fresh large allocations would fault in new
-            # pages each time, which costs as much as the arithmetic (more so in VMs).
-            workspace = torch.empty((rows, n_used), dtype=torch.float64, device=self.s.device)
-            for start in range(0, len(group.members), rows):
-                chunk = group.members[start:start + rows]
-                values = self._values(source, group, chunk, workspace[:len(chunk)], raw)
-                self._score_chunk(values, chunk, raw, figures, label)
-            del workspace
+        if n < 2:
+            return raw  # nothing to score: every candidate stays marked unusable
+        rows = min(self._rows_per_chunk(n), n_c)
+        # One buffer reused by every chunk: fresh large allocations would fault in new
+        # pages each time, which costs as much as the arithmetic (more so in VMs).
+        workspace = torch.empty((rows, n), dtype=torch.float64, device=self.s.device)
+        for start in range(0, n_c, rows):
+            chunk = list(range(start, min(n_c, start + rows)))
+            values = self._values(source, chunk, workspace[:len(chunk)], raw)
+            self._score_chunk(values, chunk, raw, figures, label)
+        del workspace
         if boot:
-            self._bootstrap(label, source, groups, raw)
+            self._bootstrap(label, source, raw)
         return raw
 
-    def _values(
-        self, source: _Source, group: _Group, chunk: list[int], out: Tensor, raw: _RawScore
-    ) -> Tensor:
-        """Fill ``out`` (k, n_used) with the rows to score: ξ for a layer, layer-normalised ξ
-        when pooled. Computed in column blocks straight into ``out``, so ∇φ(w_before) never
+    def _values(self, source: _Source, chunk: list[int], out: Tensor, raw: _RawScore) -> Tensor:
+        """Fill ``out`` (k, n) with the rows to score: ξ for a layer, layer-normalised ξ when
+        pooled. Computed in column blocks straight into ``out``, so ∇φ(w_before) never
         needs a full-size buffer of its own.
         """
         pots = [self.s.potentials[c] for c in chunk]
@@ -648,19 +573,19 @@ class _Scorer:
         xi_sq = torch.zeros(k, dtype=torch.float64, device=dev)
         step = max(1, _BLOCK_ELEMENTS // k)
         offset = 0
-        for j, sel in enumerate(group.selection):
-            if sel is False:
-                continue
-            layer = source.layers[j]
-            before, after = layer.restricted(sel if isinstance(sel, Tensor) else None)
-            width = before.sign.numel()
+        for j, layer in enumerate(source.layers):
             inv_std = None
             if source.stds is not None:
-                inv_std = torch.as_tensor(1.0 / source.stds[j][chunk], device=dev).unsqueeze(1)
-            for lo in range(0, width, step):
-                hi = min(width, lo + step)
-                grad0 = batched_grad(pots, SignLog(before.sign[lo:hi], before.log_abs[lo:hi]))
-                xi = batched_grad(pots, SignLog(after.sign[lo:hi], after.log_abs[lo:hi]),
+                scale = source.stds[j][chunk]
+                # A layer where a candidate's change is constant adds nothing to its pool.
+                scale = np.where(np.isfinite(scale) & (scale > 0), 1.0 / scale, 0.0)
+                inv_std = torch.as_tensor(scale, device=dev).unsqueeze(1)
+            for lo in range(0, layer.n, step):
+                hi = min(layer.n, lo + step)
+                grad0 = batched_grad(pots, SignLog(layer.before.sign[lo:hi],
+                                                   layer.before.log_abs[lo:hi]))
+                xi = batched_grad(pots, SignLog(layer.after.sign[lo:hi],
+                                                layer.after.log_abs[lo:hi]),
                                   out=out[:, offset + lo:offset + hi])
                 xi -= grad0
                 if inv_std is None:
@@ -668,7 +593,7 @@ class _Scorer:
                     xi_sq += torch.linalg.vector_norm(xi, dim=1) ** 2
                 else:
                     xi *= inv_std
-            offset += width
+            offset += layer.n
         if source.stds is None:
             raw.grad0_sq[chunk] += grad0_sq.cpu().numpy()
             raw.xi_sq[chunk] += xi_sq.cpu().numpy()
@@ -678,16 +603,22 @@ class _Scorer:
         self, values: Tensor, chunk: list[int], raw: _RawScore, figures: bool, label: str
     ) -> None:
         k, n = values.shape
-        # Population std (ddof = 0), and t = ξ / std is NOT centred: the theory predicts a
-        # zero-mean change, so a shifted mean is part of the misfit ΔCDF must see (footnote 1).
-        std = _population_std(values)
-        usable = torch.isfinite(std) & (std > 0)
+        finite = torch.isfinite(values).all(dim=1)
+        std, usable = normalise_rows_(values)
+        usable &= finite
         usable_np = usable.cpu().numpy()
         raw.std[chunk] = np.where(usable_np, std.cpu().numpy(), np.nan)
-        values.div_(torch.where(usable, std, 1.0).unsqueeze(1))
+        sum2 = torch.linalg.vector_norm(values, dim=1) ** 2
+        sum4 = torch.linalg.vector_norm(values, ord=4, dim=1) ** 4
+        raw.effective_n[chunk] = np.where(usable_np, (sum2 * sum2 / sum4).cpu().numpy(), np.nan)
         sorted_rows = self._sort(values)
-        delta = self._delta(sorted_rows).cpu().numpy()
+        delta = self._exact(sorted_rows).cpu().numpy()
         raw.delta[chunk] = np.where(usable_np, delta, np.nan)
+        if self.s.method == "grid":
+            grid = _delta_cdf_grid(sorted_rows).cpu().numpy()
+            raw.delta_method[chunk] = np.where(usable_np, grid, np.nan)
+        else:
+            raw.delta_method[chunk] = raw.delta[chunk]
         if figures:
             hist, qq = self._figure_rows(sorted_rows)
             assert raw.hist is not None and raw.qq is not None
@@ -696,66 +627,31 @@ class _Scorer:
         names = ", ".join(self.s.potentials[c].key for c in chunk)
         self.progress.advance(k * n, f"{label}: scored {names}")
 
-    def _bootstrap(self, label: str, source: _Source, groups: list[_Group], raw: _RawScore) -> None:
-        """B resamples of size m = min(n, subsample), shared by all candidates.
-
-        The indices are drawn once in the original index space, so every candidate sees the
-        same weights in a replicate and differences between candidates are paired. Drawn on
-        the CPU so the same seed gives the same resamples on every device.
+    def _bootstrap(self, label: str, source: _Source, raw: _RawScore) -> None:
+        """B resamples of size m = min(n, subsample), shared by all candidates (so that
+        differences between candidates are paired). Drawn on the CPU so the same seed gives
+        the same resamples on every device; the dual changes of a resample are recomputed
+        from the gathered weight pairs, one gather serving every candidate.
         """
-        boot = self.s.bootstrap
-        m = min(source.n, self.s.subsample)
+        members = [c for c in range(len(self.s.potentials)) if np.isfinite(raw.std[c])]
+        if not members:
+            return
+        boot, m = self.s.bootstrap, raw.m
         generator = torch.Generator().manual_seed(self.s.seed)
-        base = torch.randint(source.n, (boot, m), generator=generator)
+        indices = torch.randint(source.n, (boot, m), generator=generator)
         # A resample is a multiset, so the order of its draws is irrelevant; ascending
         # indices turn the gathers below into forward scans (far fewer cache misses).
-        _sort_rows_(base, self.pool, self.workers)
-        for group in groups:
-            members = [c for c in group.members if np.isfinite(raw.std[c])]
-            n_used = group.n_used(source.n)
-            if not members:
-                continue
-            # m-out-of-n bootstrap: ΔCDF converges at rate √n, so deviations of an m-sample
-            # are shrunk by sqrt(m / n) to describe the full sample.
-            raw.scale[members] = math.sqrt(m / n_used)
-            indices = self._resample_indices(base, group.valid, n_used, generator)
-            self._bootstrap_group(label, source, members, indices, raw)
-
-    def _resample_indices(
-        self, base: Tensor, valid: Tensor | None, n_used: int, generator: torch.Generator
-    ) -> Tensor:
-        """The shared draws, with those that hit a weight this group cannot score (negative
-        entropy at a zero or a sign flip) redrawn uniformly among its usable weights: every
-        resample stays uniform over those weights and all other draws stay paired.
-        """
-        if valid is None:
-            return base.to(self.s.device)
-        valid_cpu = valid.cpu()
-        hit = ~valid_cpu[base]
-        n_hit = int(hit.sum())
-        indices = base.clone()
-        if n_hit:
-            usable = valid_cpu.nonzero().squeeze(1)
-            indices[hit] = usable[torch.randint(n_used, (n_hit,), generator=generator)]
-        return indices.to(self.s.device)
-
-    def _bootstrap_group(
-        self, label: str, source: _Source, members: list[int], indices: Tensor, raw: _RawScore
-    ) -> None:
-        """ΔCDF of every replicate for the candidates ``members``.
-
-        The dual changes of a resample are recomputed from the gathered weight pairs: one
-        gather serves every candidate, instead of one gather per candidate chunk.
-        """
+        sort_rows_(indices, self.pool, self.workers)
+        indices = indices.to(self.s.device)
         pots = [self.s.potentials[c] for c in members]
         k = len(pots)
-        boot, m = indices.shape
         inv_std = None
         if source.stds is not None:
             table = np.stack([s[members] for s in source.stds])  # (layers, k)
-            inv_std = torch.as_tensor(1.0 / table, device=self.s.device)
+            table = np.where(np.isfinite(table) & (table > 0), 1.0 / table, 0.0)
+            inv_std = torch.as_tensor(table, device=self.s.device)
         block = max(1, _BLOCK_ELEMENTS // (k * m))
-        names = ", ".join(p.key for p in pots)
+        names = ", ".join(p.key for p in pots) if k <= 4 else f"{k} candidates"
         for lo in range(0, boot, block):
             idx = indices[lo:lo + block].reshape(-1)
             r = idx.numel() // m
@@ -766,11 +662,9 @@ class _Scorer:
                 layer_of = torch.searchsorted(source.offsets, idx, right=True) - 1
                 xi *= inv_std[layer_of].t()
             sample = xi.view(k, r, m)
-            std = _population_std(sample)
-            ok = torch.isfinite(std) & (std > 0)
-            sample /= torch.where(ok, std, 1.0).unsqueeze(2)
+            _, ok = normalise_rows_(sample)
             sample = self._sort(sample)
-            delta = torch.where(ok, self._delta(sample), torch.nan)
+            delta = torch.where(ok, self._exact(sample), torch.nan)
             raw.replicates[members, lo:lo + r] = delta.cpu().numpy()
             self.progress.advance(k * r * m, f"{label}: bootstrap of {names} "
                                              f"({lo + r}/{boot} replicates)")
@@ -795,26 +689,101 @@ class _Scorer:
 
 
 # ---------------------------------------------------------------------------------------
-# Bootstrap intervals and the verdict
+# Intervals, tests and the verdict
 # ---------------------------------------------------------------------------------------
 
 
-def _interval(
-    estimate: float, replicates: np.ndarray, scale: float, confidence: float
+def _basic_interval(
+    estimate: float, replicates: np.ndarray, m: int, n: int, confidence: float
 ) -> tuple[float, float] | None:
-    """Percentile interval of the bootstrap deviations, placed around the full-sample value.
+    """Basic bootstrap interval of the m-out-of-n bootstrap: the law of √n(δ̂_n − δ) is
+    estimated by that of √m(δ̂*_m − δ̂_n), so with q the quantiles of the replicates
 
-    Deviations are taken from the bootstrap median rather than from the estimate: a
-    resample's W1 to N(0, 1) is biased upwards by its own sampling noise (~1/√m), which would
-    otherwise push the whole interval off the estimate. The interval therefore always
-    contains the estimate and describes its sampling variability.
+        [δ̂ − √(m/n)·(q_{1−α/2} − δ̂),  δ̂ − √(m/n)·(q_{α/2} − δ̂)].
+
+    Unlike the percentile interval it carries the estimator's bias over (a replicate's
+    ΔCDF sits above the full sample's as the full sample's sits above the population's).
     """
     finite = replicates[np.isfinite(replicates)]
-    if finite.size < 2:
+    if finite.size < 20:
         return None
     alpha = 1.0 - confidence
-    lo, med, hi = np.quantile(finite, [alpha / 2.0, 0.5, 1.0 - alpha / 2.0])
-    return (float(estimate + scale * (lo - med)), float(estimate + scale * (hi - med)))
+    lo, hi = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
+    shrink = math.sqrt(m / n)
+    return (float(estimate - shrink * (hi - estimate)), float(estimate - shrink * (lo - estimate)))
+
+
+@dataclass
+class _Stats:
+    """Per-candidate statistics of one sample, in candidate order."""
+
+    n: int
+    p: list[PValue | None]
+    fits: list[bool | None]
+    regular: list[bool]  # an interval is valid (away from 0, not dominated by a few values)
+    ci: list[tuple[float, float] | None]
+    notes: list[str | None]
+    change_size: list[float | None]
+    dual_change: list[float | None]
+
+
+def _fmt_p(p: PValue | None) -> str:
+    if p is None:
+        return "p unknown"
+    return f"p < {p.value:.2g}" if p.bounded else f"p = {p.value:.2g}"
+
+
+def _statistics(
+    raw: _RawScore, potentials: Sequence[Potential], n_flips: int, settings: _Settings,
+    noise_p: Sequence[PValue | None] | None,
+) -> _Stats:
+    alpha = 1.0 - settings.confidence
+    n = raw.n
+    stats = _Stats(n, [], [], [], [], [], [], [])
+    for i, pot in enumerate(potentials):
+        ok = bool(np.isfinite(raw.delta[i]))
+        p: PValue | None = None
+        if ok and noise_p is not None:
+            p = noise_p[i]
+        elif ok and n >= MIN_N:
+            p = gof_p_value(float(raw.delta[i]), n)
+        fits = None if p is None else p.value >= alpha
+        if fits and isinstance(pot, NegativeEntropy) and n_flips and noise_p is None:
+            fits = False  # a multiplicative update cannot change a sign (appendix C)
+        ci, note, regular = None, None, False
+        if ok and settings.bootstrap:
+            at_m = gof_p_value(float(raw.delta[i]), raw.m) if raw.m >= MIN_N else None
+            if at_m is None or at_m.value >= INTERVAL_TEST_LEVEL:
+                note = ("no interval: ΔCDF is within sampling noise of 0 at the bootstrap's "
+                        f"resample size (test {_fmt_p(at_m)} at m = {raw.m:,}), where no "
+                        "interval is valid; the goodness-of-fit test answers instead")
+            elif raw.effective_n[i] < MIN_EFFECTIVE_N:
+                note = (f"no interval: a few extreme changes set the spread (effective sample "
+                        f"size n/kurtosis = {raw.effective_n[i]:.0f} < {MIN_EFFECTIVE_N}), "
+                        "where the bootstrap is unreliable")
+            else:
+                ci = _basic_interval(float(raw.delta[i]), raw.replicates[i], raw.m, n,
+                                     settings.confidence)
+                if ci is None:
+                    note = "no interval: too few bootstrap replicates could be scored"
+                else:
+                    regular = True
+                    ci = (max(ci[0], 0.0), ci[1])  # ΔCDF is a distance
+        elif ok:
+            note = "no interval: the bootstrap is off"
+        size = dual = None
+        if ok and raw.grad0_sq[i] > 0 and np.isfinite(raw.xi_sq[i]):
+            dual = float(math.sqrt(raw.xi_sq[i] / raw.grad0_sq[i]))
+        if ok and np.isfinite(raw.xi_sq[i]):
+            size = float(math.sqrt(raw.xi_sq[i] / n)) if isinstance(pot, NegativeEntropy) else dual
+        stats.p.append(p)
+        stats.fits.append(fits)
+        stats.regular.append(regular)
+        stats.ci.append(ci)
+        stats.notes.append(note)
+        stats.change_size.append(size)
+        stats.dual_change.append(dual)
+    return stats
 
 
 def _describe(pot: Potential) -> str:
@@ -824,70 +793,41 @@ def _describe(pot: Potential) -> str:
     return "negative entropy (multiplicative updates)"
 
 
-def _compare(
-    raw: _RawScore, winner: int, loser: int, confidence: float
-) -> tuple[float, tuple[float, float] | None, bool | None]:
-    """ΔCDF(loser) − ΔCDF(winner) with its paired bootstrap interval and significance."""
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _gap(
+    raw: _RawScore, stats: _Stats, winner: int, loser: int, confidence: float,
+) -> tuple[float, tuple[float, float] | None]:
+    """ΔCDF(loser) − ΔCDF(winner) and its paired basic interval (None unless both are
+    away from 0, where the paired bootstrap is valid)."""
     difference = float(raw.delta[loser] - raw.delta[winner])
-    if raw.replicates.shape[1] == 0:
-        return difference, None, None
+    if not (stats.regular[winner] and stats.regular[loser]):
+        return difference, None
     paired = raw.replicates[loser] - raw.replicates[winner]
-    scale = float(max(raw.scale[loser], raw.scale[winner]))
-    ci = _interval(difference, paired, scale, confidence)
-    if ci is None:
-        return difference, None, None
-    return difference, ci, bool(ci[0] > 0.0 or ci[1] < 0.0)
+    return difference, _basic_interval(difference, paired, raw.m, raw.n, confidence)
 
 
-def _verdict(
-    raw: _RawScore, potentials: Sequence[Potential], n_sign_flips: int, confidence: float
-) -> Verdict:
-    usable = [i for i in range(len(potentials)) if np.isfinite(raw.delta[i])]
-    ne_flipped = n_sign_flips > 0 and any(isinstance(p, NegativeEntropy) for p in potentials)
-    flip_note = (
-        f"; {n_sign_flips} weight{'s' if n_sign_flips != 1 else ''} changed sign, which is "
-        "evidence against negative entropy (a multiplicative update preserves signs)"
-        if ne_flipped else ""
-    )
-    if not usable:
-        return Verdict(None, None, None, None, None,
-                       "No candidate potential could be scored: every dual change was constant "
-                       f"or had fewer than two usable weights{flip_note}.")
-    order = sorted(usable, key=lambda i: (raw.delta[i], i))
-    best = order[0]
-    runner = order[1] if len(order) > 1 else None
-    pct = f"{100 * confidence:g}%"
-    lead = (f"{_describe(potentials[best])[:1].upper()}{_describe(potentials[best])[1:]} "
-            f"gives the most Gaussian dual change (ΔCDF = {raw.delta[best]:.3g})")
-    distinguishable: bool | None = None
-    difference_ci: tuple[float, float] | None = None
-    if runner is None:
-        text = lead
-    else:
-        _, difference_ci, distinguishable = _compare(raw, best, runner, confidence)
-        other = f"{potentials[runner].label} (ΔCDF = {raw.delta[runner]:.3g})"
-        if distinguishable is None:
-            text = f"{lead}, ahead of {other}; without a bootstrap the gap's uncertainty is unknown"
-        elif distinguishable:
-            assert difference_ci is not None
-            text = (f"{lead}, clearly ahead of {other}: the {pct} interval of the gap is "
-                    f"{difference_ci[0]:.2g} to {difference_ci[1]:.2g}")
-        else:
-            assert difference_ci is not None
-            text = (f"{lead}, but {other} fits about as well: the {pct} interval of the gap, "
-                    f"{difference_ci[0]:.2g} to {difference_ci[1]:.2g}, includes 0")
-    return Verdict(
-        best=potentials[best],
-        runner_up=None if runner is None else potentials[runner],
-        distinguishable=distinguishable,
-        difference_ci=difference_ci,
-        negative_entropy_vs_p_norm=_family_comparison(raw, potentials, usable, confidence),
-        text=text + flip_note + ".",
-    )
+def _decide(
+    raw: _RawScore, stats: _Stats, winner: int, loser: int, confidence: float,
+) -> tuple[bool | None, str | None, float, tuple[float, float] | None]:
+    """Is ``winner`` distinguishable from ``loser``? By the tests when the winner fits, by
+    the paired interval of the gap when neither fits."""
+    difference, ci = _gap(raw, stats, winner, loser, confidence)
+    fw, fl = stats.fits[winner], stats.fits[loser]
+    if fw:
+        return (not fl), "test", difference, ci
+    if fl:  # the loser fits and the winner does not: only with noise calibration
+        return False, "test", difference, ci
+    if ci is not None:
+        return bool(ci[0] > 0.0 or ci[1] < 0.0), "interval", difference, ci
+    return None, None, difference, ci
 
 
 def _family_comparison(
-    raw: _RawScore, potentials: Sequence[Potential], usable: list[int], confidence: float
+    raw: _RawScore, stats: _Stats, potentials: Sequence[Potential], usable: list[int],
+    confidence: float,
 ) -> FamilyComparison | None:
     ne = [i for i in usable if isinstance(potentials[i], NegativeEntropy)]
     pn = [i for i in usable if isinstance(potentials[i], PNorm)]
@@ -897,40 +837,206 @@ def _family_comparison(
     i_p = min(pn, key=lambda i: raw.delta[i])
     ne_wins = raw.delta[i_ne] <= raw.delta[i_p]
     winner, loser = (i_ne, i_p) if ne_wins else (i_p, i_ne)
-    difference, ci, distinguishable = _compare(raw, winner, loser, confidence)
+    distinguishable, basis, difference, ci = _decide(raw, stats, winner, loser, confidence)
     return FamilyComparison(
         winner="negative_entropy" if ne_wins else "p_norm",
         best_p=potentials[i_p].p,
         difference=difference,
         difference_ci=ci,
         distinguishable=distinguishable,
+        basis=basis,
+    )
+
+
+def _list_labels(pots: Sequence[Potential]) -> str:
+    labels = [p.label for p in pots]
+    if len(labels) <= 2:
+        return " and ".join(labels)
+    return ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _p_range(pots: Sequence[Potential]) -> str:
+    ps = sorted(p.p for p in pots if isinstance(p, PNorm))
+    return f"p = {ps[0]:g}" if len(ps) == 1 else f"p = {ps[0]:g}–{ps[-1]:g}"
+
+
+def _verdict(
+    raw: _RawScore, stats: _Stats, potentials: Sequence[Potential], n_flips: int,
+    confidence: float, noise: bool,
+) -> Verdict:
+    usable = [i for i in range(len(potentials)) if np.isfinite(raw.delta[i])]
+    flip_note = ""
+    if n_flips and any(isinstance(p, NegativeEntropy) for p in potentials):
+        share = n_flips / max(raw.n, 1)
+        flip_note = (f" {n_flips:,} weight{'s' if n_flips != 1 else ''} ({share:.2%}) changed "
+                     "sign, which a multiplicative update (negative entropy) cannot do"
+                     + (" unless measurement noise moved them across 0." if noise else
+                        ": negative entropy is ruled out."))
+    if not usable:
+        return Verdict(None, None, (), None, None, None, None, None, None,
+                       "No candidate potential could be scored: every dual change was constant "
+                       "or had fewer than two weights." + flip_note)
+    order = sorted(usable, key=lambda i: (raw.delta[i], i))
+    fitting = [i for i in order if stats.fits[i]]
+    # The best is the most Gaussian candidate that fits (negative entropy can have the lowest
+    # ΔCDF and still be ruled out by sign flips), else the most Gaussian of all.
+    best = fitting[0] if fitting else order[0]
+    others = [i for i in order if i != best]
+    runner = others[0] if others else None
+    pct = f"{100 * confidence:g}%"
+    n_text = f"n = {raw.n:,}"
+    best_text = (f"{_describe(potentials[best])} (ΔCDF = {raw.delta[best]:.3g}, "
+                 f"{_fmt_p(stats.p[best])})")
+    distinguishable = basis = difference = ci = None
+    if runner is not None:
+        distinguishable, basis, difference, ci = _decide(raw, stats, best, runner, confidence)
+    calibration = " under the declared measurement noise" if noise else ""
+    if stats.p[best] is None:
+        text = (f"{_capital(best_text)} gives the most Gaussian dual change, but with {n_text} "
+                f"weights there are too few for a goodness-of-fit test (at least {MIN_N}).")
+    elif not fitting:
+        text = (f"No candidate fits: every dual change departs from a Gaussian by more than "
+                f"sampling noise{calibration} at {n_text}. The closest is {best_text}.")
+        if runner is not None:
+            other = f"{potentials[runner].label} (ΔCDF = {raw.delta[runner]:.3g})"
+            if distinguishable and ci is not None:
+                text += (f" It is clearly closer than {other}: the {pct} interval of the gap "
+                         f"is {ci[0]:.2g} to {ci[1]:.2g}.")
+            elif distinguishable is False and ci is not None:
+                text += (f" {_capital(other)} is about as close: the {pct} interval of the gap, "
+                         f"{ci[0]:.2g} to {ci[1]:.2g}, includes 0.")
+            else:
+                text += (f" Whether it is closer than {other} cannot be decided: "
+                         + ("the bootstrap is off." if not raw.replicates.shape[1] else
+                            "one of them is too close to Gaussian or too heavy-tailed for a "
+                            "valid interval of the gap."))
+    elif len(fitting) == 1:
+        only = best
+        text = (f"{_capital(_describe(potentials[only]))} fits: its dual change is Gaussian "
+                f"within sampling noise{calibration} (ΔCDF = {raw.delta[only]:.3g}, "
+                f"{_fmt_p(stats.p[only])}, {n_text})")
+        if runner is not None:
+            text += (f", and every other candidate is ruled out (the nearest, "
+                     f"{potentials[runner].label}, has ΔCDF = {raw.delta[runner]:.3g}, "
+                     f"{_fmt_p(stats.p[runner])}).")
+        else:
+            text += "."
+    else:
+        pots = [potentials[i] for i in fitting]
+        text = (f"{len(fitting)} candidates fit within sampling noise{calibration} at {n_text}, "
+                f"so the data cannot tell them apart: {_list_labels(pots)}. The most Gaussian "
+                f"is {best_text}.")
+        families = {p.family for p in pots}
+        has_ne = any(isinstance(potentials[i], NegativeEntropy) for i in usable)
+        has_pn = any(isinstance(potentials[i], PNorm) for i in usable)
+        if families == {"p_norm"} and has_ne:
+            text += f" All of them are p-norms ({_p_range(pots)}): negative entropy is ruled out."
+        elif families == {"negative_entropy"} and has_pn:
+            text += " Only negative entropy fits: every p-norm is ruled out."
+        elif families == {"p_norm"}:
+            text += f" They span {_p_range(pots)}."
+    small_change = None
+    size = stats.change_size[best]
+    if size is not None:
+        small_change = size <= SMALL_CHANGE_LIMIT
+        if not small_change:
+            measure = "RMS of ξ" if isinstance(potentials[best], NegativeEntropy) else "Δφ"
+            text += (f" The change is large ({measure} = {size:.2g} > {SMALL_CHANGE_LIMIT:g}): "
+                     "outside the small-change regime of Theorem 1, where the most Gaussian "
+                     "candidate need not be the geometry learning used.")
+    return Verdict(
+        best=potentials[best],
+        runner_up=None if runner is None else potentials[runner],
+        fitting=tuple(potentials[i] for i in fitting),
+        distinguishable=distinguishable,
+        basis=basis,
+        difference=difference,
+        difference_ci=ci,
+        small_change=small_change,
+        negative_entropy_vs_p_norm=_family_comparison(raw, stats, potentials, usable,
+                                                      confidence),
+        text=text + flip_note,
     )
 
 
 def _layer_score(
-    name: str, n: int, n_zero: int, n_flips: int, raw: _RawScore, settings: _Settings
+    name: str, n_zero: int, n_flips: int, raw: _RawScore, settings: _Settings,
+    noise_p: Sequence[PValue | None] | None,
 ) -> LayerScore:
+    stats = _statistics(raw, settings.potentials, n_flips, settings, noise_p)
     candidates = []
     for i, pot in enumerate(settings.potentials):
         ok = bool(np.isfinite(raw.delta[i]))
-        ci = None
-        if ok and settings.bootstrap:
-            ci = _interval(float(raw.delta[i]), raw.replicates[i], float(raw.scale[i]),
-                           settings.confidence)
-            # ΔCDF is a distance: a negative lower end would say nothing.
-            ci = None if ci is None else (max(ci[0], 0.0), ci[1])
-        dual = None
-        if raw.n_used[i] > 0 and raw.grad0_sq[i] > 0 and np.isfinite(raw.xi_sq[i]):
-            dual = float(math.sqrt(raw.xi_sq[i] / raw.grad0_sq[i]))
         candidates.append(CandidateScore(
             potential=pot,
-            delta_cdf=float(raw.delta[i]) if ok else None,
-            delta_cdf_ci=ci,
-            dual_change=dual,
-            n_used=int(raw.n_used[i]),
+            delta_cdf=float(raw.delta_method[i]) if ok else None,
+            delta_cdf_exact=float(raw.delta[i]) if ok else None,
+            delta_cdf_ci=stats.ci[i],
+            ci_note=stats.notes[i],
+            p_value=stats.p[i],
+            fits=stats.fits[i],
+            dual_change=stats.dual_change[i],
+            change_size=stats.change_size[i],
+            effective_n=float(raw.effective_n[i]) if ok else None,
+            n_used=raw.n,
         ))
-    return LayerScore(name, n, n_zero, n_flips, tuple(candidates),
-                      _verdict(raw, settings.potentials, n_flips, settings.confidence))
+    verdict = _verdict(raw, stats, settings.potentials, n_flips, settings.confidence,
+                       noise_p is not None)
+    critical = None
+    if noise_p is None and raw.n >= MIN_N:
+        critical = null_quantile(raw.n, settings.confidence)
+    return LayerScore(name, raw.n, n_zero, n_flips, tuple(candidates), verdict, critical)
+
+
+def _layer_agreement(layers: Sequence[LayerScore], pooled: LayerScore) -> tuple[str, dict]:
+    """The headline over several layers: which family each layer favours, where they
+    differ, then the pooled verdict."""
+    if len(layers) == 1:
+        only = layers[0]
+        return only.verdict.text, {"layers": 1, "families": {}, "agree": True}
+    by_family: dict[str, list[str]] = {}
+    for layer in layers:
+        best = layer.verdict.best
+        by_family.setdefault("none" if best is None else best.family, []).append(layer.name)
+    fitting_none = [layer.name for layer in layers if layer.verdict.best is not None
+                    and not layer.verdict.fitting]
+    large = [layer.name for layer in layers if layer.verdict.small_change is False]
+    total = len(layers)
+    names = {"negative_entropy": "negative entropy", "p_norm": "p-norms", "none": "nothing"}
+
+    def detail(family: str) -> str:
+        parts = []
+        for layer in layers:
+            best = layer.verdict.best
+            if best is not None and best.family == family:
+                parts.append(f"'{layer.name}': {best.label}")
+        return ", ".join(parts)
+
+    families = sorted(by_family, key=lambda f: -len(by_family[f]))
+    if len(families) == 1:
+        family = families[0]
+        head = (f"All {total} layers favour {names[family]}"
+                + (f" ({detail(family)})" if family == "p_norm" else "") + ".")
+    else:
+        pieces = [f"{len(by_family[f])} of {total} favour {names[f]} ({detail(f)})"
+                  if f != "none" else f"{len(by_family[f])} could not be scored"
+                  for f in families]
+        head = "The layers disagree: " + "; ".join(pieces) + "."
+    if fitting_none:
+        head += (f" In {len(fitting_none)} of {total} layers no candidate fits "
+                 f"({', '.join(repr(n) for n in fitting_none)}).")
+    if large:
+        head += (f" The change is outside the small-change regime in "
+                 f"{', '.join(repr(n) for n in large)}.")
+    head += " Pooled over layers (each normalised first): " + pooled.verdict.text
+    agreement = {
+        "layers": total,
+        "families": {f: by_family[f] for f in families},
+        "agree": len(families) == 1,
+        "no_fit": fitting_none,
+        "large_change": large,
+    }
+    return head, agreement
 
 
 # ---------------------------------------------------------------------------------------
@@ -952,6 +1058,8 @@ def _validate_settings(
     for pot in pots:
         if not isinstance(pot, PNorm | NegativeEntropy):
             raise ValueError(f"unsupported potential {pot!r}: use PNorm(p) or NegativeEntropy()")
+    if len(set(pots)) != len(pots):
+        raise ValueError("potentials must not repeat a candidate")
     if method not in ("exact", "grid"):
         raise ValueError(f"method must be 'exact' or 'grid', got {method!r}")
     if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
@@ -975,40 +1083,33 @@ def analyze_geometry(
     confidence: float = 0.95,
     seed: int = 0,
     device: str = "auto",
+    noise: Any = None,
+    calibration: int = 200,
     progress: ProgressCallback | None = None,
 ) -> GeometryAnalysis:
     """Infer the geometry of plasticity from weights before and after learning (paper §3
-    "practical usage", §4.1–4.2, appendix B).
+    "practical usage", §4.1–4.2, appendix B), with calibrated statistics.
 
     Args:
         layers: layer name → (w_before, w_after), numpy arrays or tensors of equal size
             (flattened). Every layer is scored on its own, then all layers together.
         potentials: candidates; default :func:`default_potentials` (negative entropy and
             p = 1.1 … 3.0).
-        method: "exact" closed-form ΔCDF (default) or the paper's "grid" rule.
-        bootstrap: number of bootstrap replicates B for the intervals (0 disables them).
+        method: "exact" closed-form ΔCDF (default) or the paper's "grid" rule (shown as
+            ``delta_cdf``; the statistics always use the exact value).
+        bootstrap: number of bootstrap replicates B for the intervals (0 disables them; the
+            tests and the verdict do not need them unless no candidate fits).
         subsample: resample size cap; m = min(n, subsample) (an m-out-of-n bootstrap).
-        confidence: level of the percentile intervals.
-        seed: seeds the resampling; the same inputs and seed give the same result.
+        confidence: level of the intervals; 1 − confidence is the level of the tests.
+        seed: seeds the resampling and the noise calibration; the same inputs and seed give
+            the same result.
         device: "auto" (CUDA when available), "cpu" or "cuda".
+        noise: a :class:`~syngeo.engine.geometry.noise.MeasurementNoise` (standard deviations
+            of the measurement noise of the weights) or None. With noise the p-values are
+            calibrated by simulation (:func:`~syngeo.engine.geometry.noise.calibrated_p_values`).
+        calibration: simulated data sets per candidate for the noise calibration.
         progress: called as ``progress(fraction, message)`` between chunks; an exception it
             raises (e.g. cancellation) stops the run and propagates.
-
-    For each candidate φ: ξ = ∇φ(w_after) − ∇φ(w_before), t = ξ / std(ξ) (population std,
-    not centred), ΔCDF(t) = W1(t, N(0, 1)) and Δφ = ‖ξ‖₂ / ‖∇φ(w_before)‖₂. Negative
-    entropy skips weights that are zero or change sign (it cannot produce them; they are
-    counted as ``n_zero`` and ``n_sign_flips``). The pooled score concatenates every layer's
-    t, each layer normalised by its own std (so that layers of different scales are pooled
-    by shape, not dominated by the largest), and normalises the whole again; its Δφ is
-    sqrt(Σ‖ξ‖² / Σ‖∇φ(w_before)‖²) over layers. A layer where a candidate's change is
-    constant is left out of that candidate's pool.
-
-    Bootstrap: B resamples of m = min(n, subsample) weights, drawn once and shared by all
-    candidates (paired); each replicate's ΔCDF is computed exactly after renormalising the
-    resample by its own std (pooled: with the full-sample layer stds). Intervals are the
-    percentile interval of the replicates' deviations from their median, shrunk by
-    sqrt(m / n) (ΔCDF has a √n rate) and placed at the full-sample value. ``distinguishable``
-    says whether the paired interval of ΔCDF(runner-up) − ΔCDF(best) excludes 0.
 
     Raises:
         ValueError: on empty input, mismatched lengths, NaN/Inf weights or bad settings.
@@ -1035,19 +1136,71 @@ def analyze_geometry(
         return n_c * n + n_c * settings.bootstrap * min(n, settings.subsample)
 
     pooled_needed = len(prepared) > 1
-    total = sum(work(layer.n) for layer in prepared) + (work(n_total) if pooled_needed else 0)
-    tracker = _Progress(progress, total)
+    calibrate = noise is not None and getattr(noise, "declared", False)
+    scored = sum(work(layer.n) for layer in prepared) + (work(n_total) if pooled_needed else 0)
+    calibration_work = 0.0
+    if calibrate:
+        from syngeo.engine.geometry.noise import calibration_work as noise_work
+
+        calibration_work = sum(noise_work(layer.n, n_c, calibration, settings.subsample)
+                               for layer in prepared)
+        if pooled_needed:
+            calibration_work += noise_work(n_total, n_c, calibration, settings.subsample)
+    tracker = _Progress(progress, scored + calibration_work)
     tracker.start(f"scoring {n_total:,} weight pairs in {len(prepared)} layer(s) "
                   f"for {n_c} candidate potentials")
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
     with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         scorer = _Scorer(settings, tracker, pool, workers)
-        layer_scores, pooled, pooled_raw, qq_theoretical = _run(scorer, prepared, all_pairs,
-                                                                settings)
+        raws = [scorer.score(f"layer {layer.name!r}",
+                             _Source([layer], layer.pairs,
+                                     torch.zeros(1, dtype=torch.long, device=dev), None),
+                             figures=True)
+                for layer in prepared]
+        pooled_raw = raws[0]
+        if pooled_needed:
+            starts = np.cumsum([0] + [layer.n for layer in prepared[:-1]])
+            source = _Source(prepared, all_pairs, torch.as_tensor(starts, device=dev),
+                             [raw.std for raw in raws])
+            pooled_raw = scorer.score("pooled", source, figures=True)
+            # Δφ pools the squared norms of the layers (not the normalised values).
+            pooled_raw.xi_sq = np.sum([raw.xi_sq for raw in raws], axis=0)
+            pooled_raw.grad0_sq = np.sum([raw.grad0_sq for raw in raws], axis=0)
+    noise_ps: list[list[PValue | None] | None] = [None] * (len(prepared) + 1)
+    if calibrate:
+        from syngeo.engine.geometry.noise import calibrated_p_values
+
+        samples = [([layer], raw) for layer, raw in zip(prepared, raws, strict=True)]
+        if pooled_needed:
+            samples.append((prepared, pooled_raw))
+        for j, (group, raw) in enumerate(samples):
+            noise_ps[j] = calibrated_p_values(
+                group, raw.delta, pots, noise, replicates=calibration,
+                max_pairs=settings.subsample, seed=settings.seed + j, device=dev,
+                advance=tracker.advance)
+    layer_scores = tuple(
+        _layer_score(layer.name, layer.n_zero, layer.n_sign_flips, raw, settings, noise_ps[j])
+        for j, (layer, raw) in enumerate(zip(prepared, raws, strict=True))
+    )
+    if pooled_needed:
+        pooled = _layer_score("pooled", sum(layer.n_zero for layer in prepared),
+                              sum(layer.n_sign_flips for layer in prepared), pooled_raw,
+                              settings, noise_ps[-1] if calibrate else None)
+    else:
+        only = layer_scores[0]
+        pooled = LayerScore("pooled", only.n, only.n_zero, only.n_sign_flips, only.candidates,
+                            only.verdict, only.critical_delta_cdf)
+    headline, agreement = _layer_agreement(layer_scores, pooled)
     tracker.finish()
+    figure_raws = ([pooled_raw] if pooled_needed else []) + raws
+    figure_sets = (("all layers (pooled)",) if pooled_needed else ()) + tuple(
+        layer.name for layer in prepared)
+    qq_theoretical = torch.special.ndtri(scorer.qq_q.cpu()).numpy()
     return GeometryAnalysis(
         layers=layer_scores,
         pooled=pooled,
+        headline=headline,
+        layer_agreement=agreement,
         potentials=pots,
         method=method,
         device=dev.type,
@@ -1055,102 +1208,10 @@ def analyze_geometry(
         subsample=settings.subsample,
         confidence=settings.confidence,
         seed=settings.seed,
+        noise=noise.to_dict() if calibrate else None,
+        figure_sets=figure_sets,
         hist_edges=HIST_EDGES.copy(),
-        hist_density=pooled_raw.hist,
+        hist_density=np.stack([raw.hist for raw in figure_raws]),
         qq_theoretical=qq_theoretical,
-        qq_sample=pooled_raw.qq,
+        qq_sample=np.stack([raw.qq for raw in figure_raws]),
     )
-
-
-def _run(
-    scorer: _Scorer, prepared: list[_Layer], all_pairs: Tensor, settings: _Settings
-) -> tuple[tuple[LayerScore, ...], LayerScore, _RawScore, np.ndarray]:
-    """Score every layer, then the pooled layers (for one layer, pooled is that layer).
-
-    ``all_pairs`` is the (N, 2) buffer of which every layer's ``pairs`` is a view.
-    """
-    pots = settings.potentials
-    pooled_needed = len(prepared) > 1
-    dev = settings.device
-    raws = [
-        scorer.score(f"layer {layer.name!r}",
-                     _Source([layer], layer.pairs, torch.zeros(1, dtype=torch.long, device=dev),
-                             None),
-                     _layer_groups(layer, pots), figures=not pooled_needed)
-        for layer in prepared
-    ]
-    layer_scores = tuple(
-        _layer_score(layer.name, layer.n, layer.n_zero, layer.n_sign_flips, raw, settings)
-        for layer, raw in zip(prepared, raws, strict=True)
-    )
-    if pooled_needed:
-        n_total = sum(layer.n for layer in prepared)
-        starts = np.cumsum([0] + [layer.n for layer in prepared[:-1]])
-        source = _Source(prepared, all_pairs, torch.as_tensor(starts, device=dev),
-                         [raw.std for raw in raws])
-        pooled_raw = scorer.score("pooled", source, _pooled_groups(prepared, raws, pots),
-                                  figures=True)
-        # Δφ pools the squared norms of the layers (not the normalised values).
-        pooled_raw.xi_sq = np.sum([raw.xi_sq for raw in raws], axis=0)
-        pooled_raw.grad0_sq = np.sum([raw.grad0_sq for raw in raws], axis=0)
-        pooled = _layer_score("pooled", n_total, sum(layer.n_zero for layer in prepared),
-                              sum(layer.n_sign_flips for layer in prepared), pooled_raw,
-                              settings)
-    else:
-        pooled_raw, only = raws[0], layer_scores[0]
-        pooled = LayerScore("pooled", only.n, only.n_zero, only.n_sign_flips,
-                            only.candidates, only.verdict)
-    assert pooled_raw.hist is not None and pooled_raw.qq is not None
-    qq_theoretical = torch.special.ndtri(scorer.qq_q.cpu()).numpy()
-    return layer_scores, pooled, pooled_raw, qq_theoretical
-
-
-def _layer_groups(layer: _Layer, pots: Sequence[Potential]) -> list[_Group]:
-    """p-norms use every weight; negative entropy only weights it can score."""
-    everything = [i for i, p in enumerate(pots)
-                  if layer.ne_mask is None or not isinstance(p, NegativeEntropy)]
-    groups = [_Group(everything, (None,), None)] if everything else []
-    ne = [i for i in range(len(pots)) if i not in everything]
-    if ne:
-        groups.append(_Group(ne, (layer.ne_mask,), layer.ne_mask))
-    return groups
-
-
-def _pooled_groups(
-    layers: Sequence[_Layer], raws: Sequence[_RawScore], pots: Sequence[Potential]
-) -> list[_Group]:
-    """Group candidates by which weights of which layers they pool.
-
-    A layer where a candidate could not be scored (constant change) has no normalised values,
-    so it is left out of that candidate's pooled sample.
-    """
-    by_key: dict[tuple[Any, ...], list[int]] = {}
-    selections: dict[tuple[Any, ...], tuple[Tensor | None | bool, ...]] = {}
-    for i, pot in enumerate(pots):
-        sel: list[Tensor | None | bool] = []
-        for layer, raw in zip(layers, raws, strict=True):
-            if not np.isfinite(raw.std[i]):
-                sel.append(False)
-            elif isinstance(pot, NegativeEntropy):
-                sel.append(layer.ne_mask)
-            else:
-                sel.append(None)
-        key = tuple(s if isinstance(s, bool | None) else id(s) for s in sel)
-        by_key.setdefault(key, []).append(i)
-        selections[key] = tuple(sel)
-    groups = []
-    for key, members in by_key.items():
-        sel = selections[key]
-        if all(s is None for s in sel):
-            valid = None
-        else:
-            parts = []
-            for layer, s in zip(layers, sel, strict=True):
-                if isinstance(s, Tensor):
-                    parts.append(s)
-                else:
-                    fill = torch.ones if s is None else torch.zeros
-                    parts.append(fill(layer.n, dtype=torch.bool, device=layer.before.sign.device))
-            valid = torch.cat(parts)
-        groups.append(_Group(members, sel, valid))
-    return groups

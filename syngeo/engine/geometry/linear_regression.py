@@ -6,7 +6,7 @@ labels y = ±1 with equal probability and initial weights w⁰ ~ N(0, 1/D). Mirr
 the MSE loss converges to w∞ = argmin_{Xw = y} D_φ(w, w⁰) (Eq. 8), whose dual change
 ξ = ∇φ(w∞) − ∇φ(w⁰) = Xᵀλ (Eq. 13) Theorem 1 predicts to be Gaussian. Each run is scored by
 
-* ΔCDF = ∫|eCDF(t) − Φ(t)| dt of ξ/std(ξ) (population std, not centred; §4.1, footnote 1),
+* ΔCDF = ∫|eCDF(t) − Φ(t)| dt of ξ/std(ξ) (ddof = 1, not centred; §4.1, footnote 1),
   computed exactly over the sorted sample (:func:`~syngeo.engine.geometry.delta_cdf_exact`);
 * Δφ = ‖ξ‖₂ / ‖∇φ(w⁰)‖₂ (§4.1), small in the lazy regime where Eq. 14 holds.
 
@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device
-from syngeo.engine.geometry.analysis import delta_cdf_exact
 from syngeo.engine.geometry.correlated_inputs import correlated_inputs
+from syngeo.engine.geometry.delta_cdf import delta_cdf_of_change
 from syngeo.engine.geometry.implicit_bias import input_gram, seeds_per_chunk, solve_implicit_bias
 from syngeo.engine.geometry.mirror_descent import MirrorDescent
 from syngeo.engine.geometry.potentials import Potential
@@ -144,19 +144,16 @@ def sample_problem(n: int, d: int, c: float, x_seeds: Sequence[int], label_seeds
 
 
 def score_change(potential: Potential, w0: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """(ΔCDF, Δφ) per row of ξ = ∇φ(w) − ∇φ(w⁰) (§4.1): ΔCDF of ξ/√mean(ξ²) (population
-    std, not centred) against N(0, 1), and Δφ = ‖ξ‖/‖∇φ(w⁰)‖. Rows with a non-finite ξ
-    (a diverged training run) score NaN."""
+    """(ΔCDF, Δφ) per row of ξ = ∇φ(w) − ∇φ(w⁰) (§4.1): ΔCDF by the one definition every kind
+    uses (:func:`~syngeo.engine.geometry.delta_cdf.delta_cdf_of_change`: ξ divided by its
+    ddof = 1 standard deviation, not centred), and Δφ = ‖ξ‖/‖∇φ(w⁰)‖. Rows with a
+    non-finite ξ (a diverged training run) score NaN."""
     z0 = potential.grad(w0)
     xi = potential.grad(w) - z0
     finite = torch.isfinite(xi).all(dim=-1)
-    xi = torch.where(finite[:, None], xi, torch.zeros_like(xi))
-    rms = torch.sqrt((xi * xi).mean(dim=-1, keepdim=True))
-    t = xi / torch.where(rms > 0, rms, torch.ones_like(rms))
-    delta = delta_cdf_exact(torch.sort(t, dim=-1).values)
+    delta = delta_cdf_of_change(xi)
     dphi = torch.linalg.vector_norm(xi, dim=-1) / torch.linalg.vector_norm(z0, dim=-1)
-    nan = torch.full_like(delta, math.nan)
-    return torch.where(finite, delta, nan), torch.where(finite, dphi, nan)
+    return delta, torch.where(finite, dphi, torch.full_like(dphi, math.nan))
 
 
 def _mse(x: Tensor, w: Tensor, y: Tensor) -> Tensor:

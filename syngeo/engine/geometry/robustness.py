@@ -7,9 +7,10 @@ scored in the dual space of every *hypothesised* potential φ'. Appendix B.2:
     w0 = ±exp(μ + σ·N(0, 1)),  μ = −log √(2D),  σ² = log 2      ("lognormal" start),
     w  = ∇φ⁻¹(∇φ(w0) + s·∇φ(1/√D)·N(0, 1))          with s = 0.1 and D = 100,
 
-and for each φ' the change ξ_φ' = ∇φ'(w) − ∇φ'(w0), divided by its standard deviation but
-not centred (footnote 1), is compared with N(0, 1) by ΔCDF (the exact 1-Wasserstein form of
-:func:`syngeo.engine.geometry.delta_cdf_exact`). Only φ' close to φ gives a Gaussian change.
+and for each φ' the change ξ_φ' = ∇φ'(w) − ∇φ'(w0), divided by its standard deviation
+(ddof = 1) but not centred (footnote 1), is compared with N(0, 1) by ΔCDF (the one definition
+of every kind, :func:`syngeo.engine.geometry.delta_cdf.delta_cdf_of_change`). Only φ' close
+to φ gives a Gaussian change.
 
 For negative entropy ∇φ⁻¹ keeps the sign of w0 (appendix C). Under a p-norm a weight can
 change sign; as in the paper (appendix B.3, "the dual weights are signed") every weight is
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from syngeo.engine.device import resolve_device, single_cpu_thread
-from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.delta_cdf import delta_cdf_of_change
 from syngeo.engine.geometry.potentials import (
     NegativeEntropy,
     PNorm,
@@ -305,17 +306,7 @@ def _score(hyps: Sequence[Potential], w0: Tensor, after: Tensor) -> np.ndarray:
     xi = batched_grad(hyps, sign_log(after)).reshape(len(hyps), n_t, n_s, k, n)
     xi -= grad0
     xi = xi.permute(1, 2, 0, 3, 4)  # (T, S, H, k, n)
-    finite = torch.isfinite(xi).all(dim=-1)
-    xi = torch.where(finite.unsqueeze(-1), xi, torch.zeros((), dtype=xi.dtype, device=xi.device))
-    # Footnote 1: divide by the (population) std but do not centre; ξ is predicted zero-mean.
-    std = xi.std(dim=-1, correction=0, keepdim=True)
-    usable = finite & (std.squeeze(-1) > 0)
-    t = xi / torch.where(usable.unsqueeze(-1), std, torch.ones_like(std))
-    if t.device.type == "cpu":
-        # numpy's sort is several times faster than torch.sort on CPU and builds no indices.
-        sorted_t = torch.from_numpy(np.sort(t.contiguous().numpy(), axis=-1))
-    else:
-        sorted_t = torch.sort(t, dim=-1).values
-    delta = delta_cdf_exact(sorted_t)
-    delta = torch.where(usable, delta, torch.full_like(delta, math.nan))
+    # The one definition of the score (ddof = 1 standard deviation, not centred); a change
+    # with a non-finite value (an overflowed potential) scores NaN.
+    delta = delta_cdf_of_change(xi)
     return delta.cpu().numpy()
