@@ -401,7 +401,7 @@ def test_heavy_tailed_change_gets_no_interval() -> None:
     result = analyze_geometry({"w": (before, before + xi)}, [PNorm(2.0)], bootstrap=50,
                               device="cpu")
     cand = result.pooled.candidates[0]
-    assert cand.effective_n is not None and cand.effective_n < 50
+    assert cand.effective_n is not None and cand.effective_n < 2 * math.sqrt(2000)
     assert cand.delta_cdf_ci is None and "extreme changes" in (cand.ci_note or "")
 
 

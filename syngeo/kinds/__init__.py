@@ -10,13 +10,14 @@ from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
 from syngeo.kinds.linear_regression import LinearRegressionKind
+from syngeo.kinds.power import PowerKind
 from syngeo.kinds.robustness import RobustnessKind
 from syngeo.kinds.spine_fit import SpineFitKind
 
 KINDS: dict[str, ExperimentKind] = {
     kind.name: kind
     for kind in (GeometryKind(), LinearRegressionKind(), RobustnessKind(), FinetuningKind(),
-                 SpineFitKind())
+                 SpineFitKind(), PowerKind())
 }
 
 

@@ -64,7 +64,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
         # An accepted file: its summary, and the field holds the new dataset's id.
         page.set_input_files("#spec-dataset-file", str(good))
         page.wait_for_function(
-            "() => document.getElementById('spec-dataset').value.startsWith('ds_')")
+            "() => document.getElementById('spec-dataset')?.value.startsWith('ds_')")
         assert error.is_hidden()
         summary.wait_for(state="visible")
         text = summary.inner_text()
@@ -106,7 +106,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
         error.get_by_role("link", name="Fit this distribution").click()
         page.wait_for_url(f"**/new/spine_fit?dataset={dataset_id}")
         page.wait_for_function(
-            f"() => document.getElementById('spec-dataset').value === '{dataset_id}'")
+            f"() => document.getElementById('spec-dataset')?.value === '{dataset_id}'")
     finally:
         context.close()
     assert not page_errors, page_errors
