@@ -65,6 +65,14 @@ def analyze_geometry(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     include_all: Annotated[bool, typer.Option(help="Keep biases and normalisation tensors "
                                               "of checkpoints.")] = False,
+    noise_absolute: Annotated[float, typer.Option(
+        help="Measurement noise: s.d. of additive noise on the weights before and after, in "
+        "their unit. Calibrates the tests by simulation.")] = 0.0,
+    noise_relative: Annotated[float, typer.Option(
+        help="Measurement noise: s.d. of multiplicative noise before and after, as a fraction "
+        "of |w|.")] = 0.0,
+    calibration: Annotated[int, typer.Option(
+        help="With noise: simulated data sets per candidate.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Which potential makes the weight change Gaussian in its dual space?"""
@@ -76,7 +84,10 @@ def analyze_geometry(
     spec = {"dataset": [str(before)] + ([str(after)] if after else []),
             "potentials": potentials.split(",") if potentials else None,
             "method": "grid" if grid else "exact", "bootstrap": bootstrap, "seed": seed,
-            "device": device, "include_all": include_all}
+            "device": device, "include_all": include_all,
+            "noise_absolute_before": noise_absolute, "noise_absolute_after": noise_absolute,
+            "noise_relative_before": noise_relative, "noise_relative_after": noise_relative,
+            "calibration": calibration}
     try:
         with progress_bar(err.is_terminal) as update:
             _, result = run_local("geometry", spec, on_progress=update)

@@ -97,6 +97,8 @@ def test_candidate_intervals_cover_at_the_nominal_level(n: int, populations) -> 
         per_case.append(case_hits / max(case_given, 1))
         hits, given = hits + case_hits, given + case_given
     coverage = hits / given
+    print(f"n = {n:,}: {given} intervals, coverage {coverage:.3f}; per case "
+          + ", ".join(f"{c:.3f}" for c in per_case))
     assert valid_cells >= 3
     assert abs(coverage - 0.95) <= 0.05, (coverage, per_case)
     assert min(per_case) >= 0.85, per_case
@@ -119,5 +121,6 @@ def test_gap_intervals_cover_when_nothing_fits(n: int, populations) -> None:
             r = candidates.index(verdict.runner_up)
             given += 1
             hits += verdict.difference_ci[0] <= truth[r] - truth[b] <= verdict.difference_ci[1]
+    print(f"n = {n:,}: {given} gap intervals, coverage {hits / given:.3f}")
     assert given >= 0.8 * sum(REPLICATES[n] for _ in GAP_CASES)
     assert abs(hits / given - 0.95) <= 0.05, hits / given

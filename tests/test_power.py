@@ -67,11 +67,12 @@ def test_power_matches_a_direct_simulation(grid, i: int, j: int) -> None:
 
 
 def test_clopper_pearson_covers_at_least_its_level() -> None:
-    rng = np.random.default_rng(0)
-    for p, n in ((0.05, 40), (0.5, 60), (0.9, 25)):
-        ks = rng.binomial(n, p, 2000)
-        covered = np.mean([lo <= p <= hi for lo, hi in (clopper_pearson(k, n, 0.95)
-                                                         for k in ks)])
+    # Exact coverage: the binomial probability of every count whose interval holds p.
+    from scipy import stats
+
+    for p, n in ((0.05, 40), (0.5, 60), (0.9, 25), (0.3, 100)):
+        covered = sum(stats.binom.pmf(k, n, p) for k in range(n + 1)
+                      if clopper_pearson(k, n, 0.95)[0] <= p <= clopper_pearson(k, n, 0.95)[1])
         assert 0.95 <= covered <= 0.995, (p, n, covered)
 
 
