@@ -148,7 +148,8 @@ class CandidateScore:
     ``ci_note`` then says why. ``dual_change`` is the paper's Δφ = ‖ξ‖₂/‖∇φ(w_before)‖₂,
     which for negative entropy depends on the unit of the weights (∇φ(w) = sign(w)(1 +
     log|w|)); ``change_size`` is the unit-free size checked against
-    :data:`SMALL_CHANGE_LIMIT`. ``effective_n`` = (Σt²)²/Σt⁴.
+    :data:`SMALL_CHANGE_LIMIT`. ``effective_n`` = (Σt²)²/Σt⁴ = n / kurtosis (computed when
+    the bootstrap is on: only the interval rule needs it).
     """
 
     potential: Potential
@@ -504,6 +505,20 @@ class _Source:
         return self.pairs.shape[0]
 
 
+def _effective_n(t: Tensor) -> np.ndarray:
+    """(Σt²)² / Σt⁴ per row (n / kurtosis about 0), in column blocks: a full-size t⁴
+    temporary would cost as much memory as the rows themselves."""
+    k, n = t.shape
+    sum2 = torch.zeros(k, dtype=t.dtype, device=t.device)
+    sum4 = torch.zeros(k, dtype=t.dtype, device=t.device)
+    step = max(1, _BLOCK_ELEMENTS // k)
+    for lo in range(0, n, step):
+        square = t[:, lo:lo + step].square()
+        sum2 += square.sum(dim=1)
+        sum4 += square.square_().sum(dim=1)
+    return (sum2 * sum2 / sum4).cpu().numpy()
+
+
 class _Scorer:
     """Scores one set of weights (a layer, or all layers pooled) for every candidate."""
 
@@ -606,14 +621,12 @@ class _Scorer:
         self, values: Tensor, chunk: list[int], raw: _RawScore, figures: bool, label: str
     ) -> None:
         k, n = values.shape
-        finite = torch.isfinite(values).all(dim=1)
+        # A row holding NaN or ±Inf has a NaN standard deviation, so it is marked unusable.
         std, usable = normalise_rows_(values)
-        usable &= finite
         usable_np = usable.cpu().numpy()
         raw.std[chunk] = np.where(usable_np, std.cpu().numpy(), np.nan)
-        sum2 = torch.linalg.vector_norm(values, dim=1) ** 2
-        sum4 = torch.linalg.vector_norm(values, ord=4, dim=1) ** 4
-        raw.effective_n[chunk] = np.where(usable_np, (sum2 * sum2 / sum4).cpu().numpy(), np.nan)
+        if self.s.bootstrap:  # only the interval rule reads the kurtosis
+            raw.effective_n[chunk] = np.where(usable_np, _effective_n(values), np.nan)
         sorted_rows = self._sort(values)
         delta = self._exact(sorted_rows).cpu().numpy()
         raw.delta[chunk] = np.where(usable_np, delta, np.nan)
@@ -994,7 +1007,8 @@ def _layer_score(
             fits=stats.fits[i],
             dual_change=stats.dual_change[i],
             change_size=stats.change_size[i],
-            effective_n=float(raw.effective_n[i]) if ok else None,
+            effective_n=(float(raw.effective_n[i])
+                         if ok and np.isfinite(raw.effective_n[i]) else None),
             n_used=raw.n,
         ))
     verdict = _verdict(raw, stats, settings.potentials, n_flips, settings.confidence,
