@@ -61,6 +61,7 @@ def test_a_true_gaussian_change_is_rejected_at_the_nominal_rate(
         cand = analyze_geometry({"w": pair}, [pot], bootstrap=0, device="cpu").pooled.candidates[0]
         assert cand.p_value is not None
         rejected += cand.p_value.value < 0.05
+    print(f"{pot.label}, {start} start, n = {n:,}: rejected {rejected}/{draws} at 5%")
     assert abs(rejected / draws - 0.05) <= 0.02, rejected / draws
 
 
@@ -77,6 +78,7 @@ def test_pooled_layers_use_the_null_of_their_total_size() -> None:
         pooled = analyze_geometry(layers, [PNorm(2.0)], bootstrap=0, device="cpu").pooled
         assert pooled.n == 2000
         rejected += pooled.candidates[0].p_value.value < 0.05
+    print(f"three layers pooled, n = 2,000: rejected {rejected}/{draws} at 5%")
     assert abs(rejected / draws - 0.05) <= 0.02, rejected / draws
 
 

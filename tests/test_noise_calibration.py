@@ -45,6 +45,7 @@ def test_with_noise_declared_a_wrong_potential_is_rarely_called_distinguishable(
                 wrong += called and verdict.best != true
                 singled_out_right += called and verdict.best == true
     assert cases == 200
+    print(f"wrong potential distinguishable {wrong}/{cases}, true one {singled_out_right}")
     assert wrong <= 0.05 * cases, wrong
     assert singled_out_right >= 0.3 * cases  # and it still decides when the data allow
 
@@ -60,6 +61,7 @@ def test_the_calibrated_test_rejects_the_true_potential_at_its_level() -> None:
                                     device="cpu").pooled.candidates[0]
             draws += 1
             rejected += cand.p_value.value < 0.05
+    print(f"calibrated test rejected the true potential in {rejected}/{draws}")
     assert abs(rejected / draws - 0.05) <= 0.03, rejected / draws
 
 

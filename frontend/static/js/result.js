@@ -86,7 +86,7 @@ function renderVerdict(summary) {
   if (nevp && nevp.winner) {
     // difference = ΔCDF(losing family) − ΔCDF(winning family) ≥ 0.
     const winner = familyName(nevp.winner);
-    const margin = nevp.difference !== undefined && nevp.difference !== null ? ` by ${fmtNum(nevp.difference, 3)}` : "";
+    const margin = nevp.difference > 0 ? ` by ${fmtNum(nevp.difference, 3)} in ΔCDF` : "";
     fact(
       "Negative entropy vs p-norms",
       `${winner} wins${margin}`,

@@ -235,10 +235,6 @@ class Verdict:
     negative_entropy_vs_p_norm: FamilyComparison | None
     text: str
 
-    @property
-    def family(self) -> Family | None:
-        return None if self.best is None else self.best.family
-
     def to_dict(self) -> dict[str, Any]:
         comparison = self.negative_entropy_vs_p_norm
         return {
@@ -733,7 +729,6 @@ def _basic_interval(
 class _Stats:
     """Per-candidate statistics of one sample, in candidate order."""
 
-    n: int
     p: list[PValue | None]
     fits: list[bool | None]
     regular: list[bool]  # an interval is valid (away from 0, not dominated by a few values)
@@ -755,7 +750,7 @@ def _statistics(
 ) -> _Stats:
     alpha = 1.0 - settings.confidence
     n = raw.n
-    stats = _Stats(n, [], [], [], [], [], [], [])
+    stats = _Stats([], [], [], [], [], [], [])
     for i, pot in enumerate(potentials):
         ok = bool(np.isfinite(raw.delta[i]))
         p: PValue | None = None
