@@ -104,7 +104,12 @@ def test_candidate_intervals_cover_at_the_nominal_level(n: int, populations) -> 
     assert min(per_case) >= 0.85, per_case
 
 
-@pytest.mark.parametrize("n", [10_000, 100_000])
+# At n = 10³ the gap interval is given less often: one of the two candidates is often within
+# sampling noise of a Gaussian at that size, and then the interval would not be valid.
+GAP_GIVEN = {1_000: 0.25, 10_000: 0.8, 100_000: 0.8}
+
+
+@pytest.mark.parametrize("n", sorted(GAP_GIVEN))
 def test_gap_intervals_cover_when_nothing_fits(n: int, populations) -> None:
     hits = given = 0
     for case_index, (true, start, candidates) in enumerate(GAP_CASES):
@@ -113,7 +118,9 @@ def test_gap_intervals_cover_when_nothing_fits(n: int, populations) -> None:
             pair = synthetic_pair(true, start, n, 2_000_000 + 1_000_000 * case_index + rep)
             verdict = analyze_geometry({"w": pair}, candidates, bootstrap=200, seed=rep,
                                        device="cpu").pooled.verdict
-            assert not verdict.fitting  # the true potential is not a candidate
+            if verdict.fitting:  # at n = 10³ a wrong candidate may still pass for Gaussian
+                assert n == 1_000 and verdict.basis == "test"
+                continue
             if verdict.difference_ci is None:
                 continue
             assert verdict.basis == "interval"
@@ -122,5 +129,5 @@ def test_gap_intervals_cover_when_nothing_fits(n: int, populations) -> None:
             given += 1
             hits += verdict.difference_ci[0] <= truth[r] - truth[b] <= verdict.difference_ci[1]
     print(f"n = {n:,}: {given} gap intervals, coverage {hits / given:.3f}")
-    assert given >= 0.8 * sum(REPLICATES[n] for _ in GAP_CASES)
+    assert given >= GAP_GIVEN[n] * sum(REPLICATES[n] for _ in GAP_CASES)
     assert abs(hits / given - 0.95) <= 0.05, hits / given
