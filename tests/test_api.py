@@ -250,6 +250,13 @@ def test_bad_run_requests(client: TestClient, queued: list[str]) -> None:
          "file paths only work with the CLI"),
         ({"kind": "spine_fit", "spec": {"dataset": "/etc/passwd"}},
          "file paths only work with the CLI"),
+        ({"kind": "geometry", "spec": {"dataset": dataset["id"], "noise_absolute_after": -1}},
+         "spec.noise_absolute_after"),
+        ({"kind": "power", "spec": {"true_potential": "p3", "candidates": ["ne", "p2"]}},
+         "must be one of the candidates"),
+        ({"kind": "power", "spec": {"n_values": [1_000_000], "replicates": 2000,
+                                    "noise_levels": [0.0, 0.1], "calibration": 1000}},
+         "limit"),
     ]
     for body, word in cases:
         response = client.post("/api/runs", json=body)

@@ -88,7 +88,9 @@ def test_power_kind_runs_from_a_spec_and_states_its_conclusion() -> None:
     assert len(summary["potential"]["low"]) == 2
     kind = get_kind("power")
     fig = kind.figures(summary, result.arrays)["power"]
-    assert len(fig["data"]) == 2  # one line per noise level, in each of the two panels
+    # One line per noise level in each of the two panels, and the 80% line's legend entry.
+    assert [t["name"] for t in fig["data"]] == ["noise 0%", "noise 0%", "80% power"]
+    assert "exact binomial intervals over 20 data sets" in fig["layout"]["title"]["text"]
     json.dumps(fig)
     rows = kind.table_rows(summary)
     assert len(rows) == 2 and {"n", "noise", "potential_rate", "family_high"} <= set(rows[0])

@@ -173,4 +173,3 @@ class GeometryKind(ExperimentKind):
                              "dual_change": c["dual_change"],
                              "change_size": c.get("change_size"), "n_used": c["n_used"]})
         return rows
-

@@ -220,7 +220,14 @@ def power_figure(summary: dict[str, Any]) -> dict[str, Any]:
         fig.add_hline(y=0.8, line=dict(color=figures.MUTED, dash="dash", width=1), row=1,
                       col=col)
         fig.update_xaxes(type="log", title_text="synapses n", row=1, col=col)
+    # Legend entry for the dashed line (shapes have none).
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="80% power",
+                             line=dict(color=figures.MUTED, dash="dash", width=1),
+                             hoverinfo="skip"), row=1, col=1)
     fig.update_yaxes(range=[-0.02, 1.02], title_text="power (right and distinguishable)",
                      row=1, col=1)
-    fig.update_layout(**figures._base_layout("Power of the geometry verdict"))
+    confidence = 100 * summary["confidence"]
+    fig.update_layout(**figures._base_layout(
+        f"Power of the geometry verdict<br>Bars: {confidence:g}% exact binomial intervals over "
+        f"{summary['replicates']} data sets per point; dashed: 80% power."))
     return figures.figure_json(fig)

@@ -127,3 +127,36 @@ def test_out_of_bounds_values_are_refused(
     finally:
         context.close()
     assert not page_errors, page_errors
+
+
+def test_power_analysis_from_its_form_states_how_many_synapses(
+        browser, stack_env, api_server_factory, celery_worker_factory,
+        page_errors: list[str]) -> None:
+    api = api_server_factory(stack_env)
+    worker = celery_worker_factory(stack_env)
+    context, page = new_page(browser, page_errors)
+    try:
+        page.goto(f"{api.url}/new/power")
+        page.locator("#spec-n_values").wait_for()
+        # A small grid keeps the run short: two sizes, no noise, 10 data sets each.
+        page.fill("#spec-n_values", "20, 200")
+        page.fill("#spec-noise_levels", "0")
+        page.fill("#spec-replicates", "10")
+        page.get_by_role("button", name="Start run").click()
+        page.wait_for_url("**/runs/*")
+        wait_for_run_to_succeed(page, api, worker)
+
+        conclusion = page.locator(".summary-text", has_text="For 80% power")
+        conclusion.wait_for()
+        assert "to single out negative entropy" in conclusion.inner_text()
+        page.locator("#figures .plot-container svg.main-svg").first.wait_for()
+        card = page.locator("#figures .figure-card")
+        assert card.locator("h2").inner_text() == "Power of the geometry verdict"
+        assert "95% exact binomial intervals over 10 data sets" in \
+            card.locator("figcaption").inner_text()
+        legend = page.locator("#figures .legendtext").all_text_contents()
+        assert "80% power" in legend and "noise 0%" in legend
+        assert page.locator("#result-table tbody tr").count() == 2  # one row per (n, noise)
+    finally:
+        context.close()
+    assert not page_errors, page_errors
