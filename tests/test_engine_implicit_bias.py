@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from syngeo.engine.geometry.analysis import delta_cdf_exact
 from syngeo.engine.geometry.correlated_inputs import correlated_inputs
+from syngeo.engine.geometry.delta_cdf import delta_cdf_exact
 from syngeo.engine.geometry.implicit_bias import (
     ImplicitBiasNotConverged,
     dual_change_magnitude,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from syngeo.engine.geometry.analysis import delta_cdf_exact
+from syngeo.engine.geometry.delta_cdf import delta_cdf_exact
 from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm, default_potentials
 from syngeo.engine.geometry.robustness import run_robustness, sample_start
 from syngeo.kinds.base import Cancelled

@@ -58,8 +58,6 @@ from syngeo.engine.geometry.delta_cdf import (
     _delta_cdf_exact,
     _delta_cdf_grid,
     _NormalQuantiles,
-    delta_cdf_exact,
-    delta_cdf_grid,
     normalise_rows_,
     sort_rows_,
 )
@@ -87,8 +85,6 @@ __all__ = [
     "SMALL_CHANGE_LIMIT",
     "Verdict",
     "analyze_geometry",
-    "delta_cdf_exact",
-    "delta_cdf_grid",
 ]
 
 Method = Literal["exact", "grid"]
