@@ -62,6 +62,7 @@ from syngeo.engine.geometry.delta_cdf import (
     sort_rows_,
 )
 from syngeo.engine.geometry.gof import MIN_N, PValue, gof_p_value, null_quantile
+from syngeo.engine.geometry.noise import MeasurementNoise, calibrated_p_values, calibration_work
 from syngeo.engine.geometry.potentials import (
     Family,
     NegativeEntropy,
@@ -1105,7 +1106,7 @@ def analyze_geometry(
     confidence: float = 0.95,
     seed: int = 0,
     device: str = "auto",
-    noise: Any = None,
+    noise: MeasurementNoise | None = None,
     calibration: int = 200,
     progress: ProgressCallback | None = None,
 ) -> GeometryAnalysis:
@@ -1158,17 +1159,15 @@ def analyze_geometry(
         return n_c * n + n_c * settings.bootstrap * min(n, settings.subsample)
 
     pooled_needed = len(prepared) > 1
-    calibrate = noise is not None and getattr(noise, "declared", False)
+    calibrate = noise is not None and noise.declared
     scored = sum(work(layer.n) for layer in prepared) + (work(n_total) if pooled_needed else 0)
-    calibration_work = 0.0
+    simulated = 0.0
     if calibrate:
-        from syngeo.engine.geometry.noise import calibration_work as noise_work
-
-        calibration_work = sum(noise_work(layer.n, n_c, calibration, settings.subsample)
-                               for layer in prepared)
+        simulated = sum(calibration_work(layer.n, n_c, calibration, settings.subsample)
+                        for layer in prepared)
         if pooled_needed:
-            calibration_work += noise_work(n_total, n_c, calibration, settings.subsample)
-    tracker = _Progress(progress, scored + calibration_work)
+            simulated += calibration_work(n_total, n_c, calibration, settings.subsample)
+    tracker = _Progress(progress, scored + simulated)
     tracker.start(f"scoring {n_total:,} weight pairs in {len(prepared)} layer(s) "
                   f"for {n_c} candidate potentials")
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
@@ -1190,8 +1189,6 @@ def analyze_geometry(
             pooled_raw.grad0_sq = np.sum([raw.grad0_sq for raw in raws], axis=0)
     noise_ps: list[list[PValue | None] | None] = [None] * (len(prepared) + 1)
     if calibrate:
-        from syngeo.engine.geometry.noise import calibrated_p_values
-
         samples = [([layer], raw) for layer, raw in zip(prepared, raws, strict=True)]
         if pooled_needed:
             samples.append((prepared, pooled_raw))
