@@ -25,5 +25,9 @@ RUN pip install . \
     && mkdir -p /data && chown syngeo:syngeo /data
 
 USER syngeo
+# A container listens on all interfaces, so it runs in multi-user mode (create users with
+# `syngeo users add NAME`); set SYNGEO_AUTH=0 only on a trusted network, with
+# --allow-remote-without-auth.
+ENV SYNGEO_AUTH=1
 EXPOSE 8000
 CMD ["syngeo", "serve", "--no-worker", "--host", "0.0.0.0"]

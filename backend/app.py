@@ -10,17 +10,21 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi_offline import FastAPIOffline
 
 from syngeo import __version__
+from syngeo.backend import auth
 from syngeo.backend.errors import install_error_handlers
-from syngeo.backend.routes import datasets, meta, pages, runs
+from syngeo.backend.guards import RequestGuard
+from syngeo.backend.routes import costs, datasets, meta, pages, runs
+from syngeo.backend.security import SecurityMiddleware
 from syngeo.settings import Settings, get_settings
 from syngeo.store.artifacts import artifact_store
 from syngeo.store.db import engine_for, migrate, session_factory
+from syngeo.worker.watchdog import Watchdog
 
 
 def celery_enqueue(run_id: str) -> None:
-    from syngeo.worker.app import celery_app
+    from syngeo.worker.app import enqueue
 
-    celery_app.send_task("syngeo.run_experiment", args=[run_id])
+    enqueue(run_id)
 
 
 def create_app(settings: Settings | None = None,
@@ -30,7 +34,12 @@ def create_app(settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(engine_for(settings.resolved_database_url))
+        # Requeues runs of dead workers and re-sends lost messages, whether or not anybody
+        # reads runs (workers run the same watchdog).
+        watchdog = Watchdog(app.state.sessions, settings,
+                            lambda run_id: app.state.enqueue(run_id)).start()
         yield
+        watchdog.stop()
 
     # FastAPIOffline serves the Swagger UI and ReDoc assets itself: /docs works offline.
     app = FastAPIOffline(title="Synaptic Geometry Lab", version=__version__, lifespan=lifespan,
@@ -41,8 +50,11 @@ def create_app(settings: Settings | None = None,
     app.state.store = artifact_store(settings.artifact_location)
     app.state.enqueue = enqueue
     app.add_middleware(GZipMiddleware, minimum_size=2048)  # plotly.min.js is ~5 MB raw
+    # Added before the security middleware, so that its headers wrap the guard's answers too.
+    app.add_middleware(RequestGuard)  # NUL bytes, NaN, oversized bodies: 4xx before routes
+    app.add_middleware(SecurityMiddleware, public_url=settings.public_url)
     install_error_handlers(app)
-    for module in (meta, datasets, runs, pages):
+    for module in (meta, auth, costs, datasets, runs, pages):
         app.include_router(module.router)
     pages.install_static(app)
     return app

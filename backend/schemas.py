@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+#: SQLite returns the stored UTC times without their zone: say it, so clients (a browser's
+#: Date among them) do not read them as local time, and the values are RFC 3339 date-times.
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class DatasetFile(BaseModel):
@@ -28,7 +37,7 @@ class DatasetOut(BaseModel):
 
     id: str
     name: str
-    created_at: datetime
+    created_at: UtcDatetime
     format: str = Field(description="Before/after weights: the file format (csv, tsv, npy, "
                         "npz, safetensors, torch). 'distribution': one column of positive "
                         "values (POST /api/datasets/distribution), read by 'spine_fit'.")
@@ -57,6 +66,15 @@ class RunIn(BaseModel):
     spec: dict[str, Any] = Field(description="The kind's spec; its seed is filled in if absent.")
 
 
+def user_error(error: str | None) -> str | None:
+    """A run's error as users may see it: never a traceback (runs stored before errors were
+    kept out of them may hold one; the server log has it under the run id)."""
+    if error and "Traceback (most recent call last)" in error:
+        return ("The run failed because of an internal error. The server's log has the "
+                "details under the run's id; report it to the administrator.")
+    return error
+
+
 class RunOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -66,9 +84,9 @@ class RunOut(BaseModel):
     status: str
     progress: float
     message: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     error: str | None
     version: str
     device: str | None
@@ -77,6 +95,13 @@ class RunOut(BaseModel):
     history: list[dict[str, Any]]
     timings: dict[str, Any]
 
+    @field_validator("error")
+    @classmethod
+    def _no_traceback(cls, error: str | None) -> str | None:
+        return user_error(error)
+    attempts: int = Field(0, description="How many times a worker started the run (a run "
+                          "whose worker died or stopped is queued again).")
+
 
 class ResultOut(BaseModel):
     summary: dict[str, Any]
@@ -84,13 +109,67 @@ class ResultOut(BaseModel):
     table: list[dict[str, Any]]
 
 
-class ShareOut(BaseModel):
-    token: str
+class ShareIn(BaseModel):
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, allow_inf_nan=False,
+        description="Days until the link stops working; empty: until revoked.")
+
+
+class ShareLinkOut(BaseModel):
+    id: str = Field(description="Names the link for revocation; it does not open it.")
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
+    active: bool = Field(description="Opens the run now (not revoked, not expired).")
+
+    @classmethod
+    def of(cls, link: Any) -> ShareLinkOut:
+        expires = link.expires_at
+        if expires is not None and expires.tzinfo is None:  # SQLite: stored as UTC
+            expires = expires.replace(tzinfo=UTC)
+        active = link.revoked_at is None and (expires is None or expires > datetime.now(UTC))
+        return cls(id=link.id, created_at=link.created_at, expires_at=expires,
+                   revoked_at=link.revoked_at, active=active)
+
+
+class ShareOut(ShareLinkOut):
+    token: str = Field(description="The secret in the link; shown only once.")
     url: str
 
 
+class SharedInput(BaseModel):
+    name: str
+    sha256: str = Field(description="Hash of the input files, to check a copy against.")
+    format: str | None
+    n_pairs: int | None
+
+
+class SharedRunView(BaseModel):
+    """A run as a share link shows it: provenance, no internal ids, host names or history."""
+
+    kind: str
+    spec: dict[str, Any] = Field(description="The full spec; dataset ids are replaced by the "
+                                 "datasets' names.")
+    status: str
+    progress: float
+    message: str
+    error: str | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    version: str
+    device: str | None
+    inputs: list[SharedInput]
+
+    @field_validator("error")
+    @classmethod
+    def _no_traceback(cls, error: str | None) -> str | None:
+        return user_error(error)
+    timings: dict[str, Any]
+
+
 class SharedRunOut(BaseModel):
-    run: RunOut
+    run: SharedRunView
     result: ResultOut | None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -243,22 +242,39 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Also start a local Celery worker.")] = True,
+    allow_remote_without_auth: Annotated[bool, typer.Option(
+        help="Listen on a non-loopback address without multi-user mode: anyone who can "
+        "reach the port can read, start and delete everything.")] = False,
 ) -> None:
     """Start the dashboard (and, by default, a local worker). With no SYNGEO_* settings it
     uses the embedded default: a SQLite file, local artifacts and a filesystem broker."""
+    import ipaddress
+
     import uvicorn
 
     from syngeo.settings import get_settings
     from syngeo.store.db import engine_for, migrate
 
     settings = get_settings()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if not (loopback or settings.auth or allow_remote_without_auth):
+        raise fail(f"refusing to listen on {host} without accounts: set SYNGEO_AUTH=1 (and "
+                   "create users with 'syngeo users add NAME'), or pass "
+                   "--allow-remote-without-auth if the network is trusted")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(engine_for(settings.resolved_database_url))
-    worker_proc = None
+    supervisor = None
     if worker:
-        worker_proc = subprocess.Popen(
+        from syngeo.worker.supervisor import WorkerSupervisor
+
+        # Supervised: restarted when it dies; on shutdown it hands its run back to the queue.
+        supervisor = WorkerSupervisor(
             [sys.executable, "-m", "celery", "-A", "syngeo.worker.app:celery_app", "worker",
-             "--concurrency=1", "--loglevel=INFO", "-n", f"embedded-{os.getpid()}@%h"])
+             "--concurrency=1", "--loglevel=INFO", "-n", f"embedded-{os.getpid()}@%h"],
+            grace_s=settings.shutdown_grace_s).start()
     err.print(f"Synaptic Geometry Lab on http://{host}:{port}  "
               f"(database: {settings.resolved_database_url.split('://')[0]}, "
               f"broker: {settings.resolved_broker_url.split('://')[0]})")
@@ -268,22 +284,21 @@ def serve(
     try:
         uvicorn.run("syngeo.backend.app:create_app", factory=True, host=host, port=port)
     finally:
-        if worker_proc is not None:
-            worker_proc.terminate()
-            try:
-                worker_proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
+        if supervisor is not None:
+            supervisor.stop()
 
 
 @app.command("worker")
 def run_worker(
     concurrency: Annotated[int, typer.Option(help="Parallel tasks (each may use all cores).")] = 1,
 ) -> None:
-    """Start a Celery worker for the configured database and broker."""
+    """Start a Celery worker for the configured database and broker. SIGTERM stops it
+    gracefully: its runs go back to the queue at their next progress step."""
+    # A name of its own (runs and /api/health name their worker), even for two on one host.
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A",
                               "syngeo.worker.app:celery_app", "worker",
-                              f"--concurrency={concurrency}", "--loglevel=INFO"])
+                              f"--concurrency={concurrency}", "--loglevel=INFO",
+                              "-n", f"worker-{os.getpid()}@%h"])
 
 
 @app.command()
@@ -293,13 +308,16 @@ def submit(
     server: Annotated[str, typer.Option(envvar="SYNGEO_SERVER", help="Dashboard URL.")] =
     "http://127.0.0.1:8000",
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
+    token: Annotated[str, typer.Option(envvar="SYNGEO_TOKEN", help="API token, for a server "
+                                       "in multi-user mode.")] = "",
 ) -> None:
     """Send an analysis or a spec to a running server and print the run's URL."""
     import httpx
 
     server = server.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=server, timeout=600) as client:
+        with httpx.Client(base_url=server, timeout=600, headers=headers) as client:
             if len(inputs) == 1 and inputs[0].suffix.lower() in {".yaml", ".yml", ".json"}:
                 kind_name, raw = _load_spec_file(inputs[0])
             else:
@@ -331,6 +349,84 @@ def _check(response: Any) -> None:
         except ValueError:
             message = response.text
         raise fail(f"{response.status_code}: {message}")
+
+
+# --- accounts (multi-user mode) ----------------------------------------------------------------
+
+users_app = typer.Typer(help="Users and API tokens of a multi-user server (SYNGEO_AUTH=1).",
+                        no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@contextmanager
+def _accounts_session():  # noqa: ANN202
+    from syngeo.settings import get_settings
+    from syngeo.store.db import engine_for, migrate, session_factory
+
+    url = get_settings().resolved_database_url
+    migrate(engine_for(url))
+    with session_factory(url).begin() as session:
+        yield session
+
+
+def _print_token(name: str, token: str) -> None:
+    err.print(f"API token of {name} (shown only now; keep it secret):")
+    out.print(token)
+
+
+@users_app.command("add")
+def users_add(name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -).")],
+              ) -> None:
+    """Create a user and print their first API token."""
+    from syngeo.store import accounts
+
+    with _accounts_session() as session:
+        try:
+            user = accounts.create_user(session, name)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        token = accounts.issue_token(session, user, "created with the user")
+    _print_token(name, token)
+
+
+@users_app.command("token")
+def users_token(name: Annotated[str, typer.Argument(help="User name.")],
+                label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+                ) -> None:
+    """Print a new API token for a user (their other tokens keep working)."""
+    from syngeo.store import accounts
+
+    with _accounts_session() as session:
+        user = accounts.get_user(session, name)
+        if user is None:
+            raise fail(f"no user {name!r}; create one with 'syngeo users add {name}'")
+        token = accounts.issue_token(session, user, label)
+    _print_token(name, token)
+
+
+@users_app.command("revoke")
+def users_revoke(name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """Revoke every API token of a user (logs them out everywhere)."""
+    from syngeo.store import accounts
+
+    with _accounts_session() as session:
+        user = accounts.get_user(session, name)
+        if user is None:
+            raise fail(f"no user {name!r}")
+        count = accounts.revoke_tokens(session, user)
+    err.print(f"revoked {count} token(s) of {name}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Users and how many tokens each holds."""
+    from syngeo.store import accounts
+
+    table = Table("user", "tokens", "created")
+    with _accounts_session() as session:
+        for user, tokens in accounts.list_users(session):
+            table.add_row(user.name, str(tokens), f"{user.created_at:%Y-%m-%d}")
+    out.print(table)
 
 
 if __name__ == "__main__":

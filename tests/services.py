@@ -246,6 +246,7 @@ class PostgresServer:
                 ],
             )
             # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
+            self._cmd = cmd
             self.process = start_process(
                 cmd,
                 None,
@@ -258,6 +259,15 @@ class PostgresServer:
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+
+    def restart(self, down_s: float = 0) -> None:
+        """Stop the server (fast shutdown: clients are cut off) and start it again on the
+        same port and data after ``down_s`` seconds, as an outage would."""
+        self.process.stop(timeout=20)
+        time.sleep(down_s)
+        self.process = start_process(self._cmd, None, self.dir / "postgres.log",
+                                     name="postgres", ready=self._accepts, timeout=60,
+                                     stop_signal=signal.SIGINT)
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(
@@ -296,9 +306,10 @@ class PostgresServer:
 # --- Redis --------------------------------------------------------------------------------
 
 
-def start_redis(workdir: Path) -> tuple[ServiceProcess, str]:
-    """Start redis-server without persistence in `workdir`; return (process, url)."""
-    port = free_port()
+def start_redis(workdir: Path, port: int | None = None) -> tuple[ServiceProcess, str]:
+    """Start redis-server without persistence in `workdir` (on `port`, e.g. to restart one,
+    else a free port); return (process, url)."""
+    port = port or free_port()
     cmd = [
         find_binary("redis-server"),
         "--port",
@@ -337,7 +348,8 @@ def _child_env(env: dict[str, str], workdir: Path) -> dict[str, str]:
             **{k: str(v) for k, v in env.items()}}
 
 
-def start_celery_worker(env: dict[str, str], workdir: Path) -> ServiceProcess:
+def start_celery_worker(env: dict[str, str], workdir: Path,
+                        extra_args: Sequence[str] = ()) -> ServiceProcess:
     """A solo-pool worker on the default queue; ready when its log says "ready."."""
     name = f"test-{uuid.uuid4().hex[:8]}"
     log = workdir / f"celery-{name}.log"
@@ -356,6 +368,7 @@ def start_celery_worker(env: dict[str, str], workdir: Path) -> ServiceProcess:
         "--without-heartbeat",
         "-n",
         f"{name}@%h",
+        *extra_args,
     ]
     return start_process(
         cmd,

@@ -18,6 +18,7 @@ from syngeo.backend.app import create_app
 from syngeo.settings import get_settings
 from syngeo.store.db import session_factory
 from syngeo.store.models import ArtifactChunk, Dataset, Run, utcnow
+from syngeo.worker.watchdog import recover
 
 
 def ne_pairs(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +83,9 @@ def count(env: dict, model) -> int:
 
 
 def test_health_and_kinds(client: TestClient) -> None:
-    assert client.get("/api/health").json()["status"] == "ok"
+    health = client.get("/api/health").json()  # no worker here: runs would wait
+    assert health["status"] == "degraded" and health["database"]["ok"] and \
+        health["workers"]["live"] == 0
     kinds = {k["name"]: k for k in client.get("/api/kinds").json()}
     props = kinds["geometry"]["schema"]["properties"]
     assert {"dataset", "potentials", "method", "bootstrap", "seed"} <= set(props)
@@ -135,9 +138,12 @@ def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -
     assert share.status_code == 201
     token = share.json()["token"]
     assert share.json()["url"].endswith(f"/s/{token}")
-    assert client.post(f"/api/runs/{run['id']}/share").json()["token"] == token
+    assert len(token) >= 43  # 256 random bits, URL-safe
+    assert client.post(f"/api/runs/{run['id']}/share").json()["token"] != token  # a new link
     shared = client.get(f"/api/share/{token}").json()
-    assert shared["run"]["id"] == run["id"]
+    assert shared["run"]["spec"]["dataset"] == dataset["name"]  # the name, not the id
+    assert shared["run"]["inputs"] == [{"name": dataset["name"], "sha256": dataset["sha256"],
+                                        "format": "csv", "n_pairs": 3000}]
     assert shared["result"]["summary"]["best"] == result["summary"]["best"]
     assert client.get("/api/share/not-a-token").status_code == 404
 
@@ -279,13 +285,19 @@ def test_cancel_and_stale_runs(client: TestClient, queued: list[str], env: dict)
     run_queued(queued)  # a cancelled run delivered to a worker is left alone
     assert client.get(f"/api/runs/{run_id}").json()["status"] == "cancelled"
 
-    # A worker that died mid-run stops heart-beating: the run fails instead of hanging.
+    # A worker that died mid-run stops heart-beating: the watchdog (running in the API and
+    # in every worker; one pass here) puts the run back on the queue instead of hanging.
     stale_id = client.post("/api/runs", json=spec).json()["id"]
+    queued.clear()
     with session_factory(env["SYNGEO_DATABASE_URL"]).begin() as s:
         run = s.get(Run, stale_id)
         run.status, run.heartbeat_at = "running", utcnow() - timedelta(hours=1)
+    recover(session_factory(env["SYNGEO_DATABASE_URL"]), get_settings(), queued.append)
     run = client.get(f"/api/runs/{stale_id}").json()
-    assert run["status"] == "failed" and "heartbeat" in run["error"]
+    assert run["status"] == "queued" and run["history"][-1]["reason"] == "worker lost"
+    assert queued == [stale_id]
+    run_queued(queued)
+    assert client.get(f"/api/runs/{stale_id}").json()["status"] == "succeeded"
 
 
 def test_failed_run_records_error(client: TestClient, queued: list[str], env: dict) -> None:
@@ -334,8 +346,10 @@ def test_npz_download_leaves_nothing_on_disk(client: TestClient, queued: list[st
     import asyncio
     import tempfile
 
+    from syngeo.backend.auth import Caller
     from syngeo.backend.routes import runs as routes
     from syngeo.store.artifacts import artifact_store
+    from syngeo.store.models import LOCAL_USER
 
     run_id = client.post("/api/runs", json={"kind": "linear_regression",
                                             "spec": TINY_TRAINING}).json()["id"]
@@ -356,7 +370,8 @@ def test_npz_download_leaves_nothing_on_disk(client: TestClient, queued: list[st
     stored = stored_bytes(env, f"results/{run_id}.npz")
     with session_factory(env["SYNGEO_DATABASE_URL"])() as session:
         for chunks in (None, 1):
-            response = routes.download(run_id, "npz", session, artifact_store("database"))
+            response = routes.download(run_id, "npz", session, artifact_store("database"),
+                                       Caller(LOCAL_USER, LOCAL_USER))
             assert list(downloads.iterdir()) == []      # before a byte is sent
             assert response.headers["content-length"] == str(len(stored))
             body = asyncio.run(read(response, chunks))
@@ -411,8 +426,9 @@ def test_download_result_arrays(client: TestClient, queued: list[str], env: dict
     token = client.post(f"/api/runs/{run_id}/share").json()["token"]
     shared = client.get(f"/api/share/{token}/download?format=npz")
     assert shared.status_code == 200 and shared.content == response.content
-    assert shared.headers["content-disposition"] == f'attachment; filename="{run_id}.npz"'
-    assert client.get(f"/api/share/{token}/download?format=json").json()["run"]["id"] == run_id
+    assert shared.headers["content-disposition"] == 'attachment; filename="result.npz"'
+    shared_record = client.get(f"/api/share/{token}/download?format=json").json()["run"]
+    assert "id" not in shared_record and "worker" not in shared_record
     assert client.get(f"/api/share/{token}/download?format=csv").text.splitlines() == csv_rows
     assert client.get(f"/api/share/{token}/download?format=pdf").status_code == 422
     missing = client.get("/api/share/not-a-token/download?format=npz")

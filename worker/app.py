@@ -15,7 +15,9 @@ def make_celery() -> Celery:
     app = Celery("syngeo", broker=settings.resolved_broker_url, include=["syngeo.worker.tasks"])
     app.conf.update(
         task_default_queue=QUEUE,
-        task_acks_late=True,  # a task whose worker dies is delivered again
+        # A task whose worker dies is delivered again (and its run requeued at once by the
+        # run's heartbeat process: Redis would redeliver only after its visibility timeout).
+        task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
@@ -36,3 +38,8 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+
+
+def enqueue(run_id: str) -> None:
+    """Send a run's task message. Sending one twice is harmless: the second is skipped."""
+    celery_app.send_task("syngeo.run_experiment", args=[run_id])

@@ -3,13 +3,14 @@ through the run's database row, inputs come from the artifact store."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syngeo.io.weights import WeightDataError, WeightPairs, read_weight_pairs
@@ -23,44 +24,46 @@ from syngeo.store import crud
 from syngeo.store.artifacts import ArtifactStore
 from syngeo.store.models import Dataset
 
+log = logging.getLogger(__name__)
+
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
 class WorkerContext:
+    """``attempt`` is the run's attempt this worker owns: progress is written only while it
+    is current, and a cancelled or requeued run stops at the next progress step. (Liveness
+    comes from the run's heartbeat process, so a kind busy between progress calls, reading
+    a big file or in a long C call, is not taken for dead.)"""
+
     def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, run_id: str,
-                 device: str, heartbeat_s: float) -> None:
+                 device: str, attempt: int) -> None:
         self.sessions, self.store, self.run_id, self.device = sessions, store, run_id, device
-        self._heartbeat_s = heartbeat_s
+        self.attempt = attempt
         self._last_write = 0.0
-        self._stop = threading.Event()
         self._tmp = tempfile.TemporaryDirectory(prefix="syngeo-run-")
 
     def __enter__(self) -> WorkerContext:
-        # Liveness even while a kind is busy between progress calls (e.g. reading a big file).
-        self._beater = threading.Thread(target=self._beat, daemon=True)
-        self._beater.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._beater.join(timeout=5)
         self._tmp.cleanup()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._heartbeat_s):
-            with self.sessions.begin() as session:
-                crud.heartbeat(session, self.run_id)
 
     def progress(self, fraction: float, message: str = "") -> None:
         now = time.monotonic()
         if now - self._last_write < PROGRESS_WRITE_INTERVAL_S and fraction < 1:
             return
         self._last_write = now
-        with self.sessions.begin() as session:
-            status = crud.heartbeat(session, self.run_id, min(max(fraction, 0.0), 1.0), message)
-        if status != "running":
-            raise Cancelled(f"run {self.run_id} is {status}")
+        try:
+            with self.sessions.begin() as session:
+                current = crud.heartbeat(session, self.run_id, self.attempt,
+                                         min(max(fraction, 0.0), 1.0), message)
+        except (OperationalError, InterfaceError) as exc:  # database restarting: carry on
+            log.warning("run %s: progress not written (%s)", self.run_id,
+                        exc.__class__.__name__)
+            return
+        if not current:
+            raise Cancelled(f"run {self.run_id} is no longer running attempt {self.attempt}")
 
     def _fetch(self, dataset: str, problem_of: Callable[[str, str], tuple[str, str] | None],
                ) -> tuple[Dataset, list[Path]]:

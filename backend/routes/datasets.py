@@ -11,13 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from syngeo.backend import deps
+from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
 from syngeo.backend.schemas import DatasetOut
-from syngeo.backend.uploads import receive_files
+from syngeo.backend.uploads import form_flag, multipart_body, receive_files
 from syngeo.io.weights import example_path, read_weight_pairs
 from syngeo.kinds.base import DISTRIBUTION_FORMAT
 from syngeo.kinds.spine_fit import distribution_summary, read_distribution
@@ -33,49 +34,63 @@ def _combined_sha256(files: list[crud.StoredFile]) -> str:
     return hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
 
 
-def _store(session: Session, store: ArtifactStore, files: list[crud.StoredFile], **record
-           ) -> Dataset:
-    """Store the files and the record in one transaction; on failure remove what was put."""
-    dataset = crud.create_dataset(session, store, files=files, **record)
+def _store(session: Session, store: ArtifactStore, files: list[crud.StoredFile], *,
+           owner_id: str, format: str, combined_sha256: str, **record: Any,
+           ) -> tuple[Dataset, bool]:
+    """Store the files and the record in one transaction; an identical dataset of the same
+    owner returns that one instead (``created`` False). On failure nothing stays stored:
+    concurrent identical uploads race on the unique content key, and the losers remove
+    their copies and return the winner."""
+    existing = crud.find_dataset(session, owner_id, format, combined_sha256)
+    if existing is not None:
+        return existing, False
+    dataset = crud.create_dataset(session, store, files=files, owner_id=owner_id, format=format,
+                                  combined_sha256=combined_sha256, **record)
     try:
         session.commit()
-    except Exception:
+    except Exception as exc:
         session.rollback()
         for f in dataset.files:
             store.delete(session, f["artifact"])
+        session.commit()
+        if isinstance(exc, IntegrityError):
+            existing = crud.find_dataset(session, owner_id, format, combined_sha256)
+            if existing is not None:
+                return existing, False
         raise
-    return dataset
+    return dataset, True
 
 
 def _ingest(session: Session, store: ArtifactStore, files: list[crud.StoredFile], name: str,
-            include_all: bool) -> tuple[Dataset, bool]:
+            include_all: bool, owner_id: str, max_uncompressed: int | None = None,
+            ) -> tuple[Dataset, bool]:
     """Validate and store; an identical upload returns the stored dataset. Nothing is
-    stored unless the files read cleanly."""
+    stored unless the files read cleanly (archives within ``max_uncompressed`` bytes)."""
     pairs = read_weight_pairs([f.path for f in files], [f.name for f in files],
-                              include_all=include_all)
-    combined = _combined_sha256(files)
-    existing = session.scalar(select(Dataset).where(Dataset.sha256 == combined,
-                                                    Dataset.format != DISTRIBUTION_FORMAT))
-    if existing is not None:
-        return existing, False
-    return _store(session, store, files, name=name, format=pairs.format,
+                              include_all=include_all, max_uncompressed=max_uncompressed)
+    return _store(session, store, files, owner_id=owner_id, name=name, format=pairs.format,
                   summary=pairs.summary(), n_pairs=pairs.n_pairs,
-                  combined_sha256=combined), True
+                  combined_sha256=_combined_sha256(files))
 
 
 def _ingest_distribution(session: Session, store: ArtifactStore, file: crud.StoredFile,
-                         name: str) -> tuple[Dataset, bool]:
+                         name: str, owner_id: str) -> tuple[Dataset, bool]:
     """Validate one column of positive values (the reader spine_fit runs use) and store it;
     the same bytes again return the stored dataset. Nothing is stored on failure."""
     values = read_distribution(file.path, file.name)
-    combined = _combined_sha256([file])
-    existing = session.scalar(select(Dataset).where(Dataset.sha256 == combined,
-                                                    Dataset.format == DISTRIBUTION_FORMAT))
-    if existing is not None:
-        return existing, False
-    return _store(session, store, [file], name=name, format=DISTRIBUTION_FORMAT,
+    return _store(session, store, [file], owner_id=owner_id, name=name,
+                  format=DISTRIBUTION_FORMAT,
                   summary={"distribution": distribution_summary(values)},
-                  n_pairs=int(values.size), combined_sha256=combined), True
+                  n_pairs=int(values.size), combined_sha256=_combined_sha256([file]))
+
+
+def owned_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
+    """The caller's dataset, else 404 (another user's answers as if it did not exist)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.owner_id != caller.id:
+        raise ApiError(404, f"Dataset {dataset_id!r} does not exist.",
+                       "List datasets with GET /api/datasets or upload one.")
+    return dataset
 
 
 async def _receive_and_ingest(
@@ -97,15 +112,23 @@ async def _receive_and_ingest(
 
 
 @router.post("", response_model=DatasetOut, status_code=201,
-             summary="Upload before/after weights (one or two files, form field 'files')")
+             summary="Upload before/after weights (one or two files, form field 'files')",
+             openapi_extra=multipart_body(
+                 "One file (a two-column table, an (n, 2) .npy, or an .npz with arrays "
+                 "'before' and 'after') or two files (before, then after): .csv, .tsv, .txt, "
+                 ".npy, .npz, .safetensors, .pt, .pth, .bin or .ckpt.", max_files=2,
+                 flags={"include_all": "Keep every floating-point tensor of checkpoints "
+                        "(biases, normalisation parameters, 1-D tensors included)."}))
 async def upload_dataset(request: Request, response: Response,
                          session: Session = Depends(deps.session),
                          store: ArtifactStore = Depends(deps.store),
-                         settings: Settings = Depends(deps.settings)) -> DatasetOut:
+                         settings: Settings = Depends(deps.settings),
+                         caller: Caller = Depends(current_user)) -> DatasetOut:
     def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
         name = fields.get("name") or " + ".join(f.name for f in files)
-        include_all = fields.get("include_all", "").lower() in {"1", "true", "on", "yes"}
-        return _ingest(session, store, files, name[:255], include_all)
+        include_all = form_flag(fields, "include_all")
+        return _ingest(session, store, files, name[:255], include_all, caller.id,
+                       settings.uncompressed_limit)
 
     return await _receive_and_ingest(request, response, settings, ingest)
 
@@ -120,14 +143,17 @@ async def upload_dataset(request: Request, response: Response,
     "n_pairs = number of values, and its n/min/median/max/mean/std); pass its id as "
     "spec.dataset of a 'spine_fit' run. The same bytes again return the stored dataset "
     "(200). A bad file is refused with 4xx naming the problem and the fix; nothing is "
-    "stored.")
+    "stored.",
+    openapi_extra=multipart_body("One .csv, .tsv, .txt or 1-D .npy file of positive values.",
+                                 max_files=1))
 async def upload_distribution(request: Request, response: Response,
                               session: Session = Depends(deps.session),
                               store: ArtifactStore = Depends(deps.store),
-                              settings: Settings = Depends(deps.settings)) -> DatasetOut:
+                              settings: Settings = Depends(deps.settings),
+                              caller: Caller = Depends(current_user)) -> DatasetOut:
     def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
         name = fields.get("name") or files[0].name
-        return _ingest_distribution(session, store, files[0], name[:255])
+        return _ingest_distribution(session, store, files[0], name[:255], caller.id)
 
     return await _receive_and_ingest(
         request, response, settings, ingest, max_files=1,
@@ -139,30 +165,51 @@ async def upload_distribution(request: Request, response: Response,
 @router.post("/example", response_model=DatasetOut, status_code=201,
              summary="Load the bundled example pair (generated with negative entropy)")
 def load_example(response: Response, session: Session = Depends(deps.session),
-                 store: ArtifactStore = Depends(deps.store)) -> DatasetOut:
+                 store: ArtifactStore = Depends(deps.store),
+                 caller: Caller = Depends(current_user)) -> DatasetOut:
     path = example_path()
     data = path.read_bytes()
     stored = crud.StoredFile(path=path, name=path.name, size=len(data),
                              sha256=hashlib.sha256(data).hexdigest())
     dataset, created = _ingest(session, store, [stored], "Example: negative-entropy plasticity",
-                               False)
+                               False, caller.id)
     if not created:
         response.status_code = 200
     return DatasetOut.of(dataset)
 
 
-@router.get("", response_model=list[DatasetOut], summary="Recent datasets, newest first")
+@router.get("", response_model=list[DatasetOut], summary="Your recent datasets, newest first")
 def list_datasets(limit: int = 50, format: str | None = None,
-                  session: Session = Depends(deps.session)) -> list[DatasetOut]:
+                  session: Session = Depends(deps.session),
+                  caller: Caller = Depends(current_user)) -> list[DatasetOut]:
     """``format=distribution`` lists only single distributions (for 'spine_fit')."""
-    return [DatasetOut.of(d) for d in crud.list_datasets(session, min(max(limit, 1), 500),
+    return [DatasetOut.of(d) for d in crud.list_datasets(session, caller.id,
+                                                         min(max(limit, 1), 500),
                                                          format or None)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: Session = Depends(deps.session)) -> DatasetOut:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise ApiError(404, f"Dataset {dataset_id!r} does not exist.",
-                       "List datasets with GET /api/datasets or upload one.")
-    return DatasetOut.of(dataset)
+def get_dataset(dataset_id: str, session: Session = Depends(deps.session),
+                caller: Caller = Depends(current_user)) -> DatasetOut:
+    return DatasetOut.of(owned_dataset(session, caller, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204,
+               summary="Delete one of your datasets and its files (runs that read it keep "
+                       "their results and its hashes)")
+def delete_dataset(dataset_id: str, session: Session = Depends(deps.session),
+                   store: ArtifactStore = Depends(deps.store),
+                   caller: Caller = Depends(current_user)) -> Response:
+    dataset = owned_dataset(session, caller, dataset_id)
+    active = [r.id for r in crud.active_runs_reading(session, dataset_id)]
+    if active:
+        raise ApiError(409, f"Dataset {dataset_id!r} is being read by queued or running "
+                       f"run(s) {', '.join(active)}.",
+                       "Wait for them to finish or cancel them, then delete the dataset.")
+    keys = [f["artifact"] for f in dataset.files]
+    session.delete(dataset)
+    session.commit()
+    for key in keys:  # after the commit: a failed commit must not lose the record's files
+        store.delete(session, key)
+    session.commit()
+    return Response(status_code=204)

@@ -85,6 +85,12 @@ def run_page(run_id: str) -> FileResponse:
     return _page("run.html")
 
 
+@router.get("/login", response_class=FileResponse)
+def login_page() -> FileResponse:
+    """Log in with an API token (multi-user mode)."""
+    return _page("login.html")
+
+
 @router.get("/s/{token}", response_class=FileResponse)
 def share_page(token: str) -> FileResponse:
     """Read-only view of a shared run; needs no login."""

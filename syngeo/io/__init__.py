@@ -1,1 +1,2 @@
-"""Input layer: read uploaded weight data (see `syngeo.io.weights`)."""
+"""Input layer: read uploaded weight data (see `syngeo.io.weights`); large arrays in flat
+memory (`syngeo.io.arrays`)."""

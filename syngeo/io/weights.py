@@ -7,6 +7,13 @@ so the backend can answer with a clear 4xx message and bad data never reaches th
 No pickle is ever executed: NumPy files are opened with ``allow_pickle=False`` and PyTorch
 checkpoints only with ``torch.load(..., weights_only=True)``. torch is imported inside the
 checkpoint reader alone, so the web backend starts without it.
+
+Bounded work: archives (.npz, PyTorch zip checkpoints) are checked against a limit on their
+uncompressed size before anything is inflated, and again while they are read (headers can
+lie). Memory stays flat whatever the file size: arrays are memory-mapped, large ones that
+need converting or parsing are written block by block to a temporary file and mapped from
+there, and the checks and the summary read them block by block, releasing the pages of each
+block once read.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import math
 import pickle
 import re
 import struct
+import tempfile
 import warnings
 import zipfile
-from array import array
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,8 +36,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from syngeo.io import arrays
+
 __all__ = [
     "ACCEPTED_EXTENSIONS",
+    "UploadTooLargeError",
     "WeightDataError",
     "WeightPairs",
     "example_path",
@@ -97,6 +108,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 class WeightDataError(ValueError):
     """Uploaded weight data that cannot be used, with what is wrong and how to fix it."""
 
+    status = 422  # the HTTP status the API answers with
+
     def __init__(self, problem: str, fix: str, *, file: str | None = None) -> None:
         if file and file not in problem:
             problem = f"{file}: {problem}"
@@ -109,6 +122,16 @@ class WeightDataError(ValueError):
         # Celery and multiprocessing pickle exceptions; the default would pass only the
         # joined message back to __init__, which needs problem and fix separately.
         return (self.__class__, (self.problem, self.fix), {"file": self.file})
+
+
+class UploadTooLargeError(WeightDataError):
+    """An archive that inflates beyond the limit on uncompressed upload size."""
+
+    status = 413
+
+
+# Archives with more members are refused: each member costs memory to list.
+_MAX_ARCHIVE_MEMBERS = 10_000
 
 
 @dataclass
@@ -137,15 +160,23 @@ class WeightPairs:
         """
         layers = []
         for name, (before, after) in self.layers.items():
+            # Block by block, so a large upload is summarised in flat memory.
+            stats_b, stats_a = arrays.RunningStats(), arrays.RunningStats()
+            n_zero = n_sign_flips = 0
+            for block_b, block_a in zip(arrays.blocks(before), arrays.blocks(after), strict=True):
+                stats_b.add(block_b)
+                stats_a.add(block_a)
+                n_zero += int(np.count_nonzero((block_b == 0) | (block_a == 0)))
+                n_sign_flips += int(np.count_nonzero(np.sign(block_b) * np.sign(block_a) < 0))
             layers.append(
                 {
                     "name": name,
                     "shape": list(self.shapes.get(name, [int(before.size)])),
                     "n": int(before.size),
-                    "before": _stats(before),
-                    "after": _stats(after),
-                    "n_zero": int(np.count_nonzero((before == 0) | (after == 0))),
-                    "n_sign_flips": int(np.count_nonzero(np.sign(before) * np.sign(after) < 0)),
+                    "before": stats_b.result(),
+                    "after": stats_a.result(),
+                    "n_zero": n_zero,
+                    "n_sign_flips": n_sign_flips,
                 }
             )
         return {
@@ -154,15 +185,6 @@ class WeightPairs:
             "skipped": list(self.skipped),
             "layers": layers,
         }
-
-
-def _stats(values: np.ndarray) -> dict[str, float]:
-    return {
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values)),
-        "min": float(np.min(values)),
-        "max": float(np.max(values)),
-    }
 
 
 def example_path(name: str = "example_ne.csv") -> Path:
@@ -178,6 +200,7 @@ def read_weight_pairs(
     names: Sequence[str] | None = None,
     *,
     include_all: bool = False,
+    max_uncompressed: int | None = None,
 ) -> WeightPairs:
     """Read one or two uploaded files into before/after weight pairs.
 
@@ -185,7 +208,9 @@ def read_weight_pairs(
     (uploads are stored under temporary names), used to detect the format by extension and
     in messages. Checkpoints (safetensors, PyTorch, two .npz files) are paired tensor by
     tensor; biases, normalisation parameters and 1-D tensors are left out (and listed in
-    ``skipped``) unless ``include_all`` keeps every floating-point tensor.
+    ``skipped``) unless ``include_all`` keeps every floating-point tensor. An archive
+    (.npz, a PyTorch zip checkpoint) that inflates to more than ``max_uncompressed`` bytes
+    is refused with UploadTooLargeError before it is inflated.
 
     Raises WeightDataError for anything a user has to fix.
     """
@@ -221,6 +246,9 @@ def read_weight_pairs(
                 file=name,
             )
 
+    for path, name in zip(path_list, name_list, strict=True):
+        _check_container(path, name, families[0], max_uncompressed)
+
     readers: dict[str, Callable[[list[Path], list[str], bool], WeightPairs]] = {
         _TEXT: _read_text,
         _NPY: _read_npy,
@@ -245,15 +273,118 @@ def _family(name: str) -> str:
     return family
 
 
+# ----------------------------------------------------------------------------- containers
+
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+# torch.save's format before 1.6: a pickle (protocol 2) whose first object is this number.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _check_container(path: Path, name: str, family: str, limit: int | None) -> None:
+    """Look at the first bytes before a library does: a file that is not what its extension
+    says gets a message that says so, and an archive is checked against ``limit``."""
+    with open(path, "rb") as fp:
+        head = fp.read(len(_TORCH_LEGACY_MAGIC))
+    if family == _NPZ:
+        if head.startswith(_NPY_MAGIC):
+            raise WeightDataError(
+                "The file is a single .npy array saved under an .npz name.",
+                "Rename it to .npy, or save an archive with np.savez(path, before=..., "
+                "after=...).",
+                file=name,
+            )
+        if not head.startswith(_ZIP_MAGICS):
+            raise WeightDataError(
+                "The file is not a NumPy .npz archive (the zip file np.savez writes); it is "
+                "corrupt or in another format.",
+                "Save the arrays with np.savez(path, before=w_before, after=w_after) and upload "
+                "the complete file; a single array goes in a .npy file (np.save).",
+                file=name,
+            )
+        _check_zip(path, name, _NPZ_KIND, limit)
+    elif family == _TORCH:
+        if head.startswith(_ZIP_MAGICS):
+            _check_zip(path, name, "a PyTorch checkpoint", limit)
+        elif head.startswith(b"\x80") and not head.startswith(_TORCH_LEGACY_MAGIC):
+            raise WeightDataError(
+                "The file is a plain Python pickle, not a checkpoint written by torch.save; "
+                "pickles are never unpickled, because unpickling can run code.",
+                "Save only the weights: torch.save(model.state_dict(), path), or use "
+                "safetensors.",
+                file=name,
+            )
+        elif not head.startswith(_TORCH_LEGACY_MAGIC):
+            raise WeightDataError(
+                "The file could not be read as a PyTorch checkpoint: it is neither the zip "
+                "archive torch.save writes nor torch's older format (it is corrupt, or in "
+                "another format).",
+                "Save the weights again with torch.save(model.state_dict(), path) and upload "
+                "the complete file, or use safetensors.",
+                file=name,
+            )
+
+
+def _inflates_beyond(name: str, size: int, limit: int, at_least: bool = False) -> WeightDataError:
+    return UploadTooLargeError(
+        f"The archive inflates to {'at least ' if at_least else ''}{size:,} bytes, more than "
+        f"the limit of {limit:,} bytes on uncompressed uploads.",
+        "Upload less data (e.g. only the layers to analyse), or ask the administrator to raise "
+        "SYNGEO_MAX_UNCOMPRESSED_BYTES.",
+        file=name,
+    )
+
+
+def _check_zip(path: Path, name: str, kind: str, limit: int | None) -> None:
+    """Refuse an archive whose members add up to more than ``limit`` bytes, first by the
+    sizes its directory declares, then by inflating each member once without keeping it
+    (a directory can lie; zipfile also checks each member's CRC here)."""
+    try:
+        with open(path, "rb") as fp:
+            # The member count is in the end record (zip64 included): check it before
+            # zipfile lists every member in memory.
+            end = zipfile._EndRecData(fp)  # type: ignore[attr-defined]
+        count = end[zipfile._ECD_ENTRIES_TOTAL] if end else 0  # type: ignore[attr-defined]
+        if count > _MAX_ARCHIVE_MEMBERS:
+            raise WeightDataError(
+                f"The archive holds {count:,} members; at most {_MAX_ARCHIVE_MEMBERS:,} are "
+                "read.",
+                "Save only the arrays or tensors to analyse.",
+                file=name,
+            )
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            declared = sum(info.file_size for info in members)
+            if limit is not None and declared > limit:
+                raise _inflates_beyond(name, declared, limit)
+            total = 0
+            for info in members:
+                with archive.open(info) as member:
+                    while block := member.read(1 << 20):
+                        total += len(block)
+                        if limit is not None and total > limit:
+                            raise _inflates_beyond(name, total, limit, at_least=True)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError,
+            RuntimeError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression.
+        raise _corrupt(name, kind, exc) from exc
+
+
 # ----------------------------------------------------------------------------- checks
 
 
 def _check_finite(values: np.ndarray, what: str, file: str | None) -> None:
-    bad = ~np.isfinite(values)
-    n_bad = int(np.count_nonzero(bad))
+    n_bad = n_nan = 0
+    first = -1
+    for index, block in enumerate(arrays.blocks(values)):
+        bad = ~np.isfinite(block)
+        count = int(np.count_nonzero(bad))
+        if count:
+            n_bad += count
+            n_nan += int(np.count_nonzero(np.isnan(block)))
+            if first < 0:
+                first = index * arrays.BLOCK + int(np.argmax(bad))
     if n_bad:
-        n_nan = int(np.count_nonzero(np.isnan(values)))
-        first = int(np.argmax(bad))
         raise WeightDataError(
             f"{what} has {_plural(n_bad, 'NaN or Inf value')} ({n_nan} NaN, {n_bad - n_nan} Inf); "
             f"the first is at index {first} (0-based, flattened).",
@@ -417,7 +548,7 @@ def _parse_table(
 
     indices = _choose_columns(header, n_cols, len(roles), name)
     labels = [header[i] if header else role for i, role in zip(indices, roles, strict=True)]
-    columns = [array("d") for _ in indices]
+    columns = [arrays.Column() for _ in indices]
     # Per column: NaN/Inf count and the line of the first one, for a precise message.
     n_bad = [0] * len(indices)
     first_bad: list[int | None] = [None] * len(indices)
@@ -452,7 +583,7 @@ def _parse_table(
                     first_bad[k] = line_no
             columns[k].append(value)
 
-    if not columns[0]:
+    if not columns[0].size:
         raise _no_weights(name, "only a header row")
     for k, label in enumerate(labels):
         if n_bad[k]:
@@ -463,8 +594,7 @@ def _parse_table(
                 "missing) and upload again.",
                 file=name,
             )
-    # frombuffer shares the array's memory: the values are stored as float64 exactly once.
-    return [np.frombuffer(col, dtype=np.float64) for col in columns]
+    return [column.finish() for column in columns]
 
 
 def _choose_columns(header: list[str] | None, n_cols: int, want: int, name: str) -> list[int]:
@@ -496,14 +626,15 @@ def _choose_columns(header: list[str] | None, n_cols: int, want: int, name: str)
 
 def _read_npy_header(
     fp: IO[bytes], name: str, kind: str, what: str = "The array"
-) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a .npy header, refusing object and non-numeric arrays."""
+) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and Fortran order from a .npy header, refusing object and non-numeric
+    arrays."""
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise _corrupt(name, kind, exc) from exc
     if dtype.hasobject:
@@ -519,7 +650,7 @@ def _read_npy_header(
             "Save the weights as a float array: np.save(path, np.asarray(weights, dtype=float)).",
             file=name,
         )
-    return tuple(int(s) for s in shape), dtype
+    return tuple(int(s) for s in shape), dtype, bool(fortran)
 
 
 def _check_npy_complete(
@@ -536,30 +667,31 @@ def _check_npy_complete(
         )
 
 
-def _load_npy(path: Path, name: str) -> np.ndarray:
-    kind = "a NumPy .npy file"
-    with open(path, "rb") as fp:
-        shape, dtype = _read_npy_header(fp, name, kind)
-        header_end = fp.tell()
-    _check_npy_complete(path.stat().st_size, header_end, shape, dtype, name, kind)
-    if math.prod(shape) == 0:
-        raise _no_weights(name, f"the array has shape {shape}")
+def _map_npy(fp: IO[bytes], available: int, name: str, kind: str, what: str = "The array"
+             ) -> np.ndarray:
+    """The array of an open .npy file, memory-mapped: large uploads are paged in as
+    needed instead of read whole."""
+    shape, dtype, fortran = _read_npy_header(fp, name, kind, what)
+    header_end = fp.tell()
+    _check_npy_complete(available, header_end, shape, dtype, name, kind)
     try:
-        # mmap: large uploads are paged in as needed instead of read whole.
-        return np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as exc:
+        return arrays.map_file(fp, shape, dtype, header_end, fortran)
+    except (ValueError, OSError) as exc:
         raise _corrupt(name, kind, exc) from exc
 
 
-def _as_float64(values: np.ndarray) -> np.ndarray:
-    """Flatten (C order, so before and after stay paired) and convert to float64 once."""
-    return np.asarray(values, dtype=np.float64).reshape(-1)
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    with open(path, "rb") as fp:
+        values = _map_npy(fp, path.stat().st_size, name, "a NumPy .npy file")
+    if values.size == 0:
+        raise _no_weights(name, f"the array has shape {values.shape}")
+    return values
 
 
 def _read_npy(paths: list[Path], names: list[str], include_all: bool) -> WeightPairs:
-    arrays = [_load_npy(p, n) for p, n in zip(paths, names, strict=True)]
-    if len(arrays) == 1:
-        table = arrays[0]
+    loaded = [_load_npy(p, n) for p, n in zip(paths, names, strict=True)]
+    if len(loaded) == 1:
+        table = loaded[0]
         if table.ndim == 1:
             raise _wrong_count_single(names[0], f"The file holds one 1-D array {table.shape}")
         if table.ndim != 2 or table.shape[1] != 2:
@@ -570,15 +702,14 @@ def _read_npy(paths: list[Path], names: list[str], include_all: bool) -> WeightP
                 "are rows; or upload two .npy files, before first.",
                 file=names[0],
             )
-        before = np.ascontiguousarray(table[:, 0], dtype=np.float64)
-        after = np.ascontiguousarray(table[:, 1], dtype=np.float64)
+        before, after = arrays.flat64(table[:, 0]), arrays.flat64(table[:, 1])
         shape = [int(table.shape[0])]
         _check_finite(before, "Column 0 (before)", names[0])
         _check_finite(after, "Column 1 (after)", names[0])
     else:
-        _check_same_shape(arrays[0].shape, arrays[1].shape, names[0], names[1])
-        before, after = _as_float64(arrays[0]), _as_float64(arrays[1])
-        shape = [int(s) for s in arrays[0].shape]
+        _check_same_shape(loaded[0].shape, loaded[1].shape, names[0], names[1])
+        before, after = arrays.flat64(loaded[0]), arrays.flat64(loaded[1])
+        shape = [int(s) for s in loaded[0].shape]
         _check_finite(before, "The array", names[0])
         _check_finite(after, "The array", names[1])
     return WeightPairs(
@@ -598,41 +729,42 @@ class _Tensor:
     load: Callable[[], np.ndarray]
 
 
-def _open_npz(path: Path, name: str, stack: ExitStack) -> Any:
-    kind = "a NumPy .npz archive"
+_NPZ_KIND = "a NumPy .npz archive"
+
+
+def _open_npz(path: Path, name: str, stack: ExitStack) -> zipfile.ZipFile:
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise _corrupt(name, kind, exc) from exc
-    if isinstance(archive, np.ndarray):
-        raise WeightDataError(
-            "The file is a single .npy array saved under an .npz name.",
-            "Rename it to .npy, or save an archive with np.savez(path, before=..., after=...).",
-            file=name,
-        )
-    return stack.enter_context(archive)
+        return stack.enter_context(zipfile.ZipFile(path))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _corrupt(name, _NPZ_KIND, exc) from exc
 
 
-def _npz_tensors(archive: Any, name: str) -> dict[str, _Tensor]:
-    kind = "a NumPy .npz archive"
+def _npz_tensors(archive: zipfile.ZipFile, name: str) -> dict[str, _Tensor]:
+    kind = _NPZ_KIND
     tensors: dict[str, _Tensor] = {}
-    members = set(archive.zip.namelist())
-    for key in archive.files:
-        member = key if key in members else f"{key}.npy"
+    for info in archive.infolist():
+        member = info.filename
+        key = member.removesuffix(".npy")  # np.savez's member names, as np.load gives them
         try:
-            info = archive.zip.getinfo(member)
-            with archive.zip.open(member) as fp:
-                shape, dtype = _read_npy_header(fp, name, kind, f"Array {key!r}")
+            with archive.open(info) as fp:
+                shape, dtype, _ = _read_npy_header(fp, name, kind, f"Array {key!r}")
                 header_end = fp.tell()
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
             raise _corrupt(name, kind, exc) from exc
         _check_npy_complete(info.file_size, header_end, shape, dtype, name, kind)
 
-        def load(key: str = key) -> np.ndarray:
+        def load(info: zipfile.ZipInfo = info, key: str = key) -> np.ndarray:
+            # Inflated to a temporary file and mapped, not into memory.
             try:
-                return _as_float64(archive[key])
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+                with archive.open(info) as source, tempfile.TemporaryFile() as fp:
+                    while block := source.read(1 << 20):
+                        fp.write(block)
+                    size = fp.tell()
+                    fp.seek(0)
+                    values = _map_npy(fp, size, name, kind, f"Array {key!r}")
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
                 raise _corrupt(name, kind, exc) from exc
+            return arrays.flat64(values)
 
         tensors[key] = _Tensor(shape, dtype.kind == "f", load)
     return tensors
@@ -793,7 +925,7 @@ def _checkpoint_count(paths: list[Path], names: list[str], kind: str) -> None:
 
 
 # safetensors dtype codes that are real floating point, as numpy reads them directly.
-_SAFETENSORS_NUMPY_FLOATS = {"F16", "F32", "F64"}
+_SAFETENSORS_NUMPY_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
 # Formats numpy has no dtype for; decoded from their raw bytes.
 _SAFETENSORS_RAW_FLOATS = {"BF16", "F8_E4M3", "F8_E5M2"}
 
@@ -837,16 +969,18 @@ def _safetensors_tensors(path: Path, name: str, stack: ExitStack) -> dict[str, _
     layout: dict[str, Any] = {}
 
     def raw_bytes(key: str) -> np.ndarray:
-        # numpy has no bfloat16/float8: read the tensor's bytes via the header's offsets.
+        # The tensor's bytes, memory-mapped, at the offsets of the header (which safe_open
+        # has checked against the file's size).
         if not layout:
             with open(path, "rb") as fp:
                 (header_len,) = struct.unpack("<Q", fp.read(8))
                 layout.update(json.loads(fp.read(header_len)))
-                layout["__data_start__"] = 8 + header_len
+                size = fp.seek(0, 2)
+                layout["__file__"] = arrays.map_file(fp, (size,), np.dtype(np.uint8), 0)
+            layout["__data_start__"] = 8 + header_len
         begin, end = layout[key]["data_offsets"]
-        return np.fromfile(
-            path, dtype=np.uint8, count=end - begin, offset=layout["__data_start__"] + begin
-        )
+        start = layout["__data_start__"]
+        return layout["__file__"][start + begin : start + end]
 
     tensors: dict[str, _Tensor] = {}
     for key in keys:
@@ -855,10 +989,16 @@ def _safetensors_tensors(path: Path, name: str, stack: ExitStack) -> dict[str, _
 
         def load(key: str = key, dtype: str = dtype) -> np.ndarray:
             try:
+                raw = raw_bytes(key)
                 if dtype in _SAFETENSORS_NUMPY_FLOATS:
-                    return _as_float64(handle.get_tensor(key))
-                return _decode_raw_float(raw_bytes(key), dtype)
-            except (SafetensorError, OSError, ValueError) as exc:
+                    return arrays.flat64(raw.view(_SAFETENSORS_NUMPY_FLOATS[dtype]))
+                # numpy has no bfloat16/float8: decode the bytes, block by block if large.
+                codes = raw.view("<u2") if dtype == "BF16" else raw
+                if codes.size <= arrays.SPILL_VALUES:
+                    return _decode_raw_float(codes, dtype)
+                return arrays.spill((_decode_raw_float(codes[i : i + arrays.BLOCK], dtype)
+                               for i in range(0, codes.size, arrays.BLOCK)), codes.size)
+            except (SafetensorError, OSError, ValueError, KeyError) as exc:
                 raise _corrupt(name, kind, exc) from exc
 
         floating = dtype in _SAFETENSORS_NUMPY_FLOATS or dtype in _SAFETENSORS_RAW_FLOATS
@@ -930,7 +1070,11 @@ def _torch_tensors(path: Path, name: str) -> tuple[dict[str, _Tensor], list[str]
         floating = value.is_floating_point() and value.layout == torch.strided
 
         def load(value: torch.Tensor = value) -> np.ndarray:
-            return value.detach().to(torch.float64).reshape(-1).numpy()
+            flat = value.detach().reshape(-1)
+            if flat.numel() <= arrays.SPILL_VALUES:
+                return flat.to(torch.float64).numpy()
+            return arrays.spill((flat[i : i + arrays.BLOCK].to(torch.float64).numpy()
+                           for i in range(0, flat.numel(), arrays.BLOCK)), flat.numel())
 
         tensors[str(key)] = _Tensor(tuple(int(s) for s in value.shape), floating, load)
     if not tensors:

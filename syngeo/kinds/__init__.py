@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
@@ -42,5 +44,21 @@ def prepare_spec(kind: ExperimentKind, raw: dict[str, Any]):  # noqa: ANN201
     return spec
 
 
+def canonical_spec(kind: ExperimentKind, spec: BaseModel) -> dict[str, Any]:
+    """The spec in the form it is stored and read back by a worker. It must validate again
+    to the same spec: a run is never queued with a spec its worker would refuse."""
+    stored = spec.model_dump(mode="json")
+    try:
+        again = kind.Spec.model_validate(stored)
+    except ValidationError as exc:
+        raise ValueError("the spec changes when stored and is then refused ("
+                         f"{exc.errors()[0].get('msg', 'invalid')}); write its values in "
+                         "the form GET /api/kinds shows") from None
+    if again != spec:
+        raise ValueError("the spec changes when stored; write its values in the form GET "
+                         "/api/kinds shows")
+    return stored
+
+
 __all__ = ["KINDS", "Cancelled", "ExperimentKind", "KindResult", "RunContext", "UnknownKind",
-           "get_kind", "prepare_spec"]
+           "canonical_spec", "get_kind", "prepare_spec"]

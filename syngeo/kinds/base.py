@@ -70,6 +70,58 @@ def distribution_dataset_problem(dataset_id: str, format: str) -> tuple[str, str
             "that id, or use 'example'.")
 
 
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a run of a spec costs on one CPU worker: its wall time and the peak memory it adds
+    to the worker, from the spec and the sizes of its inputs. Each kind's constants were
+    measured with bench/bench_cost_estimates.py (figures in bench/README.md); times depend on
+    the machine, so they are shown as "about … on one CPU worker"."""
+
+    seconds: float
+    memory_bytes: float
+    work: str  #: what sets the cost, in the spec's terms ("bootstrap 200 × subsample 20,000 …")
+    lower_time: str  #: what to lower when the run would take too long
+    lower_memory: str  #: what to lower when it would need too much memory
+
+    def problems(self, max_seconds: float, max_memory_bytes: float) -> list[tuple[str, str]]:
+        """(problem, fix) for each configured limit the estimate exceeds."""
+        out = []
+        if self.seconds > max_seconds:
+            out.append((f"This run would take {format_seconds(self.seconds)} on one CPU worker "
+                        f"({self.work}); the limit is {format_seconds(max_seconds, about=False)} "
+                        "(SYNGEO_MAX_RUN_SECONDS).", f"Lower {self.lower_time}."))
+        if self.memory_bytes > max_memory_bytes:
+            out.append((f"This run would need about {format_bytes(self.memory_bytes)} of memory "
+                        f"({self.work}); the limit is {format_bytes(max_memory_bytes)} "
+                        "(SYNGEO_MAX_RUN_MEMORY_BYTES).", f"Lower {self.lower_memory}."))
+        return out
+
+    def text(self) -> str:
+        """For people: "about 40 s and 350 MB of memory on one CPU worker"."""
+        return (f"{format_seconds(self.seconds)} and {format_bytes(self.memory_bytes)} of "
+                "memory on one CPU worker")
+
+
+def format_seconds(seconds: float, about: bool = True) -> str:
+    """'about 40 s', 'about 12 min', 'about 3.5 h' (two significant digits at most)."""
+    prefix = "about " if about else ""
+    if seconds < 1:
+        return "under a second" if about else f"{seconds:g} s"
+    unit, size = next((u, s) for u, s in (("h", 3600.0), ("min", 60.0), ("s", 1.0))
+                      if seconds >= s)
+    value = seconds / size
+    return f"{prefix}{value:.2g} {unit}" if value < 10 else f"{prefix}{value:,.0f} {unit}"
+
+
+def format_bytes(count: float) -> str:
+    """Decimal units, two significant digits: '350 MB', '1.2 GB', '40 GB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.2g} {unit}" if value < 10 else f"{value:,.0f} {unit}"
+    return f"{count:.0f} bytes"
+
+
 @dataclass
 class KindResult:
     """A run's outcome: a JSON-able summary and named numeric arrays (stored as .npz)."""
@@ -101,6 +153,13 @@ class ExperimentKind(ABC):
                 value = field_info.get_default(call_default_factory=True)
                 prop["default"] = TypeAdapter(Any).dump_python(value, mode="json")
         return schema
+
+    @abstractmethod
+    def estimate(self, spec: BaseModel, inputs: list[int]) -> CostEstimate:
+        """Time and peak memory of a run of ``spec`` on one CPU worker. ``inputs``: the sizes of
+        the dataset it reads (weight pairs per layer, or the number of values of a
+        distribution), empty when it reads none. Kept free of torch: the API checks every
+        spec against its limits before queueing it."""
 
     def datasets(self, spec: BaseModel) -> list[str]:
         """Dataset ids this spec reads (recorded in the run for provenance)."""

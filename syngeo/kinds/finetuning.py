@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 NetworkName = Literal["mlp", "cnn", "rnn"]
@@ -33,6 +33,15 @@ DIGITS_IMAGES, DIGITS_SIDE, DIGITS_CLASSES = 1797, 8, 10
 #: default run (2e11, under a minute on one CPU thread), i.e. hours on a CPU.
 MAX_WORK = 1e14
 _LINE_COLORS = ("#6b4c9a", "#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a")
+# Cost model, measured with bench/bench_cost_estimates.py on a 2-core CPU (bench/README.md):
+# about 10¹⁰ of :func:`estimated_work`'s multiply-adds a second (small layers: per-call
+# overhead dominates) plus a fixed start (loading the digits, building the networks); the
+# search's extensions are not counted (they run only while accuracy stays below 100 %).
+# Memory: the float64 activations of one mini-batch, kept for the backward pass.
+_START_SECONDS = 1.0
+_WORK_PER_SECOND = 1e10
+_BASE_BYTES = 130e6
+_ACTIVATION_COPIES = 4
 
 
 def _canonical(values: list[str]) -> list[str]:
@@ -163,6 +172,28 @@ def estimated_work(spec: FinetuningSpec) -> float:
     return total
 
 
+def _activations(spec: FinetuningSpec, name: str) -> int:
+    """Values one digit leaves in a network's forward pass."""
+    pixels = DIGITS_SIDE * DIGITS_SIDE
+    if name == "mlp":
+        return pixels + 2 * spec.mlp_hidden + DIGITS_CLASSES
+    if name == "cnn":
+        return pixels * (1 + spec.cnn_channels_1 + spec.cnn_channels_2) + DIGITS_CLASSES
+    return pixels + DIGITS_SIDE * spec.rnn_hidden + DIGITS_CLASSES
+
+
+def finetuning_cost(spec: FinetuningSpec) -> CostEstimate:
+    batch = max(spec.pretrain_batch, min(spec.batch_size, DIGITS_IMAGES))
+    activations = max(_activations(spec, name) for name in spec.networks)
+    memory = _BASE_BYTES + _ACTIVATION_COPIES * 8.0 * batch * activations
+    return CostEstimate(
+        seconds=_START_SECONDS + estimated_work(spec) / _WORK_PER_SECOND, memory_bytes=memory,
+        work=(f"{len(spec.networks)} networks × {len(spec.training_potentials)} potentials × "
+              f"{spec.seeds} seeds × {spec.lr_points} learning rates × {spec.epochs} epochs"),
+        lower_time="seeds, lr_points, epochs or the network sizes",
+        lower_memory="pretrain_batch, batch_size or the network sizes")
+
+
 def load_digits_images() -> tuple[np.ndarray, np.ndarray, str]:
     """The 8×8 digits (images, labels) and the SHA-256 of both, for the run record."""
     from sklearn.datasets import load_digits
@@ -212,6 +243,9 @@ class FinetuningKind(ExperimentKind):
             "images": int(images.shape[0]), "sha256": digest}
         ctx.progress(1.0, "Done")
         return KindResult(summary=summary, arrays=result.to_arrays())
+
+    def estimate(self, spec: FinetuningSpec, inputs: list[int]) -> CostEstimate:
+        return finetuning_cost(spec)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from syngeo import figures
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
 
 DEFAULT_POTENTIALS = ["ne"] + [f"p{1 + 0.1 * k:.1f}" for k in range(1, 21)]
 _P_FORM = re.compile(r"^(?:p\s*=?\s*)?(\d+(?:\.\d+)?)$")
@@ -30,11 +30,84 @@ def potential_key(text: str) -> str:
     match = _P_FORM.match(cleaned)
     if match:
         p = float(match.group(1))
+        short = f"{p:g}"  # 'p1.5', 'p2'; the full value when 6 digits would change it
+        value = short if float(short) == p else repr(p)
         if p > 1:
-            return f"p{p:g}"
-        raise ValueError(f"p-norm potentials need p > 1, got p = {p:g}")
+            return f"p{value}"
+        raise ValueError(f"p-norm potentials need p > 1, got p = {value}")
     raise ValueError(f"unknown potential {text!r}: use 'ne' (negative entropy) or a p-norm "
                      "such as 'p1.5', 'p=2' or '3'")
+
+
+# Cost model (a torch-free mirror of syngeo.engine.geometry.analysis). Constants measured
+# with bench/bench_cost_estimates.py on a 2-core CPU at low load (bench/README.md): scoring
+# the full sample costs about 2.2·10⁻⁸ s per candidate value (dual maps, sort, exact ΔCDF,
+# figures), the bootstrap 1·10⁻⁸ s per candidate value for resamples of up to 20,000
+# values and twice that from 40,000 on (they no longer fit the caches), and every pair read
+# or resampled 5·10⁻⁸ s that all candidates share (reading, draws, gathers). The noise
+# calibration costs about 8·10⁻⁸ s per simulated pair and candidate, its sigma search about
+# 70 simulated data sets more per candidate. A run holds about 70 bytes per weight pair
+# (the read arrays, the (n, 2) pairs, both sign/log forms) and the largest working block:
+# candidate rows of the full sample, the bootstrap's or the calibration's.
+_START_SECONDS = 0.3
+_SCORE_SECONDS_PER_VALUE = 2.2e-8
+_BOOTSTRAP_SECONDS_PER_VALUE = 1e-8
+_CACHED_RESAMPLE = 20_000
+_SECONDS_PER_PAIR = 5e-8
+_CALIBRATION_SECONDS_PER_VALUE = 8e-8
+_CALIBRATION_SEARCH = 70
+_BYTES_PER_PAIR = 70.0
+_POOLED_BYTES_PER_PAIR = 60.0  # several layers: per-layer copies and the pooled buffer
+_BASE_BYTES = 50e6
+_CALIBRATION_BYTES = 2**22 * 8 * 5
+# The engine's working blocks: at most 512 MB of candidate rows at once (float64, two
+# buffers per row), and blocks of 2²⁰ values.
+_CHUNK_BYTES = 512 * 2**20
+_BLOCK_VALUES = 2**20
+
+
+def analysis_cost(spec: GeometrySpec, sizes: list[int]) -> CostEstimate:
+    """The cost of scoring layers of ``sizes`` weight pairs (and their pool, when several)."""
+    n_c = len(spec.potentials or DEFAULT_POTENTIALS)
+    sizes = [int(n) for n in sizes if n > 0]
+    samples = sizes + ([sum(sizes)] if len(sizes) > 1 else [])
+    resamples = [min(n, spec.subsample) for n in samples]
+    pairs = sum(samples) + spec.bootstrap * sum(resamples)
+    boot_seconds = sum(
+        n_c * spec.bootstrap * m * _BOOTSTRAP_SECONDS_PER_VALUE
+        * min(2.0, max(1.0, m / _CACHED_RESAMPLE)) for m in resamples)
+    calibrated = 0.0
+    if any((spec.noise_absolute_before, spec.noise_relative_before, spec.noise_absolute_after,
+            spec.noise_relative_after)):
+        # Simulated pairs: per candidate, `calibration` data sets of m pairs and the search.
+        calibrated = sum(n_c * (spec.calibration + _CALIBRATION_SEARCH) * m for m in resamples)
+    seconds = (_START_SECONDS + n_c * sum(samples) * _SCORE_SECONDS_PER_VALUE + boot_seconds
+               + pairs * _SECONDS_PER_PAIR + calibrated * _CALIBRATION_SECONDS_PER_VALUE)
+    # Working memory: the larger of the full-sample block (candidate rows of the largest
+    # sample, capped by the engine's chunk) and the bootstrap block (a group of candidates
+    # on one block of resamples).
+    n_max = max(samples, default=0)
+    m_max = max(resamples, default=0)
+    rows_bytes = min(n_c * n_max * 8.0, _CHUNK_BYTES / 2.0) * 1.25
+    group = max(1, _CHUNK_BYTES // max(m_max * 16, 1))
+    boot_bytes = (max(min(n_c, group) * m_max, _BLOCK_VALUES) * 8.0 * 3.0 if spec.bootstrap
+                  else 0.0)
+    calibration_bytes = _CALIBRATION_BYTES if calibrated else 0.0
+    memory = (_BASE_BYTES + _BYTES_PER_PAIR * sum(sizes)
+              + (_POOLED_BYTES_PER_PAIR * sum(sizes) if len(sizes) > 1 else 0.0)
+              + max(rows_bytes, boot_bytes, calibration_bytes))
+    n_text = f"{sum(sizes):,} weight pairs" + (f" in {len(sizes)} layers" if len(sizes) > 1
+                                                else "")
+    work = f"{n_text} × {n_c} candidates"
+    if spec.bootstrap:
+        work += f", bootstrap {spec.bootstrap:,} × subsample {spec.subsample:,}"
+    if calibrated:
+        work += f", noise calibration {spec.calibration:,}"
+    return CostEstimate(
+        seconds=seconds, memory_bytes=memory, work=work,
+        lower_time="bootstrap, subsample, the number of potentials" + (
+            " or calibration" if calibrated else "") + " (or analyse fewer weights)",
+        lower_memory="subsample or the number of potentials (or upload fewer weights)")
 
 
 class GeometrySpec(BaseModel):
@@ -129,6 +202,9 @@ class GeometryKind(ExperimentKind):
         summary["dataset"] = {"format": pairs.format, "skipped": pairs.skipped,
                               "shapes": pairs.shapes}
         return KindResult(summary=summary, arrays=analysis.to_arrays())
+
+    def estimate(self, spec: GeometrySpec, inputs: list[int]) -> CostEstimate:
+        return analysis_cost(spec, inputs)
 
     def datasets(self, spec: GeometrySpec) -> list[str]:
         return [spec.dataset] if isinstance(spec.dataset, str) else []

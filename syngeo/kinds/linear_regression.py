@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
 # Work bound in units of N²·D per exact solve (forming X Xᵀ and J_ref's updates scale so) and
@@ -26,6 +26,23 @@ from syngeo.kinds.geometry import potential_key
 MAX_WORK = 2.0e13
 # Learning-rate search rounds (each kept per cell and learning rate; the paper's has 5).
 MAX_SEARCH_ROUNDS = 50
+# Cost model, measured with bench/bench_cost_estimates.py and bench_fig6_grid.py on a 2-core
+# CPU (bench/README.md: the full Fig. 6 grid, 1.3·10¹³ units of N²·D, took 450 s): exact
+# solves run at about 3.5·10¹⁰ units of N²·D a second, plus about 2 ms per solve and the
+# inputs drawn at about 5·10⁷ values (N·D) a second; training at about 10⁹ units of N·D per
+# step a second, and 0.7 ms per step (each step of the search trains every learning rate at
+# once, the final training every seed of a chunk). Memory is one chunk of seeds as the
+# engine sizes it (seeds_per_chunk with its 2 GiB budget: at least one seed, whatever that
+# needs).
+_START_SECONDS = 0.2
+_EXACT_PER_SECOND = 3.5e10
+_SECONDS_PER_SOLVE = 2e-3
+_INPUTS_PER_SECOND = 5e7
+_TRAINING_PER_SECOND = 1e9
+_SECONDS_PER_STEP = 7e-4
+_BASE_BYTES = 80e6
+_CHUNK_BUDGET = 2.0 * 2**30
+_SOLVER_BLOCK_BYTES = 8.0 * 2**25
 # Fig. 6 colours: N = D^0.5 orange, N = D^0.75 blue; further exponents get the rest.
 _A_COLORS = ("#d97706", "#2f6690", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
 
@@ -155,6 +172,41 @@ class LinearRegressionSpec(BaseModel):
         return _widths(self.d_min, self.d_max, self.n_widths)
 
 
+def _seed_bytes(n: int, d: int) -> float:
+    # implicit_bias.seeds_per_chunk: X, its float32 copy, seven N×N matrices, O(D) vectors.
+    return 12.0 * n * d + 8.0 * (7 * n * n + 8 * d + 8 * n)
+
+
+def linear_regression_cost(spec: LinearRegressionSpec) -> CostEstimate:
+    sizes = [(_n(d, a), d) for d in spec.widths() for a in spec.n_exponents]
+    runs = len(spec.potentials) * len(spec.c_values)
+    inputs = sum(n * d for n, d in sizes) * spec.seeds * len(spec.c_values)
+    if spec.solver == "exact":
+        units = sum(n * n * d for n, d in sizes) * spec.seeds * runs
+        seconds = units / _EXACT_PER_SECOND
+    else:
+        rounds = range(spec.epochs, spec.max_epochs + 1, spec.epochs_step)
+        steps = spec.lr_points * sum(rounds) + spec.seeds * spec.max_epochs
+        seconds = sum(n * d for n, d in sizes) * steps * runs / _TRAINING_PER_SECOND
+        seconds += len(sizes) * runs * (sum(rounds) + spec.max_epochs) * _SECONDS_PER_STEP
+    solves = len(sizes) * spec.seeds * runs
+    seconds += _START_SECONDS + solves * _SECONDS_PER_SOLVE + inputs / _INPUTS_PER_SECOND
+    chunk_bytes = 0.0
+    for n, d in sizes:
+        per_seed = _seed_bytes(n, d)
+        fits = max(1, int((_CHUNK_BUDGET - _SOLVER_BLOCK_BYTES) // per_seed))
+        chunk_bytes = max(chunk_bytes, min(spec.seeds, fits) * per_seed)
+    widths = spec.widths()
+    return CostEstimate(
+        seconds=seconds, memory_bytes=_BASE_BYTES + chunk_bytes,
+        work=(f"{len(spec.potentials)} potentials × {len(spec.c_values)} c × "
+              f"{len(spec.n_exponents)} N-scalings × {len(widths)} widths up to D = "
+              f"{max(widths):,} × {spec.seeds:,} seeds, {spec.solver} solver"),
+        lower_time="d_max, seeds or the N-scaling exponents" + (
+            ", or the learning-rate points and epochs" if spec.solver == "training" else ""),
+        lower_memory="d_max or the N-scaling exponents")
+
+
 class LinearRegressionKind(ExperimentKind):
     name: ClassVar[str] = "linear_regression"
     title: ClassVar[str] = "Linear regression across widths"
@@ -180,6 +232,9 @@ class LinearRegressionKind(ExperimentKind):
             progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
         ctx.progress(1.0, "Done")
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
+
+    def estimate(self, spec: LinearRegressionSpec, inputs: list[int]) -> CostEstimate:
+        return linear_regression_cost(spec)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         out = {

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
 #: Work limit: elements processed (see :func:`work`); about 10⁸ a second on one core.
@@ -30,6 +30,21 @@ _CALIBRATION_PASSES = 3.0
 _CALIBRATION_PAIRS = 20_000
 _BISECTION = 10
 _COLORS = ("#2f6690", "#c2410c", "#2e7d32", "#6b4c9a", "#b8860b", "#5f6b7a")
+# Cost model, measured with bench/bench_cost_estimates.py on a 2-core CPU (bench/README.md):
+# each data set's verdict scores about 5·10⁷ values a second; with noise, its calibration
+# costs about 9·10⁻⁸ s per simulated pair and candidate (at most 20,000 pairs), the sigma
+# search about 70 simulated data sets more, and 10 ms per candidate. Memory holds one
+# simulated data set of the largest n (about 90 bytes a pair) and its candidate rows, and
+# with noise about 25 MB of calibration buffers.
+_START_SECONDS = 0.1
+_VALUES_PER_SECOND = 5e7
+_CALIBRATION_SECONDS_PER_VALUE = 9e-8
+_CALIBRATION_SEARCH = 70
+_CALIBRATION_SECONDS_PER_CANDIDATE = 0.01
+_BASE_BYTES = 30e6
+_CALIBRATION_BYTES = 25e6
+_BYTES_PER_PAIR = 90.0
+_ROWS_CAP_BYTES = 512 * 2**20
 
 
 def work(n_values: list[int], noise_levels: list[float], n_candidates: int, replicates: int,
@@ -132,6 +147,30 @@ class PowerSpec(BaseModel):
         return self
 
 
+def power_cost(spec: PowerSpec) -> CostEstimate:
+    n_c, n_max = len(spec.candidates), max(spec.n_values)
+    seconds = _START_SECONDS
+    for n in spec.n_values:
+        for level in spec.noise_levels:
+            per = 4.0 * n_c * n / _VALUES_PER_SECOND
+            if level > 0:
+                per += n_c * (_CALIBRATION_SECONDS_PER_CANDIDATE + (
+                    spec.calibration + _CALIBRATION_SEARCH) * min(n, _CALIBRATION_PAIRS)
+                    * _CALIBRATION_SECONDS_PER_VALUE)
+            seconds += spec.replicates * per
+    rows = min(16.0 * n_c * n_max, _ROWS_CAP_BYTES)
+    if any(level > 0 for level in spec.noise_levels):
+        rows += _CALIBRATION_BYTES
+    grid = f"{len(spec.n_values)} n × {len(spec.noise_levels)} noise levels"
+    return CostEstimate(
+        seconds=seconds,
+        memory_bytes=_BASE_BYTES + _BYTES_PER_PAIR * n_max + rows,
+        work=(f"{grid} × {spec.replicates:,} replicates × {n_c} candidates, n up to "
+              f"{n_max:,}"),
+        lower_time="replicates, calibration, the largest n or the number of noise levels",
+        lower_memory="the largest n or the number of candidates")
+
+
 class PowerKind(ExperimentKind):
     name: ClassVar[str] = "power"
     title: ClassVar[str] = "Experiment design (power analysis)"
@@ -157,6 +196,9 @@ class PowerKind(ExperimentKind):
         summary["conclusion"] = conclusion(summary)
         ctx.progress(1.0, "Done")
         return KindResult(summary=summary, arrays=result.to_arrays())
+
+    def estimate(self, spec: PowerSpec, inputs: list[int]) -> CostEstimate:
+        return power_cost(spec)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {"power": power_figure(summary)}

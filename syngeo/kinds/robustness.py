@@ -14,12 +14,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 # The engine holds T·S·H·seeds·n float64 values in chunks, but time grows with the total.
 MAX_VALUES = 200_000_000
 _LINE_COLORS = ("#6b4c9a", "#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a")
+# Cost model, measured with bench/bench_cost_estimates.py on a 2-core CPU (bench/README.md):
+# about 2·10⁷ scored dual values a second; memory holds the starts and noise of every seed
+# (two float64 per weight, start and seed) and one chunk of (T, S, H, seeds, n) values, as
+# the engine sizes it (three buffers per value, 256 MB unless one seed needs more), measured
+# at about four float64 per value with the temporaries.
+_START_SECONDS = 0.1
+_VALUES_PER_SECOND = 2e7
+_BASE_BYTES = 30e6
+_CHUNK_BYTES = 256 * 2**20
+_BUFFERS = 3
+_BYTES_PER_VALUE = 8 * 4
 
 
 def _canonical(values: list[str]) -> list[str]:
@@ -88,6 +99,22 @@ class RobustnessSpec(BaseModel):
         return self
 
 
+def robustness_cost(spec: RobustnessSpec) -> CostEstimate:
+    n_h = len(spec.hypothesised or DEFAULT_POTENTIALS)
+    n_t, n_s = len(spec.true_potentials), len(spec.starts)
+    values = n_t * n_s * n_h * spec.seeds * spec.n_weights
+    per_seed = n_t * n_s * n_h * spec.n_weights
+    chunk = max(1, min(spec.seeds, _CHUNK_BYTES // (per_seed * 8 * _BUFFERS)))
+    memory = (_BASE_BYTES + 16.0 * n_s * spec.seeds * spec.n_weights
+              + per_seed * chunk * _BYTES_PER_VALUE)
+    return CostEstimate(
+        seconds=_START_SECONDS + values / _VALUES_PER_SECOND, memory_bytes=memory,
+        work=(f"{n_t} true × {n_s} starts × {n_h} hypothesised potentials × {spec.seeds:,} "
+              f"seeds × {spec.n_weights:,} weights"),
+        lower_time="seeds or n_weights, or test fewer potentials",
+        lower_memory="n_weights or seeds, or test fewer potentials")
+
+
 class RobustnessKind(ExperimentKind):
     name: ClassVar[str] = "robustness"
     title: ClassVar[str] = "Robustness to the hypothesised potential"
@@ -111,6 +138,9 @@ class RobustnessKind(ExperimentKind):
             progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
         ctx.progress(1.0, "Done")
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
+
+    def estimate(self, spec: RobustnessSpec, inputs: list[int]) -> CostEstimate:
+        return robustness_cost(spec)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {

@@ -18,6 +18,8 @@ import csv
 import hashlib
 import math
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,9 +27,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from syngeo import figures
+from syngeo.io import arrays
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import (
     DISTRIBUTION_FORMAT,
+    CostEstimate,
     DistributionSample,
     ExperimentKind,
     KindResult,
@@ -56,6 +60,23 @@ EXCLUSION_NOTE = (
     "renormalised over w > 0. 'excluded_mass' is the model probability removed that way. "
     "Negative entropy keeps every weight positive. The KS statistic is a distance only: a "
     "p-value would be too optimistic because the parameters were fitted to the same data.")
+
+
+#: Values in the bundled example (spine_volumes_synthetic.csv).
+EXAMPLE_VALUES = 1961
+# Cost model, measured with bench/bench_cost_estimates.py on a 2-core CPU (bench/README.md):
+# each fit costs about 0.2 s (several L-BFGS-B starts of many small steps) plus about
+# 2.2·10⁻⁵ s per data point and value its density evaluates there: K point masses, one
+# Gaussian for negative entropy's log-normal start, 72 quadrature nodes for a p-norm's
+# (the iterations vary with the data: within a factor of 2 on the cases measured). Memory:
+# that (n, nodes) float64 evaluation with its autograd copies, about 500 bytes per data
+# point and node.
+_START_SECONDS = 0.1
+_SECONDS_PER_FIT = 0.2
+_SECONDS_PER_NODE_VALUE = 2.2e-5
+_QUADRATURE_NODES = 72
+_BASE_BYTES = 40e6
+_BYTES_PER_NODE_VALUE = 500.0
 
 
 class SpineFitSpec(BaseModel):
@@ -105,6 +126,26 @@ class SpineFitSpec(BaseModel):
         return list(dict.fromkeys(value))
 
 
+def spine_fit_cost(spec: SpineFitSpec, inputs: list[int]) -> CostEstimate:
+    n = sum(inputs) if inputs else EXAMPLE_VALUES
+    widths = []
+    for key in spec.potentials:
+        for model in spec.init_models:
+            if model == "point_masses":
+                widths.append(spec.n_components)
+            else:
+                widths.append(1 + (1 if key == "ne" else _QUADRATURE_NODES))
+    return CostEstimate(
+        seconds=(_START_SECONDS + _SECONDS_PER_FIT * len(widths)
+                 + n * sum(widths) * _SECONDS_PER_NODE_VALUE),
+        memory_bytes=_BASE_BYTES + _BYTES_PER_NODE_VALUE * n * max(widths),
+        work=(f"{len(widths)} fits ({len(spec.potentials)} potentials × "
+              f"{len(spec.init_models)} initial models) of {n:,} values"),
+        lower_time="the number of potentials or initial models (or fit fewer values)",
+        lower_memory="the p-norm potentials with a 'point_mass_lognormal' start (or fit fewer "
+        "values)")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -139,10 +180,45 @@ def read_local_distribution(dataset: str) -> DistributionSample:
 
 
 def distribution_summary(values: np.ndarray) -> dict[str, Any]:
-    """What the upload page and the result show of a sample: n, range, median, mean, sd."""
-    return {"n": int(values.size), "min": float(values.min()),
-            "median": float(np.median(values)), "max": float(values.max()),
-            "mean": float(values.mean()), "std": float(values.std())}
+    """What the upload page and the result show of a sample: n, range, median, mean, sd
+    (block by block, so a large upload is summarised in flat memory)."""
+    stats = arrays.RunningStats()
+    for block in arrays.blocks(values):
+        stats.add(block)
+    summary = stats.result()
+    return {"n": int(values.size), "min": summary["min"], "median": arrays.median(values),
+            "max": summary["max"], "mean": summary["mean"], "std": summary["std"]}
+
+
+@dataclass
+class _Problems:
+    """Non-finite and non-positive values found while reading: counts, and where the first
+    of each is (a row of a table or an index of an array) with its value."""
+
+    n_bad: int = 0
+    first_bad: int = -1
+    n_nonpositive: int = 0
+    first_nonpositive: int = -1
+    nonpositive_value: float = 0.0
+
+    def add(self, values: np.ndarray, places: np.ndarray | int) -> None:
+        """Count ``values``; ``places`` are their rows, or the index of the first."""
+        bad = ~np.isfinite(values)
+        nonpositive = values <= 0
+        if bad.any():
+            if self.first_bad < 0:
+                self.first_bad = _place(places, int(np.argmax(bad)))
+            self.n_bad += int(np.count_nonzero(bad))
+        if nonpositive.any():
+            if self.first_nonpositive < 0:
+                first = int(np.argmax(nonpositive))
+                self.first_nonpositive = _place(places, first)
+                self.nonpositive_value = float(values[first])
+            self.n_nonpositive += int(np.count_nonzero(nonpositive))
+
+
+def _place(places: np.ndarray | int, index: int) -> int:
+    return places + index if isinstance(places, int) else int(places[index])
 
 
 def read_distribution(path: Path | str, name: str | None = None) -> np.ndarray:
@@ -154,31 +230,31 @@ def read_distribution(path: Path | str, name: str | None = None) -> np.ndarray:
     and how to fix it: several columns, text cells, NaN/Inf, values ≤ 0, too few values,
     binary or unknown files. ``name`` is the file name shown in messages and chooses the
     format by its extension (uploads are stored under temporary names); default: the
-    path's own name.
+    path's own name. Files of any size are read in flat memory: large ones come back
+    memory-mapped from a temporary file.
     """
     path = Path(path)
     name = name or path.name
     suffix = Path(name).suffix.lower()
+    problems = _Problems()
     if suffix in TEXT_EXTENSIONS:
-        values, rows = _read_text_column(path, name)
+        values = _read_text_column(path, name, problems)
     elif suffix == ".npy":
         values = _read_npy_column(path, name)
-        rows = np.arange(values.size)
+        for index, block in enumerate(arrays.blocks(values)):
+            problems.add(block, index * arrays.BLOCK)
     else:
         raise WeightDataError(f"The file type {suffix or '(none)'} is not supported.", ACCEPTED,
                               file=name)
     where = "row" if suffix in TEXT_EXTENSIONS else "index"
-    bad = ~np.isfinite(values)
-    if bad.any():
+    if problems.n_bad:
         raise WeightDataError(
-            f"{int(bad.sum())} value(s) are NaN or infinite; the first is at {where} "
-            f"{int(rows[np.argmax(bad)])}.", "Remove or replace them and try again.", file=name)
-    nonpositive = values <= 0
-    if nonpositive.any():
-        first = int(np.argmax(nonpositive))
+            f"{problems.n_bad} value(s) are NaN or infinite; the first is at {where} "
+            f"{problems.first_bad}.", "Remove or replace them and try again.", file=name)
+    if problems.n_nonpositive:
         raise WeightDataError(
-            f"{int(nonpositive.sum())} value(s) are ≤ 0; the first, {values[first]:g}, is at "
-            f"{where} {int(rows[first])}.",
+            f"{problems.n_nonpositive} value(s) are ≤ 0; the first, "
+            f"{problems.nonpositive_value:g}, is at {where} {problems.first_nonpositive}.",
             "The model describes positive quantities such as spine volumes: remove zero and "
             "negative values (or fix their units) and try again.", file=name)
     if values.size < MIN_VALUES:
@@ -187,27 +263,38 @@ def read_distribution(path: Path | str, name: str | None = None) -> np.ndarray:
     return values
 
 
-def _read_text_column(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _data_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of the lines that hold data, read as a stream."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if "\x00" in line:
+                    raise WeightDataError("The file holds binary data, not text.",
+                                          f"Save the values as a plain-text table. {ACCEPTED}",
+                                          file=name)
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    yield line_no, line
     except UnicodeDecodeError:
         raise WeightDataError("The file is not UTF-8 text.",
                               f"Save it as a plain-text table. {ACCEPTED}", file=name) from None
-    if "\x00" in text:
-        raise WeightDataError("The file holds binary data, not text.",
-                              f"Save the values as a plain-text table. {ACCEPTED}", file=name)
-    lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
-    lines = [(i, line) for i, line in lines if line and not line.startswith("#")]
-    if not lines:
+
+
+def _read_text_column(path: Path, name: str, problems: _Problems) -> np.ndarray:
+    # One delimiter for the whole file (any row holding one has more than one cell): a first
+    # pass finds it, the second parses.
+    found: set[str] = set()
+    n_lines = 0
+    for _, line in _data_lines(path, name):
+        n_lines += 1
+        found.update(d for d in ("\t", ";", ",") if d in line)
+    if not n_lines:
         raise WeightDataError("The file is empty.", f"Give at least {MIN_VALUES} values.",
                               file=name)
-    # One delimiter for the whole file: any row holding one has more than one cell.
-    body = "\n".join(line for _, line in lines)
-    delimiter = next((d for d in ("\t", ";", ",") if d in body), None)
+    delimiter = next((d for d in ("\t", ";", ",") if d in found), None)
     decimal_comma = delimiter == ";"
-    values: list[float] = []
-    rows: list[int] = []
-    for k, (line_no, line) in enumerate(lines):
+    column = arrays.Column()
+    for k, (line_no, line) in enumerate(_data_lines(path, name)):
         if delimiter is None:
             cells = line.split()
         else:
@@ -230,9 +317,10 @@ def _read_text_column(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
                                   "Make every row below the optional header a plain number "
                                   "(e.g. 0.042 or 4.2e-2), or delete that row.",
                                   file=name) from None
-        values.append(value)
-        rows.append(line_no)
-    return np.asarray(values, dtype=np.float64), np.asarray(rows)
+        if not value > 0 or math.isinf(value):
+            problems.add(np.array([value]), np.array([line_no]))
+        column.append(value)
+    return column.finish()
 
 
 def _read_npy_column(path: Path, name: str) -> np.ndarray:
@@ -246,7 +334,8 @@ def _read_npy_column(path: Path, name: str) -> np.ndarray:
                               f"Save the values with np.save(path, values). {ACCEPTED}",
                               file=name)
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped: a large file is read block by block, never whole.
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise WeightDataError(f"The file could not be read as a NumPy array ({exc}).",
                               f"Save it with np.save(path, values). {ACCEPTED}",
@@ -260,7 +349,9 @@ def _read_npy_column(path: Path, name: str) -> np.ndarray:
         raise WeightDataError(f"The array has shape {array.shape}; one column is expected.",
                               "Save a 1-D array of values with np.save(path, values).",
                               file=name)
-    return np.asarray(array, dtype=np.float64)
+    values = arrays.flat64(array)
+    # Small samples in memory, as the engine may work on them in place.
+    return np.array(values) if values.size <= arrays.SPILL_VALUES else values
 
 
 def file_sha256(path: Path) -> str:
@@ -294,6 +385,9 @@ class SpineFitKind(ExperimentKind):
 
     def dataset_problem(self, dataset_id: str, format: str) -> tuple[str, str] | None:
         return distribution_dataset_problem(dataset_id, format)
+
+    def estimate(self, spec: SpineFitSpec, inputs: list[int]) -> CostEstimate:
+        return spine_fit_cost(spec, inputs)
 
     def run(self, spec: SpineFitSpec, ctx: RunContext) -> KindResult:
         from syngeo.engine.geometry.distribution_fit import fit_distributions

@@ -6,21 +6,24 @@ from __future__ import annotations
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from syngeo.store.accounts import hash_token, new_secret
 from syngeo.store.artifacts import ArtifactStore, load_arrays, save_arrays
 from syngeo.store.models import (
+    LOCAL_USER,
     TERMINAL_STATUSES,
     Dataset,
     Result,
     Run,
     ShareLink,
+    Worker,
     utcnow,
 )
 
@@ -39,9 +42,19 @@ class StoredFile:
 
 # --- datasets ----------------------------------------------------------------------------
 
+def content_key(owner_id: str, format: str, sha256: str) -> str:
+    """What makes two uploads the same dataset: one owner, one format, the same bytes."""
+    return f"{owner_id}:{format}:{sha256}"
+
+
+def find_dataset(session: Session, owner_id: str, format: str, sha256: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(
+        Dataset.content_key == content_key(owner_id, format, sha256)))
+
+
 def create_dataset(session: Session, store: ArtifactStore, *, name: str, format: str,
                    files: list[StoredFile], summary: dict[str, Any], n_pairs: int,
-                   combined_sha256: str) -> Dataset:
+                   combined_sha256: str, owner_id: str = LOCAL_USER) -> Dataset:
     """Store the files and the record in one go; the caller commits (or rolls back)."""
     dataset_id = new_id("ds")
     listed = []
@@ -50,7 +63,8 @@ def create_dataset(session: Session, store: ArtifactStore, *, name: str, format:
         store.put_file(session, key, f.path)
         listed.append({"name": f.name, "size": f.size, "sha256": f.sha256, "artifact": key})
     dataset = Dataset(id=dataset_id, name=name, format=format, sha256=combined_sha256,
-                      files=listed, n_pairs=n_pairs, summary=summary)
+                      files=listed, n_pairs=n_pairs, summary=summary, owner_id=owner_id,
+                      content_key=content_key(owner_id, format, combined_sha256))
     session.add(dataset)
     return dataset
 
@@ -64,8 +78,9 @@ def fetch_dataset_files(session: Session, store: ArtifactStore, dataset: Dataset
     return paths
 
 
-def list_datasets(session: Session, limit: int = 50, format: str | None = None) -> list[Dataset]:
-    query = select(Dataset)
+def list_datasets(session: Session, owner_id: str, limit: int = 50,
+                  format: str | None = None) -> list[Dataset]:
+    query = select(Dataset).where(Dataset.owner_id == owner_id)
     if format is not None:
         query = query.where(Dataset.format == format)
     return list(session.scalars(query.order_by(Dataset.created_at.desc()).limit(limit)))
@@ -74,20 +89,21 @@ def list_datasets(session: Session, limit: int = 50, format: str | None = None) 
 # --- runs --------------------------------------------------------------------------------
 
 def create_run(session: Session, *, kind: str, spec: dict[str, Any], version: str,
-               input_hashes: dict[str, Any]) -> Run:
+               input_hashes: dict[str, Any], owner_id: str = LOCAL_USER) -> Run:
     now = utcnow()
     run = Run(id=new_id("run"), kind=kind, spec=spec, status="queued", progress=0.0,
               message="Waiting for a worker", created_at=now, version=version,
               input_hashes=input_hashes, history=[{"status": "queued", "at": now.isoformat()}],
-              timings={})
+              timings={}, owner_id=owner_id)
     session.add(run)
     return run
 
 
-def set_status(run: Run, status: str, message: str | None = None) -> None:
+def set_status(run: Run, status: str, message: str | None = None, **details: Any) -> None:
+    """Change a run's status; ``details`` (attempt, worker, reason) go into its history."""
     now = utcnow()
     run.status = status
-    run.history = [*run.history, {"status": status, "at": now.isoformat()}]
+    run.history = [*run.history, {"status": status, "at": now.isoformat(), **details}]
     if message is not None:
         run.message = message
     if status == "running":
@@ -97,8 +113,25 @@ def set_status(run: Run, status: str, message: str | None = None) -> None:
         run.finished_at = now
 
 
-def list_runs(session: Session, limit: int = 50) -> list[Run]:
-    return list(session.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+def list_runs(session: Session, owner_id: str, limit: int = 50) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.owner_id == owner_id)
+                                .order_by(Run.created_at.desc()).limit(limit)))
+
+
+def active_runs_reading(session: Session, dataset_id: str) -> list[Run]:
+    """Queued or running runs that read a dataset (their input_hashes are keyed by its id)."""
+    active = session.scalars(select(Run).where(Run.status.in_(("queued", "running"))))
+    return [run for run in active if dataset_id in (run.input_hashes or {})]
+
+
+def delete_run(session: Session, store: ArtifactStore, run: Run) -> None:
+    """Remove a finished run, its result (and arrays) and its share links."""
+    result = session.get(Result, run.id)
+    key = result.arrays_artifact if result is not None else None
+    session.delete(run)
+    session.flush()
+    if key:
+        store.delete(session, key)
 
 
 def cancel_run(session: Session, run: Run) -> bool:
@@ -109,30 +142,163 @@ def cancel_run(session: Session, run: Run) -> bool:
     return True
 
 
-def fail_stale_runs(session: Session, stale_after_s: float) -> int:
-    """A running run whose worker stopped sending heartbeats (the worker died) fails
-    rather than staying ``running`` forever."""
-    cutoff = utcnow() - timedelta(seconds=stale_after_s)
-    stale = list(session.scalars(select(Run).where(Run.status == "running",
-                                                   Run.heartbeat_at < cutoff)))
-    for run in stale:
-        set_status(run, "failed", "The worker stopped responding")
-        run.error = (f"No heartbeat from worker {run.worker or '?'} for more than "
-                     f"{stale_after_s:.0f} s: it probably died. Submit the run again.")
-    return len(stale)
+# --- run lifecycle: workers claim runs, beat, finish or hand them back ----------------------
+# A worker's writes to a running run are all conditional on (status "running", attempt k):
+# once its run was requeued, cancelled or claimed again, a worker that lost it changes
+# nothing and stops at its next step, so a run is never worked on (or stored) twice.
+
+#: History reasons of a run put back on the queue.
+WORKER_LOST = "worker lost"  # died (killed, crashed, machine gone): counts towards the limit
+WORKER_STOPPED = "worker stopped"  # stopped gracefully and handed the run back
 
 
-def heartbeat(session: Session, run_id: str, progress: float | None = None,
-              message: str | None = None) -> str | None:
-    """Record liveness (and progress) of a running run; returns the current status."""
+def claim_run(session: Session, run_id: str, worker: str) -> Run | None:
+    """Start the next attempt of a queued run on ``worker``; None when the run is not
+    queued (finished, cancelled, or running elsewhere: a duplicate message)."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "queued")
+        .values(status="running", attempts=Run.attempts + 1, worker=worker, started_at=now,
+                heartbeat_at=now, error=None)).rowcount
+    if not claimed:
+        return None
+    run = session.get(Run, run_id, populate_existing=True)
+    run.history = [*run.history, {"status": "running", "at": now.isoformat(),
+                                  "attempt": run.attempts, "worker": worker}]
+    run.message = "Started" if run.attempts == 1 else f"Started again (attempt {run.attempts})"
+    return run
+
+
+def heartbeat(session: Session, run_id: str, attempt: int, progress: float | None = None,
+              message: str | None = None) -> bool:
+    """Record that ``attempt`` of a run is alive (and its progress). False when it is no
+    longer the run's current attempt (cancelled, requeued, finished): its worker stops."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
     if message is not None:
         values["message"] = message
-    session.execute(update(Run).where(Run.id == run_id, Run.status == "running")
-                    .values(**values))
-    return session.scalar(select(Run.status).where(Run.id == run_id))
+    return bool(session.execute(update(Run).where(
+        Run.id == run_id, Run.status == "running", Run.attempts == attempt)
+        .values(**values)).rowcount)
+
+
+def lock_attempt(session: Session, run_id: str, attempt: int) -> Run | None:
+    """The run, write-locked for this transaction, while ``attempt`` is its current
+    running attempt; None otherwise. (The guarded UPDATE takes the row lock on PostgreSQL
+    and the write lock on SQLite before anything is read.)"""
+    if not heartbeat(session, run_id, attempt):
+        return None
+    return session.get(Run, run_id, populate_existing=True)
+
+
+def release_run(session: Session, run_id: str, attempt: int, *, lost: bool,
+                max_attempts: int) -> str | None:
+    """Put ``attempt`` of a running run back on the queue: its worker died (``lost``) or
+    stopped gracefully. A run lost ``max_attempts`` times fails instead. Returns the new
+    status, or None when that attempt had already ended; the caller sends the message."""
+    run = lock_attempt(session, run_id, attempt)
+    if run is None:
+        return None
+    reason = WORKER_LOST if lost else WORKER_STOPPED
+    lost_count = sum(entry.get("reason") == WORKER_LOST for entry in run.history) + lost
+    if lost and lost_count >= max_attempts:
+        set_status(run, "failed", "Failed: its worker died", reason=reason, attempt=attempt)
+        run.error = (f"The worker running this run died {lost_count} times (killed, out of "
+                     "memory, or its machine stopped), so it is not tried again. Lower the "
+                     "work the spec asks for (fewer candidates, replicates or samples) and "
+                     "submit it again, or ask the administrator to check the workers' logs "
+                     f"for run {run_id}.")
+        return "failed"
+    set_status(run, "queued", "Waiting for a worker (requeued: its worker died)" if lost else
+               "Waiting for a worker (requeued: its worker stopped)", reason=reason,
+               attempt=attempt)
+    run.progress, run.queued_at = 0.0, utcnow()
+    return "queued"
+
+
+def stale_attempts(session: Session, stale_after_s: float) -> list[tuple[str, int]]:
+    """(run id, attempt) of running runs whose heartbeat is older than ``stale_after_s``."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    return [(run_id, attempt) for run_id, attempt in session.execute(
+        select(Run.id, Run.attempts).where(Run.status == "running", or_(
+            Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))))]
+
+
+def runs_to_resend(session: Session, resend_after_s: float, live_after_s: float,
+                   limit: int = 100) -> list[str]:
+    """Queued runs whose message the broker has probably lost: they have waited longer
+    than ``resend_after_s`` although a live worker has a free slot (with prefetch 1 it
+    would have taken a message). Marks them sent now; duplicates are harmless."""
+    if not idle_workers(session, live_after_s):
+        return []
+    cutoff = utcnow() - timedelta(seconds=resend_after_s)
+    ids = list(session.scalars(select(Run.id).where(
+        Run.status == "queued", or_(Run.queued_at < cutoff, Run.queued_at.is_(None)))
+        .order_by(Run.created_at).limit(limit)))
+    if ids:
+        session.execute(update(Run).where(Run.id.in_(ids), Run.status == "queued")
+                        .values(queued_at=utcnow()))
+    return ids
+
+
+def resend_soon(session: Session, run_id: str) -> None:
+    """A queued run whose message was taken by a worker that cannot run it (stopping):
+    the next watchdog pass that sees an idle worker sends it again."""
+    session.execute(update(Run).where(Run.id == run_id, Run.status == "queued")
+                    .values(queued_at=None))
+
+
+# --- workers -------------------------------------------------------------------------------
+
+def worker_seen(session: Session, name: str, *, pid: int, slots: int) -> None:
+    """A worker reports that it is alive (inserting its row the first time)."""
+    worker = session.get(Worker, name)
+    if worker is None:
+        session.add(Worker(name=name, pid=pid, slots=slots))
+    else:
+        worker.pid, worker.slots, worker.seen_at = pid, slots, utcnow()
+
+
+def touch_worker(session: Session, name: str) -> None:
+    session.execute(update(Worker).where(Worker.name == name).values(seen_at=utcnow()))
+
+
+def set_worker_stopping(session: Session, name: str) -> list[tuple[str, int]]:
+    """Mark a worker as stopping (it claims nothing more); returns (run id, attempt) of the
+    runs it is running, to hand back."""
+    session.execute(update(Worker).where(Worker.name == name).values(stopping=True))
+    return [(run_id, attempt) for run_id, attempt in session.execute(
+        select(Run.id, Run.attempts).where(Run.status == "running", Run.worker == name))]
+
+
+def worker_stopping(session: Session, name: str) -> bool:
+    return bool(session.scalar(select(Worker.stopping).where(Worker.name == name)))
+
+
+def remove_worker(session: Session, name: str) -> None:
+    session.execute(delete(Worker).where(Worker.name == name))
+
+
+def live_workers(session: Session, live_after_s: float) -> list[Worker]:
+    cutoff = utcnow() - timedelta(seconds=live_after_s)
+    return list(session.scalars(select(Worker).where(Worker.seen_at >= cutoff)
+                                .order_by(Worker.name)))
+
+
+def idle_workers(session: Session, live_after_s: float) -> int:
+    """How many live workers that are not stopping have a free slot."""
+    busy = select(func.count()).where(Run.status == "running", Run.worker == Worker.name) \
+        .scalar_subquery()
+    cutoff = utcnow() - timedelta(seconds=live_after_s)
+    return session.scalar(select(func.count()).select_from(Worker).where(
+        Worker.seen_at >= cutoff, Worker.stopping.is_(False), busy < Worker.slots)) or 0
+
+
+def forget_dead_workers(session: Session, older_than_s: float) -> None:
+    """Rows of workers that died without removing them (killed) are dropped after a while."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    session.execute(delete(Worker).where(Worker.seen_at < cutoff))
 
 
 # --- results -----------------------------------------------------------------------------
@@ -161,10 +327,32 @@ def result_arrays(session: Session, store: ArtifactStore, result: Result) -> dic
 
 # --- share links -------------------------------------------------------------------------
 
-def share_run(session: Session, run: Run) -> ShareLink:
-    """One link per run: sharing twice returns the same token."""
-    link = session.scalar(select(ShareLink).where(ShareLink.run_id == run.id))
-    if link is None:
-        link = ShareLink(token=secrets.token_urlsafe(24), run_id=run.id)
-        session.add(link)
+def share_run(session: Session, run: Run, expires_at: datetime | None = None,
+              ) -> tuple[ShareLink, str]:
+    """A new read-only link to ``run``; returns it and its token (shown once: only the
+    token's hash is stored)."""
+    token = new_secret()
+    link = ShareLink(id=new_id("sh"), token_sha256=hash_token(token), run_id=run.id,
+                     created_at=utcnow(), expires_at=expires_at)
+    session.add(link)
+    return link, token
+
+
+def live_share_link(session: Session, token: str) -> ShareLink | None:
+    """The link a token opens, unless it was revoked or has expired."""
+    link = session.scalar(select(ShareLink).where(ShareLink.token_sha256 == hash_token(token)))
+    if link is None or link.revoked_at is not None:
+        return None
+    if link.expires_at is not None and _aware(link.expires_at) <= utcnow():
+        return None
     return link
+
+
+def share_links(session: Session, run_id: str) -> list[ShareLink]:
+    return list(session.scalars(select(ShareLink).where(ShareLink.run_id == run_id)
+                                .order_by(ShareLink.created_at.desc())))
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

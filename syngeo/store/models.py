@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -22,6 +23,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: The one user of a deployment without SYNGEO_AUTH; owns everything made before accounts.
+LOCAL_USER = "local"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -31,6 +34,29 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class User(Base):
+    """A person who owns runs and datasets (multi-user mode, SYNGEO_AUTH)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A user's API token; only its SHA-256 is stored, so a database leak gives no access."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Dataset(Base):
@@ -49,6 +75,9 @@ class Dataset(Base):
     files: Mapped[list[Any]] = mapped_column()  # [{"name", "size", "sha256", "artifact"}]
     n_pairs: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict[str, Any]] = mapped_column()
+    owner_id: Mapped[str] = mapped_column(String(40), index=True, default=LOCAL_USER)
+    #: owner:format:sha256, unique: concurrent identical uploads give one dataset.
+    content_key: Mapped[str | None] = mapped_column(String(160), unique=True)
 
 
 class Run(Base):
@@ -74,6 +103,13 @@ class Run(Base):
     input_hashes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     history: Mapped[list[Any]] = mapped_column(default=list)  # [{"status", "at"}]
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    owner_id: Mapped[str] = mapped_column(String(40), index=True, default=LOCAL_USER)
+    #: How many times a worker started the run; the current attempt's number fences off a
+    #: worker that lost the run (it was requeued) from writing to it again.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: When its task message was last sent to the broker (the watchdog re-sends lost ones).
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                       default=utcnow)
 
 
 class Result(Base):
@@ -89,13 +125,17 @@ class Result(Base):
 
 
 class ShareLink(Base):
-    """A read-only link to a run, opened without login by whoever holds the token."""
+    """A read-only link to a run, opened without login by whoever holds the token. Only
+    the token's SHA-256 is stored; the owner may revoke the link or give it an expiry."""
 
     __tablename__ = "share_links"
 
-    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ArtifactChunk(Base):
@@ -106,3 +146,18 @@ class ArtifactChunk(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Worker(Base):
+    """A live Celery worker process, for the health endpoint and the watchdog: it reports
+    every few seconds and removes its row when it stops."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name
+    pid: Mapped[int] = mapped_column(Integer)
+    slots: Mapped[int] = mapped_column(Integer, default=1)  # runs it may run at once
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                              index=True)
+    stopping: Mapped[bool] = mapped_column(Boolean, default=False)

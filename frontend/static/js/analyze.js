@@ -4,6 +4,7 @@
 import {
   api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
 } from "./api.js";
+import { attachEstimate } from "./estimate.js";
 import { normalise } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
@@ -224,6 +225,8 @@ function setDataset(ds) {
   $("kind-description").textContent = ds
     ? kindDescription || "Scores every candidate potential and gives a verdict."
     : "Upload weights or load the example first.";
+  if (ds) estimator.refresh();
+  else $("cost-estimate").hidden = true;
 }
 
 // ------------------------------------------------------------------ options form
@@ -378,18 +381,39 @@ async function loadKind() {
 
 // ------------------------------------------------------------------ running
 
-async function startRun(event) {
-  event.preventDefault();
-  if (!dataset) return;
+/** The spec the options describe, or null until a dataset is chosen. */
+function currentSpec() {
+  if (!dataset) return null;
   const spec = { dataset: dataset.id };
   for (const f of fields) {
     const [include, value] = f.read();
     if (include) spec[f.key] = value;
   }
+  return spec;
+}
+
+// The estimate follows the options and the dataset (its size sets most of the cost).
+const estimator = attachEstimate($("cost-estimate"), KIND, currentSpec);
+
+async function startRun(event) {
+  event.preventDefault();
+  const spec = currentSpec();
+  if (!spec) return;
   const button = $("run-btn");
   clearError($("run-error"));
   button.disabled = true;
   $("run-status").textContent = "Starting…";
+  // Over this server's time or memory limit: refused here, with what to lower.
+  const cost = await estimator.check();
+  if (cost && !cost.within_limits) {
+    $("run-status").textContent = "";
+    const box = $("run-error");
+    box.replaceChildren(el("strong", {}, "This analysis is over the server’s limits."),
+      el("ul", { class: "problems" }, ...cost.problems.map((p) => el("li", {}, p))));
+    box.hidden = false;
+    button.disabled = false;
+    return;
+  }
   try {
     const run = await api("/api/runs", { method: "POST", body: { kind: KIND, spec } });
     $("run-status").textContent = "Started; opening the run…";
@@ -425,6 +449,8 @@ setupDropzone();
 $("upload-btn").addEventListener("click", upload);
 $("example-btn").addEventListener("click", loadExample);
 $("run-form").addEventListener("submit", startRun);
+$("run-form").addEventListener("input", () => dataset && estimator.refresh());
+$("run-form").addEventListener("change", () => dataset && estimator.refresh());
 showVersion();
 await loadKind();
 await preload();

@@ -53,6 +53,10 @@ export async function api(path, { method = "GET", body, form, signal } = {}) {
       data = null;
     }
   }
+  if (response.status === 401 && !location.pathname.startsWith("/s/") && location.pathname !== "/login") {
+    // Multi-user mode and no valid token: log in, then come back here.
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   if (!response.ok) {
     if (data && (data.problem || data.detail)) {
       const detail = describeDetail(data.detail);
@@ -213,14 +217,30 @@ export function shortId(id) {
   return m[2].length > 10 ? prefix + m[2].slice(0, 8) : s;
 }
 
-/** Fill the footer's version from /api/health (best effort). */
+/** Fill the footer's version from /api/health (best effort); in multi-user mode also put
+ * the user's name and a log-out button in the navigation (not on share pages). */
 export async function showVersion() {
   const slot = document.getElementById("app-version");
-  if (!slot) return;
+  if (slot) {
+    try {
+      const health = await api("/api/health");
+      if (health && health.version) slot.textContent = `v${health.version}`;
+    } catch {
+      /* the footer can live without it */
+    }
+  }
+  const nav = document.querySelector(".site-nav");
+  if (!nav || location.pathname.startsWith("/s/") || location.pathname === "/login") return;
   try {
-    const health = await api("/api/health");
-    if (health && health.version) slot.textContent = `v${health.version}`;
+    const me = await api("/api/me");
+    if (!me.auth || document.getElementById("logout-btn")) return;
+    const logout = el("button", { type: "button", id: "logout-btn", class: "btn btn-small" }, "Log out");
+    logout.addEventListener("click", async () => {
+      await api("/api/session", { method: "DELETE" }).catch(() => null);
+      location.assign("/login");
+    });
+    nav.append(el("span", { class: "muted small", id: "account-name" }, me.user), logout);
   } catch {
-    /* the footer can live without it */
+    /* not logged in: api() has already sent the browser to /login */
   }
 }

@@ -144,6 +144,7 @@ export function attachDistributionUpload(field) {
       const ds = await api(UPLOAD_URL, { method: "POST", form });
       field.set(ds.id);
       field.clearError();
+      announce();
       status.textContent = "";
       showSummary(ds.id, ds);
     } catch (err) {
@@ -155,6 +156,9 @@ export function attachDistributionUpload(field) {
       exampleBtn.disabled = false;
     }
   }
+
+  // A value set from here is news to the form's listeners (e.g. its cost estimate).
+  const announce = () => field.control.dispatchEvent(new Event("input", { bubbles: true }));
 
   async function refresh() {
     const value = field.control.value.trim();
@@ -187,6 +191,7 @@ export function attachDistributionUpload(field) {
     clearError(errorBox);
     field.set(EXAMPLE);
     field.clearError();
+    announce();
     showSummary(EXAMPLE);
   });
   field.control.addEventListener("change", refresh);

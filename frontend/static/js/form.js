@@ -378,6 +378,8 @@ function buildField(key, prop, { idPrefix, required }) {
  *   fields            [{key, label, node, control, …}] in schema order
  *   field(key)        one of them, or undefined
  *   collect()         {spec, errors: [{key, label, message}]}; marks invalid fields
+ *   preview()         the spec as collect() would send it, or null while a field is
+ *                     invalid; marks nothing (for live estimates while typing)
  *   reset()           every field back to the schema's default
  *   setValues(spec)   fill in the values of a spec (e.g. from an earlier run)
  *   clearErrors()
@@ -405,6 +407,15 @@ export function buildForm(container, schema, { exclude = [], idPrefix = "f" } = 
     },
     setValues(spec) {
       for (const f of fields) if (spec && Object.hasOwn(spec, f.key)) f.set(spec[f.key]);
+    },
+    preview() {
+      const spec = {};
+      for (const f of fields) {
+        const out = f.read();
+        if (out.error) return null;
+        if (out.value !== OMIT) spec[f.key] = out.value;
+      }
+      return spec;
     },
     collect() {
       clearErrors();

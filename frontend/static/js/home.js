@@ -68,14 +68,38 @@ function renderDatasets(datasets) {
       el("td", { class: "num" }, fmtInt(ds.n_pairs)),
       el("td", { class: "num" }, ds.format === "distribution" ? "–" : fmtInt((ds.layers || []).length)),
       el("td", { class: "nowrap", title: fmtDate(ds.created_at) }, fmtRelative(ds.created_at)),
-      ds.format === "distribution"
-        ? el("td", {}, el("a", { href: `/new/spine_fit?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Fit ${ds.name || ds.id}` }, "Fit"))
-        : el("td", {}, el("a", { href: `/analyze?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Analyse ${ds.name || ds.id}` }, "Analyse")),
+      el(
+        "td",
+        { class: "nowrap" },
+        ds.format === "distribution"
+          ? el("a", { href: `/new/spine_fit?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Fit ${ds.name || ds.id}` }, "Fit")
+          : el("a", { href: `/analyze?dataset=${encodeURIComponent(ds.id)}`, "aria-label": `Analyse ${ds.name || ds.id}` }, "Analyse"),
+        " ",
+        deleteDatasetButton(ds),
+      ),
     ),
   );
   box.replaceChildren(
     table("datasets-table", "Uploaded datasets", [["Name"], ["Format", "hide-sm"], ["Pairs / values", "num"], ["Layers", "num"], ["Uploaded"], [el("span", { class: "sr-only" }, "Action")]], rows),
   );
+}
+
+/** Delete a dataset after the user confirms; runs that read it keep their results. */
+function deleteDatasetButton(ds) {
+  const name = ds.name || shortId(ds.id);
+  const button = el("button", { type: "button", class: "btn btn-small btn-danger", "aria-label": `Delete ${name}` }, "Delete");
+  button.addEventListener("click", async () => {
+    if (!window.confirm(`Delete the dataset “${name}” and its files? Runs that read it keep their results.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/api/datasets/${encodeURIComponent(ds.id)}`, { method: "DELETE" });
+      await loadDatasets();
+    } catch (err) {
+      button.disabled = false;
+      showError($("page-error"), err, "Could not delete the dataset.");
+    }
+  });
+  return button;
 }
 
 async function loadDatasets() {

@@ -1,6 +1,6 @@
 // /runs/{id}: live status (polled every second until the run ends), cancel, share, result.
 
-import { api, ApiError, clearError, showError, showVersion, TERMINAL } from "./api.js";
+import { api, ApiError, clearError, el, fmtDate, showError, showVersion, TERMINAL } from "./api.js";
 import { showHeader, showOutcome, showProgress, showProvenance, showResult } from "./runview.js";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +8,7 @@ const runId = decodeURIComponent(location.pathname.replace(/\/+$/, "").split("/"
 const POLL_MS = 1000;
 
 let failures = 0;
+let linksListed = false;
 
 async function fetchResult(run) {
   for (let attempt = 0; attempt < 5; attempt += 1) {
@@ -28,7 +29,13 @@ async function update(run) {
   showOutcome(run);
   showProvenance(run);
   $("cancel-btn").hidden = TERMINAL.has(run.status);
+  $("delete-btn").hidden = !TERMINAL.has(run.status);
   $("share-btn").hidden = false;
+  $("share-expiry-label").hidden = false;
+  if (!linksListed) {
+    linksListed = true;
+    showShareLinks().catch(() => null); // links made earlier, to revoke them
+  }
   if (run.status === "succeeded") {
     try {
       showResult(run, await fetchResult(run));
@@ -74,6 +81,19 @@ $("cancel-btn").addEventListener("click", async () => {
   }
 });
 
+$("delete-btn").addEventListener("click", async () => {
+  if (!window.confirm("Delete this run, its result and its share links? This cannot be undone.")) return;
+  const button = $("delete-btn");
+  button.disabled = true;
+  try {
+    await api(`/api/runs/${encodeURIComponent(runId)}`, { method: "DELETE" });
+    location.assign("/");
+  } catch (err) {
+    button.disabled = false;
+    showError($("page-error"), err, "Could not delete the run.");
+  }
+});
+
 async function copyText(input) {
   const text = input.value;
   try {
@@ -96,7 +116,11 @@ $("share-btn").addEventListener("click", async () => {
   const status = $("share-status");
   button.disabled = true;
   try {
-    const share = await api(`/api/runs/${encodeURIComponent(runId)}/share`, { method: "POST" });
+    const days = $("share-expiry").value;
+    const share = await api(`/api/runs/${encodeURIComponent(runId)}/share`, {
+      method: "POST",
+      body: { expires_in_days: days ? Number(days) : null },
+    });
     const url = share.url || new URL(`/s/${share.token}`, location.origin).href;
     const input = $("share-url");
     input.value = url;
@@ -105,12 +129,46 @@ $("share-btn").addEventListener("click", async () => {
     const copied = await copyText(input);
     input.select();
     status.textContent = copied ? "Link copied to the clipboard." : "Copy the link above (the browser did not allow clipboard access).";
+    await showShareLinks();
   } catch (err) {
     showError($("page-error"), err, "Could not create a share link.");
   } finally {
     button.disabled = false;
   }
 });
+
+function linkState(link) {
+  if (link.revoked_at) return `revoked ${fmtDate(link.revoked_at)}`;
+  if (!link.active) return `expired ${fmtDate(link.expires_at)}`;
+  return link.expires_at ? `works until ${fmtDate(link.expires_at)}` : "works until revoked";
+}
+
+/** The run's links, each with its state and (while it works) a Revoke button. */
+async function showShareLinks() {
+  const links = await api(`/api/runs/${encodeURIComponent(runId)}/shares`);
+  $("share-links").replaceChildren(...links.map((link) => {
+    const item = el("li", { "data-share-id": link.id }, `Made ${fmtDate(link.created_at)} · ${linkState(link)} `);
+    if (link.active) {
+      const revoke = el("button", { type: "button", class: "btn btn-small btn-danger" }, "Revoke");
+      revoke.addEventListener("click", async () => {
+        revoke.disabled = true;
+        try {
+          await api(`/api/runs/${encodeURIComponent(runId)}/shares/${encodeURIComponent(link.id)}`, { method: "DELETE" });
+          $("share-status").textContent = "Link revoked: it no longer opens this run.";
+          await showShareLinks();
+        } catch (err) {
+          revoke.disabled = false;
+          showError($("page-error"), err, "Could not revoke the link.");
+        }
+      });
+      item.append(revoke);
+    }
+    return item;
+  }));
+  // The panel opens with earlier links too; the link box only once a link was made here.
+  $("share-url").closest(".share-box").hidden = !$("share-url").value;
+  if (links.length) $("share-panel").hidden = false;
+}
 
 $("share-copy").addEventListener("click", async () => {
   const copied = await copyText($("share-url"));

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let datasetNameFor = null;
 
 async function datasetLabel(run) {
+  if (run.inputs) return run.inputs.length ? run.inputs.map((i) => i.name).join(" + ") : null; // shared view
   const id = run.spec && run.spec.dataset;
   if (!id) return null;
   if (datasetNameFor && datasetNameFor.id === id) return datasetNameFor.label;
@@ -47,7 +48,7 @@ function offerRerun(run) {
 
 export async function showHeader(run) {
   const title = runTitle(run, await kindTitle(run));
-  document.title = `${title} ${shortId(run.id)} · Synaptic Geometry Lab`;
+  document.title = `${title}${run.id ? ` ${shortId(run.id)}` : ""} · Synaptic Geometry Lab`;
   $("run-title").textContent = `${title} `;
   offerRerun(run);
   const badge = $("run-status");
@@ -57,12 +58,12 @@ export async function showHeader(run) {
     badge.replaceChildren(statusBadge(run.status));
   }
   const crumb = $("run-id-short");
-  if (crumb) crumb.textContent = shortId(run.id);
+  if (crumb && run.id) crumb.textContent = shortId(run.id);
   const sub = $("run-sub");
   const bits = [];
   const name = await datasetLabel(run);
   if (name) bits.push(`Dataset “${name}”`);
-  else if (run.spec && run.spec.dataset) bits.push(`Dataset ${shortId(run.spec.dataset)}`);
+  else if (run.id && run.spec && run.spec.dataset) bits.push(`Dataset ${shortId(run.spec.dataset)}`);
   if (run.kind !== "geometry" && run.spec && run.spec.seed !== undefined && run.spec.seed !== null) bits.push(`seed ${run.spec.seed}`);
   bits.push(`created ${fmtRelative(run.created_at)}`);
   const d = runDuration(run);
@@ -115,8 +116,9 @@ function shareDownloadBase() {
 
 /** Render the result once per run (re-rendering would reset the user's plot state). */
 export function showResult(run, result) {
-  if (!result || rendered === run.id) return;
-  rendered = run.id;
+  const key = run.id ?? "shared"; // the shared view carries no id: one run per page
+  if (!result || rendered === key) return;
+  rendered = key;
   renderResult($("result"), run, result, { downloadBase: shareDownloadBase() });
 }
 

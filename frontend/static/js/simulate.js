@@ -6,6 +6,7 @@
 
 import { api, ApiError, clearError, el, shortId, showError, showVersion } from "./api.js";
 import { attachDistributionUpload } from "./distribution.js";
+import { attachEstimate } from "./estimate.js";
 import { buildForm, fieldsNamedIn } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
@@ -73,6 +74,7 @@ function showNotFound(kinds) {
 let form = null;
 let kind = null;
 let uploaders = []; // {refresh()} of the upload panels of fields that take an upload
+let estimator = null; // the cost estimate under the form (estimate.js)
 
 /** The kind of upload a spec field takes ("distribution"), or undefined. */
 function uploadOf(key) {
@@ -139,6 +141,16 @@ async function submit(event) {
   const button = $("submit-btn");
   button.disabled = true;
   status.textContent = "Starting…";
+  // Over this server's time or memory limit: refused here, with what to lower.
+  const cost = await estimator.check();
+  if (cost && !cost.within_limits) {
+    status.textContent = "";
+    box.replaceChildren(el("strong", {}, "This run is over the server’s limits."),
+      el("ul", { class: "problems" }, ...cost.problems.map((p) => el("li", {}, p))));
+    box.hidden = false;
+    button.disabled = false;
+    return;
+  }
   try {
     const run = await api("/api/runs", { method: "POST", body: { kind: kind.name, spec } });
     status.textContent = "Started; opening the run…";
@@ -205,9 +217,13 @@ async function showForm(found) {
   uploaders = form.fields
     .filter((f) => uploadOf(f.key) === "distribution")
     .map((f) => attachDistributionUpload(f));
+  estimator = attachEstimate($("cost-estimate"), kind.name, () => form.preview());
   $("spec-form").addEventListener("submit", submit);
+  $("spec-form").addEventListener("input", () => estimator.refresh());
+  $("spec-form").addEventListener("change", () => estimator.refresh());
   $("reset-btn").addEventListener("click", () => {
     form.reset();
+    estimator.refresh();
     refreshUploads();
     clearError($("form-error"));
     $("submit-status").textContent = "Defaults restored.";
@@ -216,6 +232,7 @@ async function showForm(found) {
   offerDatasets();
   await prefill();
   refreshUploads();
+  estimator.refresh();
 }
 
 // ------------------------------------------------------------------ start-up

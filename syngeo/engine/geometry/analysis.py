@@ -647,11 +647,6 @@ class _Scorer:
             return
         boot, m = self.s.bootstrap, raw.m
         generator = torch.Generator().manual_seed(self.s.seed)
-        indices = torch.randint(source.n, (boot, m), generator=generator)
-        # A resample is a multiset, so the order of its draws is irrelevant; ascending
-        # indices turn the gathers below into forward scans (far fewer cache misses).
-        sort_rows_(indices, self.pool, self.workers)
-        indices = indices.to(self.s.device)
         pots = [self.s.potentials[c] for c in members]
         k = len(pots)
         inv_std = None
@@ -659,22 +654,35 @@ class _Scorer:
             table = np.stack([s[members] for s in source.stds])  # (layers, k)
             table = np.where(np.isfinite(table) & (table > 0), 1.0 / table, 0.0)
             inv_std = torch.as_tensor(table, device=self.s.device)
-        block = max(1, _BLOCK_ELEMENTS // (k * m))
+        # Memory must not grow with B × m or k × m: the resample indices are drawn block by
+        # block (the generator's stream is the same as one (B, m) draw, so results do not
+        # change), and with many candidates on a large resample they are scored in groups
+        # of at most `group` rows that share the block's gathered pairs.
+        group = max(1, _CHUNK_BYTES // (m * 8 * _BUFFERS_PER_ROW))
+        block = max(1, _BLOCK_ELEMENTS // (min(k, group) * m))
         names = ", ".join(p.key for p in pots) if k <= 4 else f"{k} candidates"
         for lo in range(0, boot, block):
-            idx = indices[lo:lo + block].reshape(-1)
-            r = idx.numel() // m
+            r = min(block, boot - lo)
+            idx = torch.randint(source.n, (r, m), generator=generator)
+            # A resample is a multiset, so the order of its draws is irrelevant; ascending
+            # indices turn the gathers below into forward scans (far fewer cache misses).
+            sort_rows_(idx, self.pool, self.workers)
+            idx = idx.to(self.s.device).reshape(-1)
             pairs = source.pairs.index_select(0, idx)
-            xi = batched_grad(pots, pairs[:, 1])
-            xi -= batched_grad(pots, pairs[:, 0])
-            if inv_std is not None:
-                layer_of = torch.searchsorted(source.offsets, idx, right=True) - 1
-                xi *= inv_std[layer_of].t()
-            sample = xi.view(k, r, m)
-            _, ok = normalise_rows_(sample)
-            sample = self._sort(sample)
-            delta = torch.where(ok, self._exact(sample), torch.nan)
-            raw.replicates[members, lo:lo + r] = delta.cpu().numpy()
+            layer_of = (torch.searchsorted(source.offsets, idx, right=True) - 1
+                        if inv_std is not None else None)
+            for g in range(0, k, group):
+                sub = pots[g:g + group]
+                xi = batched_grad(sub, pairs[:, 1])
+                xi -= batched_grad(sub, pairs[:, 0])
+                if inv_std is not None:
+                    xi *= inv_std[layer_of, g:g + group].t()
+                sample = xi.view(len(sub), r, m)
+                _, ok = normalise_rows_(sample)
+                sample = self._sort(sample)
+                delta = torch.where(ok, self._exact(sample), torch.nan)
+                raw.replicates[members[g:g + group], lo:lo + r] = delta.cpu().numpy()
+                del xi, sample
             self.progress.advance(k * r * m, f"{label}: bootstrap of {names} "
                                              f"({lo + r}/{boot} replicates)")
 
