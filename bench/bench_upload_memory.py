@@ -11,6 +11,7 @@ Formats (``--formats``, comma-separated):
   npy       two .npy files of float64 (before, after), half the size each
   csv       one two-column table before,after (text: parsed row by row, slow)
   npz       one .npz archive (stored, not compressed) with arrays before and after
+  pt        two PyTorch checkpoints (torch.save of a state_dict); read in a child process
   dist-npy  one .npy of positive values to POST /api/datasets/distribution
   dist-csv  one column of positive values as text, to the same route
 
@@ -101,6 +102,15 @@ def make_files(fmt: str, size: int, folder: Path) -> tuple[str, list[Path]]:
     if fmt == "npz":
         write_npz(folder / "pairs.npz", size // 16)
         return "/api/datasets", [folder / "pairs.npz"]
+    if fmt == "pt":  # a state_dict with one 2-D float64 weight, as torch.save writes it
+        import torch
+
+        rows = size // 16 // 1000
+        for side, seed in (("before", 0), ("after", 1)):
+            weight = np.random.default_rng(seed).normal(size=(rows, 1000))
+            torch.save({"fc.weight": torch.from_numpy(weight)}, folder / f"{side}.pt")
+            del weight
+        return "/api/datasets", [folder / "before.pt", folder / "after.pt"]
     if fmt == "dist-npy":
         write_npy(folder / "volumes.npy", size // 8, 2, positive=True)
         return "/api/datasets/distribution", [folder / "volumes.npy"]

@@ -534,3 +534,30 @@ def test_large_upload_keeps_the_api_memory_flat(api_server: Any, tmp_path: Path)
     print(f"\nAPI peak RSS: idle {idle / 1e6:.0f} MB, growth {growth / 1e6:.0f} MB "
           "for a 200 MB upload")
     assert growth < 80e6  # measured: 35 MB, the same as for a 64 MiB or a 1 GiB upload
+
+
+@pytest.mark.services
+def test_torch_checkpoints_are_read_outside_the_api_process(api_server: Any,
+                                                           tmp_path: Path) -> None:
+    """A PyTorch checkpoint is validated in a child process: the API never loads torch (it
+    would add ~250 MB) nor maps the upload, and the child's errors reach the user intact."""
+    import httpx
+    import torch
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(300, 200))
+    torch.save({"fc.weight": torch.from_numpy(before)}, tmp_path / "b.pt")
+    torch.save({"fc.weight": torch.from_numpy(before * 1.01)}, tmp_path / "a.pt")
+    with httpx.Client(base_url=api_server.url, timeout=600) as client:
+        with open(tmp_path / "b.pt", "rb") as b, open(tmp_path / "a.pt", "rb") as a:
+            response = client.post("/api/datasets", files=[("files", ("b.pt", b)),
+                                                            ("files", ("a.pt", a))])
+        assert response.status_code == 201, response.text
+        assert response.json()["format"] == "torch" and response.json()["n_pairs"] == 60_000
+        junk = np.random.default_rng(1).bytes(4096)
+        bad = client.post("/api/datasets", files=[("files", ("b.pt", junk)),
+                                                  ("files", ("a.pt", junk))])
+    assert bad.status_code == 422
+    assert "could not be read as a pytorch checkpoint" in message(bad)
+    mapped = Path(f"/proc/{api_server.pid}/maps").read_text()
+    assert "libtorch" not in mapped

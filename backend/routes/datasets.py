@@ -4,8 +4,10 @@ positive values such as spine volumes (``POST /api/datasets/distribution``)."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
 from syngeo.backend.schemas import DatasetOut
 from syngeo.backend.uploads import form_flag, multipart_body, receive_files
-from syngeo.io.weights import example_path, read_weight_pairs
+from syngeo.io.weights import example_path, needs_torch, read_weight_pairs
 from syngeo.kinds.base import DISTRIBUTION_FORMAT
 from syngeo.kinds.spine_fit import distribution_summary, read_distribution
 from syngeo.settings import Settings
@@ -61,16 +63,34 @@ def _store(session: Session, store: ArtifactStore, files: list[crud.StoredFile],
     return dataset, True
 
 
+def _describe_pairs(paths: list[Path], names: list[str], include_all: bool,
+                    max_uncompressed: int | None) -> tuple[str, dict[str, Any], int]:
+    """Read the files as before/after weights: their format, summary and number of pairs
+    (WeightDataError naming the problem when they cannot be used)."""
+    pairs = read_weight_pairs(paths, names, include_all=include_all,
+                              max_uncompressed=max_uncompressed)
+    return pairs.format, pairs.summary(), pairs.n_pairs
+
+
+def _describe_upload(files: list[crud.StoredFile], include_all: bool,
+                     max_uncompressed: int | None) -> tuple[str, dict[str, Any], int]:
+    args = ([f.path for f in files], [f.name for f in files], include_all, max_uncompressed)
+    if not needs_torch(args[1]):
+        return _describe_pairs(*args)
+    # PyTorch checkpoints are read in a child process: torch (~250 MB) and the pages it maps
+    # never enter the API's memory, which stays flat whatever the upload.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_describe_pairs, *args).result()
+
+
 def _ingest(session: Session, store: ArtifactStore, files: list[crud.StoredFile], name: str,
             include_all: bool, owner_id: str, max_uncompressed: int | None = None,
             ) -> tuple[Dataset, bool]:
     """Validate and store; an identical upload returns the stored dataset. Nothing is
     stored unless the files read cleanly (archives within ``max_uncompressed`` bytes)."""
-    pairs = read_weight_pairs([f.path for f in files], [f.name for f in files],
-                              include_all=include_all, max_uncompressed=max_uncompressed)
-    return _store(session, store, files, owner_id=owner_id, name=name, format=pairs.format,
-                  summary=pairs.summary(), n_pairs=pairs.n_pairs,
-                  combined_sha256=_combined_sha256(files))
+    format, summary, n_pairs = _describe_upload(files, include_all, max_uncompressed)
+    return _store(session, store, files, owner_id=owner_id, name=name, format=format,
+                  summary=summary, n_pairs=n_pairs, combined_sha256=_combined_sha256(files))
 
 
 def _ingest_distribution(session: Session, store: ArtifactStore, file: crud.StoredFile,

@@ -259,6 +259,11 @@ def read_weight_pairs(
     return readers[families[0]](path_list, name_list, include_all)
 
 
+def needs_torch(names: Sequence[str]) -> bool:
+    """Whether reading files of these names imports torch (PyTorch checkpoints)."""
+    return any(_family(Path(str(n)).name) == _TORCH for n in names)
+
+
 def _family(name: str) -> str:
     suffix = Path(name).suffix.lower()
     family = _FAMILY_BY_EXTENSION.get(suffix)
