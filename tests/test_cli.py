@@ -86,6 +86,12 @@ def test_kinds_spec_and_run(tmp_path: Path) -> None:
     assert body["summary"]["best"]["family"] == "negative_entropy"
     assert isinstance(body["spec"]["seed"], int)
 
+    # NaN (YAML's .nan) is named as not a finite number, not as "out of bounds".
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(spec).replace(
+        "confidence: 0.95", "confidence: .nan"))
+    refused = runner.invoke(app, ["run", str(tmp_path / "nan.yaml")])
+    assert refused.exit_code != 0 and "finite number" in refused.output, refused.output
+
 
 def test_run_spine_fit_from_a_spec_file(tmp_path: Path) -> None:
     """A one-string dataset stays one string: a file next to the spec, else as written

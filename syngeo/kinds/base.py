@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from syngeo.io.weights import WeightPairs
+
+#: Every kind's spec: unknown fields are refused (a typo must not pass silently) and so are
+#: NaN and ±Infinity (no bound means anything for them; the message says "finite number").
+SPEC_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 #: ``Dataset.format`` of an upload holding one column of positive values (one observed
 #: distribution, e.g. spine volumes), as opposed to before/after weight pairs.

@@ -18,10 +18,10 @@ import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 NetworkName = Literal["mlp", "cnn", "rnn"]
@@ -50,7 +50,7 @@ def _canonical(values: list[str]) -> list[str]:
 
 
 class FinetuningSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     networks: list[NetworkName] = Field(
         default_factory=lambda: list(_NETWORKS), min_length=1, max_length=3,

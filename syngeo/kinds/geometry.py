@@ -12,10 +12,10 @@ import re
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from syngeo import figures
-from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
 
 DEFAULT_POTENTIALS = ["ne"] + [f"p{1 + 0.1 * k:.1f}" for k in range(1, 21)]
 _P_FORM = re.compile(r"^(?:p\s*=?\s*)?(\d+(?:\.\d+)?)$")
@@ -111,7 +111,7 @@ def analysis_cost(spec: GeometrySpec, sizes: list[int]) -> CostEstimate:
 
 
 class GeometrySpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     dataset: str | list[str] = Field(
         ..., description="Dataset id of an upload (server), or one or two file paths (CLI).")

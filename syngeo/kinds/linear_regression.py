@@ -14,10 +14,10 @@ import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
 # Work bound in units of N²·D per exact solve (forming X Xᵀ and J_ref's updates scale so) and
@@ -60,7 +60,7 @@ def _n(d: int, a: float) -> int:
 
 
 class LinearRegressionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,

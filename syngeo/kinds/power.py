@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import potential_key
 
 #: Work limit: elements processed (see :func:`work`); about 10⁸ a second on one core.
@@ -61,7 +61,7 @@ def work(n_values: list[int], noise_levels: list[float], n_candidates: int, repl
 
 
 class PowerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     true_potential: str = Field(
         "ne", title="True potential",

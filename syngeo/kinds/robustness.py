@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 # The engine holds T·S·H·seeds·n float64 values in chunks, but time grows with the total.
@@ -39,7 +39,7 @@ def _canonical(values: list[str]) -> list[str]:
 
 
 class RobustnessSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     true_potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,

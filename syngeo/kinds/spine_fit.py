@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from syngeo import figures
 from syngeo.io import arrays
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import (
     DISTRIBUTION_FORMAT,
+    SPEC_CONFIG,
     CostEstimate,
     DistributionSample,
     ExperimentKind,
@@ -80,7 +81,7 @@ _BYTES_PER_NODE_VALUE = 500.0
 
 
 class SpineFitSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
 
     dataset: str = Field(
         EXAMPLE, min_length=1, max_length=4096,
