@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None,
     # FastAPIOffline serves the Swagger UI and ReDoc assets itself: /docs works offline.
     app = FastAPIOffline(title="Synaptic Geometry Lab", version=__version__, lifespan=lifespan,
                   description="Infer the geometry of synaptic plasticity from weights measured "
-                  "before and after learning; run and share experiments.")
+                  "before and after learning; run and share experiments.\n\n"
+                  "[← Back to the dashboard](/)")
     app.state.settings = settings
     app.state.sessions = session_factory(settings.resolved_database_url)
     app.state.store = artifact_store(settings.artifact_location)
@@ -56,5 +57,6 @@ def create_app(settings: Settings | None = None,
     install_error_handlers(app)
     for module in (meta, auth, costs, datasets, runs, pages):
         app.include_router(module.router)
+    app.include_router(runs.share_router)
     pages.install_static(app)
     return app

@@ -1,13 +1,17 @@
-"""Every 4xx names the problem and the fix: {"detail": "...", "problem": "...", "fix": "..."}."""
+"""Every 4xx names the problem and the fix: {"detail": "...", "problem": "...", "fix": "..."}.
+
+A browser that asks for a page (not /api/) and takes HTML gets the same in a page instead.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from syngeo.backend.html import render_page
 from syngeo.io.weights import WeightDataError
 
 
@@ -42,6 +46,29 @@ def describe_validation(errors: list[dict], prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+def wants_html(request: Request) -> bool:
+    """A browser asking for a page: the API (/api/) answers JSON whatever the client takes."""
+    return (not request.url.path.startswith("/api/")
+            and "text/html" in request.headers.get("accept", ""))
+
+
+def _html_error(request: Request, exc: HTTPException) -> HTMLResponse:
+    """Starlette's own errors for a browser, in the user's words, with a link home."""
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        title, problem, fix = ("Page not found", f"There is no page at {path}.",
+                               "Check the address, or start from the home page: it lists your "
+                               "runs and datasets.")
+    elif exc.status_code == 405:
+        title, problem, fix = ("Not allowed", f"{path} cannot be opened this way "
+                               f"({request.method}).", "Open it from a link on the home page.")
+    else:
+        title, problem, fix = (f"Error {exc.status_code}", str(exc.detail),
+                               "Go back and try again, or start from the home page.")
+    return render_page(request, "error.html", exc.status_code, title=title, problem=problem,
+                       fix=fix)
+
+
 def _document_errors(app: FastAPI) -> None:
     """FastAPI documents its own 422 body (a list of pydantic errors); ours is ErrorOut."""
     generate = app.openapi
@@ -65,9 +92,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse | HTMLResponse:
         """Starlette's own errors (no such route, wrong method, unreadable body) in the same
         shape as ours."""
+        if wants_html(request):
+            return _html_error(request, exc)
         path = request.url.path[:200]
         if exc.status_code == 404:
             problem, fix = (f"There is no page or API endpoint at {path!r}.",

@@ -101,6 +101,8 @@ class RunOut(BaseModel):
         return user_error(error)
     attempts: int = Field(0, description="How many times a worker started the run (a run "
                           "whose worker died or stopped is queued again).")
+    conclusion: str | None = Field(None, description="What a succeeded run's result says, in "
+                                   "one sentence (from its stored summary); null otherwise.")
 
 
 class ResultOut(BaseModel):

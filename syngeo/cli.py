@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(help="Synaptic Geometry Lab: which geometry did learning use?",
@@ -38,7 +38,10 @@ def progress_bar(enabled: bool = True):  # noqa: ANN201
         yield lambda fraction, message="": None
         return
     columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+               # Kinds report progress in units of their real cost, so rich's rate estimate
+               # gives a fair remaining time.
+               TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("Starting", total=1.0)
 
@@ -99,7 +102,15 @@ def analyze_geometry(
     print_geometry(summary)
 
 
+def print_conclusion(summary: dict[str, Any]) -> None:
+    """The result's one-sentence conclusion, first in human output (printed as is: no rich
+    markup, whose brackets an interval would be mistaken for)."""
+    if summary.get("conclusion"):
+        out.print(summary["conclusion"], markup=False, highlight=False)
+
+
 def print_geometry(summary: dict[str, Any]) -> None:
+    print_conclusion(summary)
     pooled = summary["pooled"]
     for layer in summary["layers"] + ([pooled] if len(summary["layers"]) > 1 else []):
         table = Table(title=f"{layer['name']}: {layer['n']:,} weights", title_justify="left")
@@ -118,7 +129,6 @@ def print_geometry(summary: dict[str, Any]) -> None:
                       f"{layer['n_sign_flips']:,} weights change sign.")
     out.print("  — : no interval where ΔCDF may be 0 or a few extreme changes dominate "
               "(the test answers instead).")
-    out.print(summary["headline"])
 
 
 def _p(candidate: dict[str, Any]) -> str:
@@ -232,6 +242,7 @@ def run(
     elif kind_name == "geometry":
         print_geometry(result.summary)
     else:
+        print_conclusion(result.summary)
         typer.echo(json.dumps(result.summary, indent=2))
 
 
@@ -338,6 +349,7 @@ def submit(
                 out.print(f"status: {run_record['status']}")
                 if run_record["status"] != "succeeded":
                     raise typer.Exit(1)
+                print_conclusion(run_record)  # the run record carries its conclusion
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {server}: {exc}") from None
 

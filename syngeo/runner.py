@@ -40,4 +40,4 @@ def run_local(kind_name: str, raw_spec: dict[str, Any], *, device: str = "auto",
               ) -> tuple[BaseModel, KindResult]:
     kind = get_kind(kind_name)
     spec = prepare_spec(kind, raw_spec)
-    return spec, kind.run(spec, LocalContext(device, on_progress))
+    return spec, kind.conclude(kind.run(spec, LocalContext(device, on_progress)))

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from syngeo.backend.app import create_app
 from syngeo.settings import get_settings
 from syngeo.store.db import session_factory
-from syngeo.store.models import ArtifactChunk, Dataset, Run, utcnow
+from syngeo.store.models import ArtifactChunk, Dataset, Result, Run, utcnow
 from syngeo.worker.watchdog import recover
 
 
@@ -97,7 +97,8 @@ def test_health_and_kinds(client: TestClient) -> None:
     assert client.get(script).status_code == 200
 
 
-def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -> None:
+def test_upload_then_analyse_then_share(client: TestClient, queued: list[str],
+                                        env: dict) -> None:
     before, after = ne_pairs()
     response = upload(client, ("weights.csv", csv_bytes(before, after)))
     assert response.status_code == 201, response.text
@@ -112,7 +113,7 @@ def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -
         "dataset": dataset["id"], "potentials": ["ne", "p1.5", "p2", "p3"], "bootstrap": 50}})
     assert response.status_code == 201, response.text
     run = response.json()
-    assert run["status"] == "queued" and queued == [run["id"]]
+    assert run["status"] == "queued" and queued == [run["id"]] and run["conclusion"] is None
     assert isinstance(run["spec"]["seed"], int)  # filled in for reproducibility
     assert run["input_hashes"] == {dataset["id"]: dataset["sha256"]}
     assert client.get(f"/api/runs/{run['id']}/result").status_code == 409
@@ -127,6 +128,17 @@ def test_upload_then_analyse_then_share(client: TestClient, queued: list[str]) -
     assert result["summary"]["best"]["family"] == "negative_entropy"
     assert set(result["figures"]) == {"delta_cdf", "histogram", "qq"}
     assert len(result["summary"]["candidates"]) == 4
+    # The conclusion is stored with the result; the run and the runs list carry it.
+    conclusion = result["summary"]["conclusion"]
+    assert conclusion == result["summary"]["headline"] and conclusion.startswith("Negative")
+    assert run["conclusion"] == conclusion
+    assert client.get("/api/runs").json()[0]["conclusion"] == conclusion
+    # A result stored before kinds stated conclusions gets one when it is read.
+    with session_factory(env["SYNGEO_DATABASE_URL"]).begin() as session:
+        stored = session.get(Result, run["id"])
+        stored.summary = {k: v for k, v in stored.summary.items() if k != "conclusion"}
+    again = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
+    assert again["conclusion"] == conclusion
 
     csv_text = client.get(f"/api/runs/{run['id']}/download?format=csv").text
     assert csv_text.splitlines()[0].startswith("layer,family,p,delta_cdf")

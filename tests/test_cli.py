@@ -58,6 +58,9 @@ def test_analyze_two_npy_table_and_grid(tmp_path: Path) -> None:
     grid = json.loads(runner.invoke(app, [*args, "--grid", "--json"]).stdout)
     assert grid["method"] == "grid" and grid["best"] == {"family": "p_norm", "p": 2.0,
                                                          "label": "p = 2", "key": "p2"}
+    # The conclusion comes first (wrapped to the terminal's width), and --json carries it.
+    assert " ".join(table.stdout.split()).startswith(" ".join(grid["conclusion"].split()[:6]))
+    assert grid["conclusion"] == grid["headline"]
 
 
 def test_analyze_bad_input_says_what_to_do(tmp_path: Path) -> None:
@@ -107,6 +110,10 @@ def test_run_spine_fit_from_a_spec_file(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)["summary"]
         assert summary["dataset"]["source"] == source and summary["dataset"]["n"] == n
+        assert summary["conclusion"].startswith("Negative entropy with 2 point masses fits")
+    human = runner.invoke(app, ["run", str(tmp_path / "spec.yaml")])
+    assert human.exit_code == 0, human.output
+    assert human.stdout.startswith("Negative entropy with 2 point masses fits best by BIC")
 
 
 def test_console_script_is_installed() -> None:

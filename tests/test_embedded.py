@@ -37,6 +37,9 @@ def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
             summary = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
             assert summary["verdict"]["negative_entropy_vs_p_norm"]["winner"] == \
                 "negative_entropy"
+            # SQLite reads the stored conclusion for the runs list as PostgreSQL does.
+            assert run["conclusion"] == summary["conclusion"] == summary["headline"]
+            assert client.get("/api/runs").json()[0]["conclusion"] == summary["conclusion"]
             # `syngeo submit` uploads local files to the running server and follows the run.
             (tmp_path / "w.csv").write_bytes(csv_bytes(*ne_pairs(2000)))
             submitted = subprocess.run(
@@ -46,8 +49,11 @@ def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
             run_url = submitted.stdout.splitlines()[0]
             assert run_url.startswith(f"{url}/runs/run_")
             assert "status: succeeded" in submitted.stdout
-            assert client.get(f"/api/runs/{run_url.rsplit('/', 1)[1]}").json()["status"] == \
-                "succeeded"
+            done = client.get(f"/api/runs/{run_url.rsplit('/', 1)[1]}").json()
+            assert done["status"] == "succeeded"
+            # …then says what it found (wrapped to the console's width).
+            assert " ".join(submitted.stdout.split()).endswith(
+                " ".join(done["conclusion"].split()))
         assert (tmp_path / "var" / "syngeo.sqlite").exists()
         assert any((tmp_path / "var" / "artifacts").rglob("*"))
     finally:

@@ -105,7 +105,7 @@ def _execute(sessions: sessionmaker[Session], run_id: str, attempt: int, kind_na
             run.device = device
         with WorkerContext(sessions, artifact_store(settings.artifact_location), run_id,
                            device, attempt) as ctx:
-            result = kind.run(spec, ctx)
+            result = kind.conclude(kind.run(spec, ctx))
     except Cancelled:
         return finish(None)
     except SoftTimeLimitExceeded:

@@ -1,8 +1,9 @@
 """HTML pages and static files of the web frontend.
 
-The frontend is plain HTML + vanilla JS modules + CSS under ``syngeo.frontend`` (the
-``frontend/`` folder); nothing is built and nothing is fetched from a CDN. Plotly.js is
-served from the installed ``plotly`` Python package so the dashboard works offline.
+The frontend is HTML (Jinja2 templates sharing ``_layout.html``) + vanilla JS modules + CSS
+under ``syngeo.frontend`` (the ``frontend/`` folder); nothing is built and nothing is fetched
+from a CDN. Plotly.js is served from the installed ``plotly`` Python package so the dashboard
+works offline; the pages load it after their text (static/js/plotly.js).
 
 The app factory calls ``install_static(app)`` and ``app.include_router(router)``.
 """
@@ -13,26 +14,20 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from syngeo.backend.html import frontend_dir, render_page
 from syngeo.kinds import KINDS
 
 router = APIRouter(include_in_schema=False)
 
 PLOTLY_JS_URL = "/static/vendor/plotly.min.js"
 
-# HTML pages are revalidated on each visit; static assets may be cached briefly (they
-# change with the installed package version, so keep it short); plotly.min.js is large
-# and only changes with the plotly package, so it may be cached for a day.
-_NO_CACHE = {"Cache-Control": "no-cache"}
+# plotly.min.js is large and only changes with the plotly package, so it may be cached for
+# a day (pages are revalidated on each visit: see html.NO_CACHE).
 _PLOTLY_CACHE = {"Cache-Control": "public, max-age=86400"}
-
-
-def frontend_dir() -> Path:
-    """The folder holding the HTML pages and ``static/``."""
-    return Path(str(resources.files("syngeo.frontend")))
 
 
 @lru_cache(maxsize=1)
@@ -46,55 +41,47 @@ def plotly_js_path() -> Path:
     return path
 
 
-def _page(name: str, status_code: int = 200) -> FileResponse:
-    path = frontend_dir() / name
-    if not path.is_file():  # pragma: no cover - a broken install
-        raise HTTPException(status_code=500, detail=f"Page {name} is missing from the install.")
-    return FileResponse(path, status_code=status_code, media_type="text/html; charset=utf-8",
-                        headers=_NO_CACHE)
-
-
-@router.get("/", response_class=FileResponse)
-def home_page() -> FileResponse:
+@router.get("/", response_class=HTMLResponse)
+def home_page(request: Request) -> HTMLResponse:
     """Recent runs and datasets, and the way to a new analysis."""
-    return _page("index.html")
+    return render_page(request, "index.html")
 
 
-@router.get("/analyze", response_class=FileResponse)
-def analyze_page() -> FileResponse:
+@router.get("/analyze", response_class=HTMLResponse)
+def analyze_page(request: Request) -> HTMLResponse:
     """Upload before/after weights (or load the example) and start a geometry analysis."""
-    return _page("analyze.html")
+    return render_page(request, "analyze.html")
 
 
-@router.get("/new", response_class=FileResponse)
-def new_page() -> FileResponse:
+@router.get("/new", response_class=HTMLResponse)
+def new_page(request: Request) -> HTMLResponse:
     """Every experiment kind, each leading to its form (geometry leads to /analyze)."""
-    return _page("new.html")
+    return render_page(request, "new.html")
 
 
-@router.get("/new/{kind}", response_class=FileResponse)
-def new_kind_page(kind: str) -> FileResponse:
+@router.get("/new/{kind}", response_class=HTMLResponse)
+def new_kind_page(request: Request, kind: str) -> HTMLResponse:
     """The form of one kind, generated from its JSON Schema. An unknown kind gets the same
     page with status 404; the page then says so and lists the kinds there are."""
-    return _page("new.html", 200 if kind in KINDS else 404)
+    return render_page(request, "new.html", 200 if kind in KINDS else 404)
 
 
-@router.get("/runs/{run_id}", response_class=FileResponse)
-def run_page(run_id: str) -> FileResponse:
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: str) -> HTMLResponse:
     """Live status of one run and, once it succeeded, its result."""
-    return _page("run.html")
+    return render_page(request, "run.html")
 
 
-@router.get("/login", response_class=FileResponse)
-def login_page() -> FileResponse:
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> HTMLResponse:
     """Log in with an API token (multi-user mode)."""
-    return _page("login.html")
+    return render_page(request, "login.html")
 
 
-@router.get("/s/{token}", response_class=FileResponse)
-def share_page(token: str) -> FileResponse:
+@router.get("/s/{token}", response_class=HTMLResponse)
+def share_page(request: Request, token: str) -> HTMLResponse:
     """Read-only view of a shared run; needs no login."""
-    return _page("share.html")
+    return render_page(request, "share.html")
 
 
 def _plotly_js() -> FileResponse:

@@ -40,6 +40,9 @@ from syngeo.store.artifacts import ArtifactStore
 from syngeo.store.models import TERMINAL_STATUSES, Dataset, Result, Run, ShareLink, utcnow
 
 router = APIRouter(prefix="/api", tags=["runs"])
+# The share routes, listed in the API docs under "share" alone (a route on `router` would be
+# listed under "runs" too); the app includes both routers.
+share_router = APIRouter(prefix="/api", tags=["share"])
 log = logging.getLogger(__name__)
 
 
@@ -58,8 +61,11 @@ def result_body(session: Session, store: ArtifactStore, run: Run) -> ResultOut |
         return None
     kind = get_kind(run.kind)
     arrays = crud.result_arrays(session, store, result)
-    return ResultOut(summary=result.summary, figures=kind.figures(result.summary, arrays),
-                     table=kind.table_rows(result.summary))
+    summary = result.summary
+    if "conclusion" not in summary:  # stored before kinds stated one
+        summary = {**summary, "conclusion": kind.conclusion(summary)}
+    return ResultOut(summary=summary, figures=kind.figures(summary, arrays),
+                     table=kind.table_rows(summary))
 
 
 @router.post("/runs", response_model=RunOut, status_code=201,
@@ -112,14 +118,20 @@ def create_run(body: RunIn, request: Request, session: Session = Depends(deps.se
 @router.get("/runs", response_model=list[RunOut], summary="Recent runs, newest first")
 def list_runs(limit: int = 50, session: Session = Depends(deps.session),
               caller: Caller = Depends(current_user)) -> list[RunOut]:
-    return [RunOut.model_validate(r)
-            for r in crud.list_runs(session, caller.id, min(max(limit, 1), 500))]
+    return runs_out(session, crud.list_runs(session, caller.id, min(max(limit, 1), 500)))
+
+
+def runs_out(session: Session, runs: list[Run]) -> list[RunOut]:
+    """Runs with the conclusions of those that succeeded."""
+    found = crud.conclusions(session, [r.id for r in runs if r.status == "succeeded"])
+    return [RunOut.model_validate(r).model_copy(update={"conclusion": found.get(r.id)})
+            for r in runs]
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
 def get_run(run_id: str, session: Session = Depends(deps.session),
             caller: Caller = Depends(current_user)) -> RunOut:
-    return RunOut.model_validate(_run_or_404(session, run_id, caller))
+    return runs_out(session, [_run_or_404(session, run_id, caller)])[0]
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut,
@@ -313,7 +325,7 @@ def _shared_view(session: Session, run: Run) -> SharedRunView:
                          inputs=inputs, timings=run.timings)
 
 
-@router.get("/share/{token}", response_model=SharedRunOut, tags=["share"],
+@share_router.get("/share/{token}", response_model=SharedRunOut,
             summary="A shared run and its result, read-only, no login")
 def shared(token: str, session: Session = Depends(deps.session),
            store: ArtifactStore = Depends(deps.store)) -> SharedRunOut:
@@ -321,7 +333,7 @@ def shared(token: str, session: Session = Depends(deps.session),
     return SharedRunOut(run=_shared_view(session, run), result=result_body(session, store, run))
 
 
-@router.get("/share/{token}/download", tags=["share"],
+@share_router.get("/share/{token}/download",
             summary="Download a shared run's result (json, csv or npz), read-only, no login")
 def shared_download(token: str, format: str = "json", session: Session = Depends(deps.session),
                     store: ArtifactStore = Depends(deps.store)) -> Response:

@@ -117,6 +117,25 @@ def format_seconds(seconds: float, about: bool = True) -> str:
     return f"{prefix}{value:.2g} {unit}" if value < 10 else f"{prefix}{value:,.0f} {unit}"
 
 
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A number for a sentence: ``digits`` significant digits, trailing zeros kept
+    ('0.0140', '2.50', '770', '12,346', '1.20e-05'); '–' when there is none."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-4:  # too many leading zeros to read: an exponent
+        return f"{value:.{digits - 1}e}"
+    if abs(value) >= 10**digits:  # large numbers keep their integer digits
+        return f"{value:,.0f}"
+    return f"{value:#.{digits}g}".rstrip(".")
+
+
+def and_list(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
 def format_bytes(count: float) -> str:
     """Decimal units, two significant digits: '350 MB', '1.2 GB', '40 GB'."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -142,6 +161,19 @@ class ExperimentKind(ABC):
 
     @abstractmethod
     def run(self, spec: BaseModel, ctx: RunContext) -> KindResult: ...
+
+    @abstractmethod
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        """One sentence for a scientist on what the result says, from its summary alone:
+        plain words, numbers with 2–3 significant digits, failed checks named, and saying so
+        when nothing fits or the data cannot decide. Shown at the top of the result page,
+        in the runs list and first in the CLI's output."""
+
+    def conclude(self, result: KindResult) -> KindResult:
+        """Store the conclusion in the summary (``summary["conclusion"]``) when a run
+        finishes, so listing runs reads it without loading arrays or building figures."""
+        result.summary["conclusion"] = self.conclusion(result.summary)
+        return result
 
     @abstractmethod
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:

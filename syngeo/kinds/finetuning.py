@@ -21,7 +21,15 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    SPEC_CONFIG,
+    CostEstimate,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    and_list,
+    format_number,
+)
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 NetworkName = Literal["mlp", "cnn", "rnn"]
@@ -246,6 +254,35 @@ class FinetuningKind(ExperimentKind):
 
     def estimate(self, spec: FinetuningSpec, inputs: list[int]) -> CostEstimate:
         return finetuning_cost(spec)
+
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        """In how many (network, training potential) pairs the training potential gives the
+        lowest mean ΔCDF among the scored ones, naming the pairs where it does not and the
+        training potentials that were not scored."""
+        titles = {n["name"]: n["title"] for n in summary["networks"]}
+        scored = [r for r in summary["results"] if r["training_is_lowest"] is not None]
+        misses = [f"{titles.get(r['network'], r['network'])} trained with "
+                  f"{r['training']['label']} ({r['lowest']['label']} is lower: "
+                  f"{format_number(r['lowest_delta_cdf'])} against "
+                  f"{format_number(r['own_delta_cdf'])})"
+                  for r in scored if not r["training_is_lowest"]]
+        seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
+        if not scored:
+            text = ("No training potential was among the scored potentials, so the result "
+                    "cannot say whether fine-tuning recovers it")
+        else:
+            text = (f"The training potential gives the lowest mean ΔCDF (over {seeds}) in "
+                    f"{len(scored) - len(misses)} of {len(scored)} network × potential pairs")
+            text += f"; not in {and_list(misses)}" if misses else ""
+        unscored = list(dict.fromkeys(r["training"]["label"] for r in summary["results"]
+                                      if r["training_is_lowest"] is None))
+        if unscored and scored:
+            text += f"; {', '.join(unscored)} {'was' if len(unscored) == 1 else 'were'} not scored"
+        short = sum(not r["all_reached_100"] for r in summary["results"])
+        if short:
+            text += (f"; in {short} of {len(summary['results'])} pairs not every seed reached "
+                     "100% training accuracy")
+        return text + "."
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {

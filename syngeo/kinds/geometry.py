@@ -201,10 +201,18 @@ class GeometryKind(ExperimentKind):
         summary["figure_sets"] = list(analysis.figure_sets)
         summary["dataset"] = {"format": pairs.format, "skipped": pairs.skipped,
                               "shapes": pairs.shapes}
+        ctx.progress(1.0, "Done")
         return KindResult(summary=summary, arrays=analysis.to_arrays())
 
     def estimate(self, spec: GeometrySpec, inputs: list[int]) -> CostEstimate:
         return analysis_cost(spec, inputs)
+
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        """The analysis's headline: the pooled verdict (best potential, whether any fits,
+        whether the runner-up can be told apart), led by the layers' agreement when there
+        are several."""
+        return summary.get("headline") or (summary.get("verdict") or {}).get("text") or (
+            "No candidate potential could be scored on these weights.")
 
     def datasets(self, spec: GeometrySpec) -> list[str]:
         return [spec.dataset] if isinstance(spec.dataset, str) else []

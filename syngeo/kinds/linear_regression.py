@@ -17,7 +17,15 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    SPEC_CONFIG,
+    CostEstimate,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    and_list,
+    format_number,
+)
 from syngeo.kinds.geometry import potential_key
 
 # Work bound in units of N²·D per exact solve (forming X Xᵀ and J_ref's updates scale so) and
@@ -28,7 +36,7 @@ MAX_WORK = 2.0e13
 MAX_SEARCH_ROUNDS = 50
 # Cost model, measured with bench/bench_cost_estimates.py and bench_fig6_grid.py on a 2-core
 # CPU (bench/README.md: the full Fig. 6 grid, 1.3·10¹³ units of N²·D, took 450 s): exact
-# solves run at about 3.5·10¹⁰ units of N²·D a second, plus about 2 ms per solve and the
+# solves run at about 3.5·10¹⁰ units of N²·D a second, plus about 5 ms per solve and the
 # inputs drawn at about 5·10⁷ values (N·D) a second; training at about 10⁹ units of N·D per
 # step a second, and 0.7 ms per step (each step of the search trains every learning rate at
 # once, the final training every seed of a chunk). Memory is one chunk of seeds as the
@@ -36,7 +44,9 @@ MAX_SEARCH_ROUNDS = 50
 # needs).
 _START_SECONDS = 0.2
 _EXACT_PER_SECOND = 3.5e10
-_SECONDS_PER_SOLVE = 2e-3
+# (Per solve: 1.3 ms for p = 2 to 12 ms for p = 3 on small problems, measured again while
+# timing progress; 2 ms had small cells' progress lag well behind their time.)
+_SECONDS_PER_SOLVE = 5e-3
 _INPUTS_PER_SECOND = 5e7
 _TRAINING_PER_SECOND = 1e9
 _SECONDS_PER_STEP = 7e-4
@@ -207,6 +217,22 @@ def linear_regression_cost(spec: LinearRegressionSpec) -> CostEstimate:
         lower_memory="d_max or the N-scaling exponents")
 
 
+def chunk_seconds(spec: LinearRegressionSpec, n: int, d: int, seeds: int, search: bool) -> float:
+    """Seconds one potential spends on one chunk of ``seeds`` seeds at N = n, D = d by the cost
+    model above (its share of drawing the inputs included; training: every epoch, and every
+    search round when ``search``): the engine weights progress by it, so progress tracks time."""
+    seconds = seeds * (n * d / _INPUTS_PER_SECOND / len(spec.potentials) + _SECONDS_PER_SOLVE)
+    if spec.solver == "exact":
+        return seconds + n * n * d * seeds / _EXACT_PER_SECOND
+    steps = spec.max_epochs
+    seconds += n * d * seeds * steps / _TRAINING_PER_SECOND
+    if search:
+        rounds = sum(range(spec.epochs, spec.max_epochs + 1, spec.epochs_step))
+        steps += rounds
+        seconds += n * d * spec.lr_points * rounds / _TRAINING_PER_SECOND
+    return seconds + steps * _SECONDS_PER_STEP
+
+
 class LinearRegressionKind(ExperimentKind):
     name: ClassVar[str] = "linear_regression"
     title: ClassVar[str] = "Linear regression across widths"
@@ -229,12 +255,16 @@ class LinearRegressionKind(ExperimentKind):
             [parse_potential(k) for k in spec.potentials], spec.c_values, spec.n_exponents,
             spec.widths(), spec.seeds, solver=spec.solver, seed=spec.seed or 0,
             training=training, device=ctx.device if spec.device == "auto" else spec.device,
-            progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
+            progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m),
+            chunk_cost=lambda n, d, seeds, search: chunk_seconds(spec, n, d, seeds, search))
         ctx.progress(1.0, "Done")
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
 
     def estimate(self, spec: LinearRegressionSpec, inputs: list[int]) -> CostEstimate:
         return linear_regression_cost(spec)
+
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        return regression_conclusion(summary)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         out = {
@@ -287,6 +317,54 @@ def _short(pot: dict[str, Any]) -> str:
 def _rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+# The §4.1 checks in words (their limits are the engine's DELTA_CDF_LIMIT and DPHI_LIMIT,
+# kept out of this module so that it imports without torch).
+CHECK_NAMES = {
+    "delta_cdf_small": "median ΔCDF ≤ 0.2 at every width",
+    "delta_cdf_falls": "median ΔCDF falls with width",
+    "dphi_small_at_largest": "median Δφ ≤ 0.2 at the largest width",
+}
+
+
+def regression_conclusion(summary: dict[str, Any]) -> str:
+    """Whether the paper's checks hold, naming each failed check and where it fails."""
+    groups = summary["groups"]
+    several = len(summary["c_values"]) > 1 or len(summary["n_exponents"]) > 1
+
+    def where(g: dict[str, Any]) -> str:
+        label = g["potential"]["label"]
+        return f"{label} (c = {g['c']:g}, N = D^{g['a']:g})" if several else label
+
+    widths = summary["widths"]
+    span = f"D = {widths[0]:,}–{widths[-1]:,}" if len(widths) > 1 else f"D = {widths[0]:,}"
+    failed = []
+    for check, name in CHECK_NAMES.items():
+        bad = [g for g in groups if not g["checks"].get(check, False)]
+        if not bad:
+            continue
+        if check == "dphi_small_at_largest":
+            at = [f"{where(g)} ({format_number(g['dphi']['median'][-1])})" for g in bad]
+        elif check == "delta_cdf_small":
+            at = [f"{where(g)} (up to {format_number(_largest(g))})" for g in bad]
+        else:
+            at = [where(g) for g in bad]
+        failed.append(f"'{name}' fails for {and_list(at)}")
+    unsolved = sum(g.get("not_converged", 0) for g in groups)
+    tail = f" ({unsolved} runs did not converge)" if unsolved else ""
+    if not failed:
+        return (f"All checks pass for {len(groups)} setting{'s' if len(groups) > 1 else ''} "
+                f"({span}, {summary['seeds']} seeds): median ΔCDF stays ≤ 0.2 and falls with "
+                "width, and Δφ is ≤ 0.2 at the largest width, as Theorem 1 predicts" + tail
+                + ".")
+    return (f"Not all checks pass ({span}, {summary['seeds']} seeds): " + "; ".join(failed)
+            + tail + ".")
+
+
+def _largest(group: dict[str, Any]) -> float | None:
+    values = [v for v in group["delta_cdf"]["median"] if v is not None]
+    return max(values) if values else None
 
 
 def width_figure(summary: dict[str, Any], metric: Literal["delta_cdf", "dphi"]) -> dict[str,

@@ -193,12 +193,14 @@ class PowerKind(ExperimentKind):
             device=ctx.device if spec.device == "auto" else spec.device,
             progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m))
         summary = result.to_summary()
-        summary["conclusion"] = conclusion(summary)
         ctx.progress(1.0, "Done")
         return KindResult(summary=summary, arrays=result.to_arrays())
 
     def estimate(self, spec: PowerSpec, inputs: list[int]) -> CostEstimate:
         return power_cost(spec)
+
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        return conclusion(summary)
 
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {"power": power_figure(summary)}

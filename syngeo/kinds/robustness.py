@@ -14,7 +14,14 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    SPEC_CONFIG,
+    CostEstimate,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    and_list,
+)
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
 # The engine holds T·S·H·seeds·n float64 values in chunks, but time grows with the total.
@@ -142,6 +149,36 @@ class RobustnessKind(ExperimentKind):
     def estimate(self, spec: RobustnessSpec, inputs: list[int]) -> CostEstimate:
         return robustness_cost(spec)
 
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        """How often the lowest mean ΔCDF falls on the true potential, or next to it on the
+        grid of hypotheses (negative entropy first, then p-norms by p: the heatmap's
+        columns), naming the settings where it falls elsewhere."""
+        hyps = summary["hypothesised"]
+        column = {hyps[i]["key"]: rank for rank, i in enumerate(_column_order(hyps))}
+        exact, near, far, unscored = 0, 0, [], 0
+        for row in summary["best"]:
+            best, true = row["best"], row["true"]
+            if best is None:
+                unscored += 1
+            elif row["true_is_best"]:
+                exact += 1
+            elif true["key"] in column and abs(column[best["key"]] - column[true["key"]]) == 1:
+                near += 1
+            else:
+                far.append(f"{true['label']} from a {_START_WORDS[row['start']]} start gave "
+                           f"{best['label']}")
+        total = len(summary["best"])
+        seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
+        text = (f"The lowest mean ΔCDF (over {seeds}) falls on the true potential in {exact} of "
+                f"{total} settings and next to it on the grid in {near}")
+        if far:
+            text += f"; it falls elsewhere in {len(far)} ({and_list(far)})"
+        if unscored:
+            text += f"; {unscored} could not be scored"
+        if not far and not unscored:
+            text += ": only potentials close to the true one give a Gaussian change"
+        return text + "."
+
     def figures(self, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict]:
         return {
             "heatmap": heatmap_figure(summary),
@@ -162,6 +199,9 @@ class RobustnessKind(ExperimentKind):
 
 
 # --------------------------------------------------------------------------- figures
+
+
+_START_WORDS = {"gaussian": "Gaussian", "lognormal": "±log-normal"}
 
 
 def _short(pot: dict[str, Any]) -> str:
@@ -220,17 +260,22 @@ def heatmap_figure(summary: dict[str, Any]) -> dict[str, Any]:
         hovertemplate=("<b>%{customdata[0]}</b><br>hypothesised %{customdata[1]}"
                        "<br>ΔCDF %{z:.4f} ± %{customdata[2]:.4f}<extra></extra>"),
     )
+    # White rings read on the dark cells they mark, but a white legend swatch would not: the
+    # title's second line (the page's caption) explains them instead of a legend.
     best = go.Scatter(
-        x=best_x, y=best_y, mode="markers", name="lowest mean ΔCDF",
+        x=best_x, y=best_y, mode="markers", name="lowest mean ΔCDF", showlegend=False,
         marker=dict(symbol="circle-open", size=16, color="#ffffff", line=dict(width=2.5)),
         hoverinfo="skip",
     )
+    seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
     layout = _layout(
-        "Mean ΔCDF of the change scored in each hypothesised potential (lower is more Gaussian)",
+        "Mean ΔCDF of the change scored in each hypothesised potential (lower is more Gaussian)"
+        f"<br><sup>Colour: mean ΔCDF over {seeds} (hover a cell for its mean ± s.d.). White "
+        "rings: the lowest mean ΔCDF of each row, i.e. the most Gaussian hypothesis.</sup>",
         xaxis=dict(title=dict(text="hypothesised potential φ' (NE, then p)", standoff=8),
                    type="category", automargin=True),
         yaxis=dict(type="category", autorange="reversed", automargin=True),
-        height=max(320, 60 + 44 * len(rows)),
+        height=max(320, 60 + 44 * len(rows)), margin=dict(l=72, r=24, t=88, b=56),
         meta=dict(seeds=summary["seeds"], columns=columns, rows=rows),
     )
     return figures.figure_json(go.Figure(data=[heat, best], layout=layout))

@@ -37,7 +37,9 @@ from syngeo.kinds.base import (
     ExperimentKind,
     KindResult,
     RunContext,
+    and_list,
     distribution_dataset_problem,
+    format_number,
 )
 from syngeo.kinds.geometry import potential_key
 
@@ -53,6 +55,48 @@ ACCEPTED = "Accepted: a one-column .csv, .tsv or .txt table (optional header row
 _DATASET_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _NPY_MAGIC = b"\x93NUMPY"
 _MODEL_LABEL = {"point_masses": "point masses", "point_mass_lognormal": "point mass + log-normal"}
+# A BIC difference under 2 is "not worth more than a bare mention" (Kass & Raftery, 1995).
+_DECISIVE_BIC = 2.0
+
+
+def fit_words(fit: dict[str, Any]) -> str:
+    """'negative entropy with 2 point masses', 'p = 3 with a point mass and a log-normal'."""
+    label = fit["potential"]["label"]
+    if fit["model"] == "point_mass_lognormal":
+        return f"{label} with a point mass and a log-normal"
+    k = fit["n_components"]
+    return f"{label} with {k} point mass{'es' if k > 1 else ''}"
+
+
+def param_words(name: str) -> tuple[str, str]:
+    """A fitted parameter for people: what it is, and the symbol its value is given in."""
+    index = name.rpartition("_")[2]
+    if name.startswith("log10_mu_"):
+        return f"the position of point mass {index}", "log10 w0"
+    if name.startswith("weight_"):
+        return f"the weight of point mass {index}", "π"
+    return {"log10_sigma": ("the dual-space σ", "log10 σ"),
+            "lognormal_m": ("the log-normal's mean", "mean of log w0"),
+            "lognormal_s": ("the log-normal's spread", "s.d. of log w0")}.get(name, (name, name))
+
+
+def not_identified(fit: dict[str, Any]) -> list[str]:
+    """Parameters the data do not pin down: a position or scale on a log axis (log10 μ,
+    log10 σ, the log-normal's mean) whose standard error exceeds one unit of that axis (a
+    factor of 10 for log10 values), a weight or spread whose standard error exceeds the value
+    itself (its interval reaches 0), or a point mass so far below the data (w0 ≈ 0) that the
+    fit itself reports its position as not identified."""
+    out = []
+    for name, value in fit["params"].items():
+        se = fit["stderr"].get(name)
+        logged = name.startswith("log10_") or name == "lognormal_m"
+        if se is not None and (se > 1.0 if logged else se > abs(value)):
+            out.append(name)
+        elif f"{name} lies over" in (fit.get("message") or ""):
+            out.append(name)
+    return out
+
+
 _COLORS = {"negative_entropy": "#6b4c9a"}
 _P_COLORS = ("#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a", "#8c2d5a")
 EXCLUSION_NOTE = (
@@ -127,15 +171,22 @@ class SpineFitSpec(BaseModel):
         return list(dict.fromkeys(value))
 
 
+def _density_width(spec: SpineFitSpec, key: str, model: str) -> int:
+    """Values the fit's density evaluates per data point (see the cost model above)."""
+    if model == "point_masses":
+        return spec.n_components
+    return 1 + (1 if key == "ne" else _QUADRATURE_NODES)
+
+
+def fit_seconds(spec: SpineFitSpec, key: str, model: str, n: int) -> float:
+    """One fit's seconds by the cost model: the engine weights progress by it."""
+    return _SECONDS_PER_FIT + n * _density_width(spec, key, model) * _SECONDS_PER_NODE_VALUE
+
+
 def spine_fit_cost(spec: SpineFitSpec, inputs: list[int]) -> CostEstimate:
     n = sum(inputs) if inputs else EXAMPLE_VALUES
-    widths = []
-    for key in spec.potentials:
-        for model in spec.init_models:
-            if model == "point_masses":
-                widths.append(spec.n_components)
-            else:
-                widths.append(1 + (1 if key == "ne" else _QUADRATURE_NODES))
+    widths = [_density_width(spec, key, model)
+              for key in spec.potentials for model in spec.init_models]
     return CostEstimate(
         seconds=(_START_SECONDS + _SECONDS_PER_FIT * len(widths)
                  + n * sum(widths) * _SECONDS_PER_NODE_VALUE),
@@ -390,6 +441,39 @@ class SpineFitKind(ExperimentKind):
     def estimate(self, spec: SpineFitSpec, inputs: list[int]) -> CostEstimate:
         return spine_fit_cost(spec, inputs)
 
+    def conclusion(self, summary: dict[str, Any]) -> str:
+        """The best model by BIC in words, how far ahead of the runner-up it is (ΔBIC < 2:
+        the data cannot tell them apart), and its parameters that are not identified."""
+        fits = sorted(summary["fits"], key=lambda f: f["bic"])
+        best = fits[0]
+        text = f"{fit_words(best)} fits best by BIC"
+        if not text.startswith("p ="):  # a symbol keeps its case
+            text = text[0].upper() + text[1:]
+        if len(fits) > 1:
+            gap = fits[1]["bic"] - best["bic"]
+            runner = fit_words(fits[1])
+            text += (f", but the data cannot tell it from {runner} (ΔBIC = "
+                     f"{format_number(gap, 2)})" if gap < _DECISIVE_BIC else
+                     f", ahead of {runner} by ΔBIC = {format_number(gap)}")
+        text += f" (KS distance {format_number(best['ks'])})"
+        if not best["converged"]:
+            text += "; its optimiser did not converge, so treat it with care"
+        if all(best["stderr"].get(name) is None for name in best["params"]):
+            text += ("; its parameters have no standard errors (one reached the edge of its "
+                     "search range), so whether they are identified is unknown")
+        else:
+            loose = []
+            for name in not_identified(best):
+                words, symbol = param_words(name)
+                se = best["stderr"].get(name)
+                value = format_number(best["params"][name]) + (
+                    f" ± {format_number(se, 2)}" if se is not None else "")
+                loose.append(f"{words} ({symbol} = {value})")
+            if loose:
+                text += (f"; {and_list(loose)} {'is' if len(loose) == 1 else 'are'} not "
+                         "identified")
+        return text + "."
+
     def run(self, spec: SpineFitSpec, ctx: RunContext) -> KindResult:
         from syngeo.engine.geometry.distribution_fit import fit_distributions
         from syngeo.engine.geometry.potentials import parse_potential
@@ -404,7 +488,8 @@ class SpineFitKind(ExperimentKind):
             values, [parse_potential(k) for k in spec.potentials], spec.init_models,
             n_components=spec.n_components,
             device=ctx.device if spec.device == "auto" else spec.device,
-            progress=lambda f, m="": ctx.progress(0.02 + 0.96 * f, m))
+            progress=lambda f, m="": ctx.progress(0.02 + 0.96 * f, m),
+            fit_cost=lambda pot, model: fit_seconds(spec, pot.key, model, values.size))
         summary = fits.to_summary()
         stats = distribution_summary(values)
         summary["dataset"] = {

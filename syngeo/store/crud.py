@@ -118,6 +118,16 @@ def list_runs(session: Session, owner_id: str, limit: int = 50) -> list[Run]:
                                 .order_by(Run.created_at.desc()).limit(limit)))
 
 
+def conclusions(session: Session, run_ids: list[str]) -> dict[str, str]:
+    """The stored conclusion of each run that has a result, read from the summary in the
+    database (not the whole summary: listing runs stays cheap)."""
+    if not run_ids:
+        return {}
+    rows = session.execute(select(Result.run_id, Result.summary["conclusion"].as_string())
+                           .where(Result.run_id.in_(run_ids)))
+    return {run_id: text for run_id, text in rows if text}
+
+
 def active_runs_reading(session: Session, dataset_id: str) -> list[Run]:
     """Queued or running runs that read a dataset (their input_hashes are keyed by its id)."""
     active = session.scalars(select(Run).where(Run.status.in_(("queued", "running"))))

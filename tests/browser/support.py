@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 from playwright import sync_api
@@ -12,11 +14,29 @@ TERMINAL = ("() => ['succeeded', 'failed', 'cancelled'].includes("
             "document.querySelector('#run-status .badge')?.textContent)")
 
 
-def new_page(browser, errors: list[str]):
-    """A fresh context and page whose JavaScript errors are appended to ``errors``."""
+def new_page(browser, errors: list[str], expected_failures: tuple[str, ...] = ()):
+    """A fresh context and page whose JavaScript errors, failed requests and answers with a
+    status of 400 or more are appended to ``errors``, except for requests whose path starts
+    with one of ``expected_failures`` (a test's deliberate error cases)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+
+    def expected(url: str) -> bool:
+        return urlsplit(url).path.startswith(expected_failures) if expected_failures else False
+
+    def on_response(response) -> None:
+        if response.status >= 400 and not expected(response.url):
+            errors.append(f"HTTP {response.status}: {response.request.method} {response.url}")
+
+    def on_request_failed(request) -> None:
+        failure = request.failure or ""
+        # ERR_ABORTED is the page itself cancelling (leaving the page, a superseded fetch).
+        if "ERR_ABORTED" not in failure and not expected(request.url):
+            errors.append(f"request failed ({failure}): {request.method} {request.url}")
+
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", on_response)
+    page.on("requestfailed", on_request_failed)
     page.set_default_timeout(30_000)
     return context, page
 

@@ -20,12 +20,15 @@ def test_login_run_share_and_revoke(browser, stack_env, api_server_factory,
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip().splitlines()[-1]
 
-    context, page = new_page(browser, page_errors)
+    # Before logging in (and with a wrong token) the API answers 401 on purpose.
+    context, page = new_page(browser, page_errors,
+                             expected_failures=("/api/me", "/api/session"))
     try:
         page.goto(f"{api.url}/analyze")
         page.wait_for_url("**/login?next=%2Fanalyze")  # no token yet: the login page
         page.fill("#token", "not-the-token")
         page.get_by_role("button", name="Log in").click()
+        page.locator("#page-error").wait_for(state="visible")
         assert "not valid" in page.locator("#page-error").inner_text()
         page.fill("#token", token)
         page.get_by_role("button", name="Log in").click()
@@ -51,7 +54,7 @@ def test_login_run_share_and_revoke(browser, stack_env, api_server_factory,
             "() => document.querySelector('#share-links li')?.textContent.includes('revoked')")
 
         # The revoked link, opened by anyone: not valid, and nothing to act with.
-        other, shared = new_page(browser, page_errors)
+        other, shared = new_page(browser, page_errors, expected_failures=("/api/share/",))
         try:
             shared.goto(share_url)
             shared.locator("#page-error").wait_for(state="visible")

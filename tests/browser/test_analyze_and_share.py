@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -57,7 +58,12 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
         wait_for_run_to_succeed(page, api, worker)
 
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
-        assert page.locator("#verdict-text").inner_text().strip()
+        # The conclusion is the verdict's sentence, the same one the API stored.
+        conclusion = page.locator("#conclusion").inner_text().strip()
+        assert conclusion and conclusion == page.locator("#verdict-text").inner_text().strip()
+        run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        assert " ".join(conclusion.split()) == " ".join(httpx.get(
+            f"{api.url}/api/runs/{run_id}", timeout=10).json()["conclusion"].split())
         assert page.locator("#cancel-btn").is_hidden()
         assert page.locator("#candidates-table tbody tr").count() == 21
         assert page.locator("#qq-plot .plot-container").count() == 1
@@ -86,6 +92,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
     try:
         page.goto(share_url)
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
+        assert page.locator("#conclusion").inner_text().strip() == conclusion
         assert page.locator("#run-status .badge").text_content() == "succeeded"
         assert page.locator("#cancel-btn").count() == 0
         assert page.get_by_role("button", name="Cancel run").count() == 0
@@ -103,7 +110,7 @@ def test_bad_upload_shows_the_problem(browser, stack_env, api_server_factory, tm
     bad = tmp_path / "bad.csv"
     bad.write_text("before,after\n0.1,0.2\nnan,0.3\n0.2,0.1\n0.3,0.35\n")
 
-    context, page = new_page(browser, page_errors)
+    context, page = new_page(browser, page_errors, expected_failures=("/api/datasets",))
     try:
         page.goto(f"{api.url}/analyze")
         page.set_input_files("#file-input", str(bad))

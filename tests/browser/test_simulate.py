@@ -56,6 +56,10 @@ def test_launch_from_the_form_and_see_the_result(
         assert page.locator("#result-table tbody tr").count() >= 1
         assert page.locator("#download-json").is_visible()
         assert page.locator("#verdict-text").count() == 0  # no geometry-specific view
+        # The kind's conclusion opens the result.
+        conclusion = page.locator("#conclusion").inner_text()
+        assert conclusion.startswith("The lowest mean ΔCDF (over 2 seeds) falls on the true "
+                                     "potential in "), conclusion
 
         # The table sorts by a column heading.
         heading = page.locator("#result-table thead th").first
@@ -71,12 +75,19 @@ def test_launch_from_the_form_and_see_the_result(
         page.get_by_role("button", name="Copy share link").click()
         page.wait_for_function("() => document.querySelector('#share-url').value.length > 0")
         share_url = page.input_value("#share-url")
+
+        # The runs list says what each finished run found.
+        page.goto(api.url)
+        cell = page.locator("#runs-table tbody tr .run-conclusion").first
+        cell.wait_for()
+        assert cell.locator("span").get_attribute("title") == conclusion
     finally:
         context.close()
 
     context, page = new_page(browser, page_errors)
     try:
         page.goto(share_url)
+        assert page.locator("#conclusion").inner_text() == conclusion
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()
         assert page.get_by_role("button", name="Cancel run").count() == 0
         assert page.locator("#rerun-link").count() == 0
@@ -88,7 +99,10 @@ def test_launch_from_the_form_and_see_the_result(
 def test_out_of_bounds_values_are_refused(
         browser, stack_env, api_server_factory, page_errors: list[str]) -> None:
     api = api_server_factory(stack_env)
-    context, page = new_page(browser, page_errors)
+    # The server's refusals of the spec (its estimate and the run) and the unknown kind's
+    # page are the point here.
+    context, page = new_page(browser, page_errors, expected_failures=(
+        f"/api/kinds/{KIND}/estimate", "/api/runs", "/new/no-such-kind"))
     posts: list[str] = []
     page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
     alert = page.locator("#form-error[role=alert]")
@@ -146,7 +160,7 @@ def test_power_analysis_from_its_form_states_how_many_synapses(
         page.wait_for_url("**/runs/*")
         wait_for_run_to_succeed(page, api, worker)
 
-        conclusion = page.locator(".summary-text", has_text="For 80% power")
+        conclusion = page.locator("#conclusion", has_text="For 80% power")
         conclusion.wait_for()
         assert "to single out negative entropy" in conclusion.inner_text()
         page.locator("#figures .plot-container svg.main-svg").first.wait_for()

@@ -43,12 +43,14 @@ function renderRuns(runs) {
       el("td", { class: "hide-sm" }, kindTitles.get(run.kind) || run.kind),
       el("td", {}, ds ? datasetNames.get(ds) || el("span", { class: "mono" }, shortId(ds)) : "–"),
       el("td", {}, statusBadge(run.status), el("span", { class: "small muted" }, progress)),
+      // What a succeeded run found, in its kind's one sentence (cut to two lines; hover: all).
+      el("td", { class: "run-conclusion" }, run.conclusion ? el("span", { title: run.conclusion }, run.conclusion) : "–"),
       el("td", { class: "nowrap", title: fmtDate(run.created_at) }, fmtRelative(run.created_at)),
       el("td", { class: "num" }, d === null ? "–" : fmtDuration(d)),
     );
   });
   box.replaceChildren(
-    table("runs-table", "Recent runs, newest first", [["Run"], ["Kind", "hide-sm"], ["Dataset"], ["Status"], ["Created"], ["Duration", "num"]], rows),
+    table("runs-table", "Recent runs, newest first", [["Run"], ["Kind", "hide-sm"], ["Dataset"], ["Status"], ["Result"], ["Created"], ["Duration", "num"]], rows),
   );
 }
 

@@ -1,6 +1,7 @@
 // Rendering a run's result and provenance. Shared by the run page and the share page.
 
-import { el, fmtCI, fmtDate, fmtDuration, fmtInt, fmtNum } from "./api.js";
+import { ApiError, el, fmtCI, fmtDate, fmtDuration, fmtInt, fmtNum, showError } from "./api.js";
+import { plotlyReady } from "./plotly.js";
 
 const PLOT_CONFIG = {
   responsive: true,
@@ -57,6 +58,25 @@ function familyName(family) {
   return family || "–";
 }
 
+// ------------------------------------------------------------------ conclusion
+
+/** The kind's one-sentence conclusion (geometry's is its verdict's headline). */
+function conclusionOf(summary) {
+  return (summary && (summary.conclusion || summary.headline || (summary.verdict && summary.verdict.text))) || "";
+}
+
+/** The conclusion at the top of a result of any kind other than geometry (whose verdict card holds it). */
+function renderConclusion(summary) {
+  const text = conclusionOf(summary);
+  if (!text) return null;
+  return el(
+    "section",
+    { class: "card verdict", "aria-labelledby": "conclusion-heading" },
+    el("h2", { id: "conclusion-heading", class: "sr-only" }, "Conclusion"),
+    el("p", { class: "text conclusion", id: "conclusion" }, text),
+  );
+}
+
 // ------------------------------------------------------------------ verdict
 
 function fmtP(c) {
@@ -106,7 +126,7 @@ function renderVerdict(summary) {
     summary.best || verdict.best
       ? el("p", { class: "headline" }, multi ? "Most Gaussian dual change, pooled: " : "Most Gaussian dual change: ", el("span", { class: "best-name" }, bestLabel))
       : el("p", { class: "headline" }, "No candidate potential could be scored on these weights."),
-    summary.headline || verdict.text ? el("p", { class: "text", id: "verdict-text" }, summary.headline || verdict.text) : null,
+    conclusionOf(summary) ? el("p", { class: "text conclusion", id: "conclusion" }, el("span", { id: "verdict-text" }, conclusionOf(summary))) : null,
     facts,
   );
 }
@@ -114,7 +134,30 @@ function renderVerdict(summary) {
 // ------------------------------------------------------------------ figures
 
 /** Plot one figure; turn a Plotly dropdown (updatemenus) into an accessible <select>. */
-export function plotFigure(div, fig, { selectId, controls, controlLabel = "Potential" } = {}) {
+export function plotFigure(div, fig, options = {}) {
+  if (window.Plotly) {
+    div.plotRequest = null;
+    drawFigure(div, fig, options);
+    return;
+  }
+  // The text and tables are on the page already; the figure follows when Plotly arrives.
+  const token = {};
+  div.plotRequest = token; // a later request (another layer) supersedes this one
+  div.replaceChildren(el("p", { class: "empty plot-loading" }, "Loading the figure…"));
+  plotlyReady().then(
+    () => {
+      if (div.plotRequest !== token) return;
+      div.replaceChildren();
+      drawFigure(div, fig, options);
+    },
+    (err) => {
+      if (div.plotRequest !== token) return;
+      div.replaceChildren(el("p", { class: "empty" }, `${err.message} Reload the page to try again; the downloads hold the figure's data.`));
+    },
+  );
+}
+
+function drawFigure(div, fig, { selectId, controls, controlLabel = "Potential" } = {}) {
   const data = (fig && fig.data) || [];
   const layout = structuredClone((fig && fig.layout) || {});
   // The card's heading names the figure, so the figure's own title (kept for notebook
@@ -331,7 +374,7 @@ function renderLayers(summary, table) {
  * share page /api/share/{token}/download (the same three formats, read-only).
  */
 function renderDownloads(base, { csv = true } = {}) {
-  return el(
+  const card = el(
     "section",
     { class: "card", "aria-labelledby": "downloads-heading" },
     el("div", { class: "card-head" }, el("h2", { id: "downloads-heading" }, "Downloads")),
@@ -349,7 +392,52 @@ function renderDownloads(base, { csv = true } = {}) {
       el("code", {}, "numpy.load(path, allow_pickle=False)"),
       ".",
     ),
+    el("div", { class: "alert", role: "alert", id: "download-error", hidden: true }),
   );
+  for (const link of card.querySelectorAll(".downloads a")) link.addEventListener("click", download);
+  return card;
+}
+
+/** The file name the server gave a download (Content-Disposition), if any. */
+function attachmentName(response) {
+  const match = /filename="?([^";]+)"?/i.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : "";
+}
+
+/**
+ * A download link's click: fetch the file first, so that a failed download shows the
+ * server's problem and fix on the page (a plain link would be silently cancelled), then save
+ * it. The link's href stays for opening it in a new tab or copying it.
+ */
+async function download(event) {
+  if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  const link = event.currentTarget;
+  const box = document.getElementById("download-error");
+  box.hidden = true;
+  link.setAttribute("aria-busy", "true");
+  try {
+    let response;
+    try {
+      response = await fetch(link.href);
+    } catch {
+      throw new ApiError(0, "The server could not be reached.", "Check that it is running, then try again.");
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new ApiError(response.status, body.problem || `The server answered HTTP ${response.status}.`, body.fix || "");
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const save = el("a", { href: url, download: attachmentName(response), hidden: true });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000); // after the browser has read it
+  } catch (err) {
+    showError(box, err, `Could not download “${link.textContent}”.`);
+  } finally {
+    link.removeAttribute("aria-busy");
+  }
 }
 
 function downloadBase(run, options) {
@@ -447,7 +535,8 @@ function factsList(entries, id) {
 }
 
 function renderGenericSummary(summary) {
-  const entries = Object.entries(summary || {});
+  // The conclusion has its own card above this one.
+  const entries = Object.entries(summary || {}).filter(([k]) => k !== "conclusion");
   // Long text (a verdict, a note) reads better as a paragraph than as a tile.
   const texts = entries.filter(([, v]) => typeof v === "string" && v.length > 80);
   const facts = entries.filter(([, v]) => (isScalar(v) && !(typeof v === "string" && v.length > 80)) ||
@@ -588,7 +677,7 @@ function renderGenericResult(container, run, result, options) {
   const summary = (result && result.summary) || {};
   const rows = Array.isArray(result && result.table) ? result.table.filter((r) => r && typeof r === "object") : [];
   const figures = renderGenericFigures((result && result.figures) || {});
-  const parts = [renderGenericSummary(summary), figures.node];
+  const parts = [renderConclusion(summary), renderGenericSummary(summary), figures.node];
   if (rows.length) parts.push(renderSortableTable(rows));
   parts.push(renderDownloads(downloadBase(run, options), { csv: rows.length > 0 }));
   container.replaceChildren(...parts.filter(Boolean));

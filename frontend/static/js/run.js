@@ -54,9 +54,15 @@ async function poll() {
     if (!TERMINAL.has(run.status)) setTimeout(poll, POLL_MS);
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
+      // In the user's words (the API's fix names an endpoint), with the way back.
       $("run-title").textContent = "Run not found";
       $("run-sub").textContent = "";
-      showError($("page-error"), err, "This run does not exist.");
+      const box = $("page-error");
+      box.replaceChildren(
+        el("p", { class: "problem", style: "margin:0" }, "There is no run at this address: it was deleted, or the link is mistyped."),
+        el("p", { class: "fix" }, el("a", { href: "/" }, "Go to the home page"), " to see your runs."),
+      );
+      box.hidden = false;
       return;
     }
     failures += 1;

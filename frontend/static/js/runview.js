@@ -11,7 +11,9 @@ let datasetNameFor = null;
 async function datasetLabel(run) {
   if (run.inputs) return run.inputs.length ? run.inputs.map((i) => i.name).join(" + ") : null; // shared view
   const id = run.spec && run.spec.dataset;
-  if (!id) return null;
+  if (id === "example") return "bundled example";
+  // Only stored datasets have a record to ask for (ids "ds_…"; a CLI run may name a file).
+  if (typeof id !== "string" || !id.startsWith("ds_")) return null;
   if (datasetNameFor && datasetNameFor.id === id) return datasetNameFor.label;
   datasetNameFor = { id, label: null };
   try {
@@ -71,6 +73,26 @@ export async function showHeader(run) {
   sub.textContent = bits.join(" · ");
 }
 
+// A remaining-time estimate needs some progress to extrapolate from: before 3 % or 5 s the
+// start-up (imports, reading inputs) would dominate it.
+const ESTIMATE_MIN_FRACTION = 0.03;
+const ESTIMATE_MIN_SECONDS = 5;
+
+function wholeSeconds(seconds) {
+  const s = Math.floor(seconds);
+  return s < 60 ? `${s} s` : fmtDuration(s);
+}
+
+/** "about 4 min left" from progress over elapsed time (kinds report progress in units of
+ * their real cost, so time per unit of progress stays roughly constant); null too early. */
+export function remainingText(fraction, elapsed) {
+  if (!(fraction >= ESTIMATE_MIN_FRACTION && elapsed >= ESTIMATE_MIN_SECONDS) || fraction >= 1) return null;
+  const left = (elapsed * (1 - fraction)) / fraction;
+  if (left < 60) return "less than a minute left";
+  if (left < 3600) return `about ${Math.round(left / 60)} min left`;
+  return `about ${(left / 3600).toFixed(1)} h left`;
+}
+
 export function showProgress(run) {
   const panel = $("progress-panel");
   const active = !TERMINAL.has(run.status);
@@ -86,6 +108,12 @@ export function showProgress(run) {
   bar.setAttribute("aria-valuetext", queued ? "Waiting for a worker" : `${Math.round(fraction * 100)} percent`);
   $("progress-message").textContent = run.message || (queued ? "Waiting for a worker…" : "Running…");
   $("progress-percent").textContent = queued ? "queued" : `${Math.round(fraction * 100)} %`;
+  const elapsed = queued ? null : runDuration(run);
+  const time = $("progress-time");
+  if (time) {
+    const left = elapsed === null ? null : remainingText(fraction, elapsed);
+    time.textContent = elapsed === null ? "" : `${wholeSeconds(Math.max(0, elapsed))} elapsed${left ? ` · ${left}` : ""}`;
+  }
 }
 
 export function showOutcome(run) {

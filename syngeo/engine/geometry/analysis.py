@@ -426,6 +426,11 @@ def _prepare_layer(name: str, pair: Any, device: torch.device) -> _Layer:
 # ---------------------------------------------------------------------------------------
 
 
+def _short(name: str, limit: int = 24) -> str:
+    """A layer name cut to fit a one-line progress message (the full name is in the result)."""
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
 class _Progress:
     """Turns work done (elements processed) into calls of the user's callback."""
 
@@ -445,7 +450,7 @@ class _Progress:
 
     def finish(self) -> None:
         if self.callback is not None:
-            self.callback(1.0, "done")
+            self.callback(1.0, "Done")
 
     def advance(self, amount: float, message: str) -> None:
         self.done += amount
@@ -633,8 +638,9 @@ class _Scorer:
             assert raw.hist is not None and raw.qq is not None
             raw.hist[chunk] = np.where(usable_np[:, None], hist, np.nan)
             raw.qq[chunk] = np.where(usable_np[:, None], qq, np.nan)
-        names = ", ".join(self.s.potentials[c].key for c in chunk)
-        self.progress.advance(k * n, f"{label}: scored {names}")
+        first, last = chunk[0] + 1, chunk[-1] + 1
+        which = f"potential {first}" if first == last else f"potentials {first}–{last}"
+        self.progress.advance(k * n, f"{label}: {which} of {len(self.s.potentials)}")
 
     def _bootstrap(self, label: str, source: _Source, raw: _RawScore) -> None:
         """B resamples of size m = min(n, subsample), shared by all candidates (so that
@@ -660,7 +666,6 @@ class _Scorer:
         # of at most `group` rows that share the block's gathered pairs.
         group = max(1, _CHUNK_BYTES // (m * 8 * _BUFFERS_PER_ROW))
         block = max(1, _BLOCK_ELEMENTS // (min(k, group) * m))
-        names = ", ".join(p.key for p in pots) if k <= 4 else f"{k} candidates"
         for lo in range(0, boot, block):
             r = min(block, boot - lo)
             idx = torch.randint(source.n, (r, m), generator=generator)
@@ -683,8 +688,7 @@ class _Scorer:
                 delta = torch.where(ok, self._exact(sample), torch.nan)
                 raw.replicates[members[g:g + group], lo:lo + r] = delta.cpu().numpy()
                 del xi, sample
-            self.progress.advance(k * r * m, f"{label}: bootstrap of {names} "
-                                             f"({lo + r}/{boot} replicates)")
+            self.progress.advance(k * r * m, f"{label}: bootstrap {lo + r}/{boot}")
 
     def _figure_rows(self, sorted_rows: Tensor) -> tuple[np.ndarray, np.ndarray]:
         k, n = sorted_rows.shape
@@ -1176,12 +1180,11 @@ def analyze_geometry(
         if pooled_needed:
             simulated += calibration_work(n_total, n_c, calibration, settings.subsample)
     tracker = _Progress(progress, scored + simulated)
-    tracker.start(f"scoring {n_total:,} weight pairs in {len(prepared)} layer(s) "
-                  f"for {n_c} candidate potentials")
+    tracker.start(f"Scoring {n_total:,} weight pairs, {n_c} potentials")
     workers = torch.get_num_threads() if dev.type == "cpu" else 1
     with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         scorer = _Scorer(settings, tracker, pool, workers)
-        raws = [scorer.score(f"layer {layer.name!r}",
+        raws = [scorer.score(f"Layer {_short(layer.name)}",
                              _Source([layer], layer.pairs,
                                      torch.zeros(1, dtype=torch.long, device=dev), None),
                              figures=True)
@@ -1191,7 +1194,7 @@ def analyze_geometry(
             starts = np.cumsum([0] + [layer.n for layer in prepared[:-1]])
             source = _Source(prepared, all_pairs, torch.as_tensor(starts, device=dev),
                              [raw.std for raw in raws])
-            pooled_raw = scorer.score("pooled", source, figures=True)
+            pooled_raw = scorer.score("Pooled", source, figures=True)
             # Δφ pools the squared norms of the layers (not the normalised values).
             pooled_raw.xi_sq = np.sum([raw.xi_sq for raw in raws], axis=0)
             pooled_raw.grad0_sq = np.sum([raw.grad0_sq for raw in raws], axis=0)

@@ -462,9 +462,10 @@ class DistributionFits:
             "n": self.n,
             "device": self.device,
             "fits": rows,
+            # One best, by BIC (the conclusion names it): the highest likelihood alone would
+            # favour the model with more parameters, and showing both read as a contradiction.
             "best": {"key": best.key, "potential": _potential_dict(best.potential),
                      "model": best.model, "criterion": "BIC"},
-            "best_by_log_likelihood": max(self.fits, key=lambda f: f.log_likelihood).key,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -641,10 +642,12 @@ def fit_distributions(
     device: str = "auto",
     curve_points: int = 400,
     progress: ProgressCallback | None = None,
+    fit_cost: Callable[[Potential, InitModel], float] | None = None,
 ) -> DistributionFits:
     """Fit every (potential, initial model) pair to one sample (paper §4.4, Fig. 5) and
     prepare the histogram and density curves of the figure. ``progress(fraction, message)``
-    is called between fits; what it raises (cancellation) propagates.
+    is called between fits, the fraction weighted by ``fit_cost(potential, model)`` (equal
+    weights without it); what it raises (cancellation) propagates.
     """
     x = validate_sample(sample)
     if not potentials:
@@ -653,13 +656,14 @@ def fit_distributions(
         raise ValueError(f"give at least one initial model ({', '.join(INIT_MODELS)})")
     dev = resolve_device(device)
     pairs = [(pot, mdl) for pot in potentials for mdl in models]
+    costs = [1.0 if fit_cost is None else fit_cost(pot, mdl) for pot, mdl in pairs]
     fits = []
     for i, (pot, mdl) in enumerate(pairs):
         if progress is not None:
-            progress(i / len(pairs), f"fitting {pot.label} with {MODEL_LABELS[mdl]} start")
+            progress(sum(costs[:i]) / sum(costs), f"Fitting {pot.label}, {MODEL_LABELS[mdl]} start")
         fits.append(fit_distribution(x, pot, mdl, n_components=n_components, device=str(dev)))
     if progress is not None:
-        progress(1.0, "fits done")
+        progress(1.0, "Fits done")
     edges, density = _histogram(x)
     lo, hi = math.log10(float(x.min())) - 0.5, math.log10(float(x.max())) + 0.5
     curve_w = np.logspace(lo, hi, curve_points)

@@ -391,7 +391,7 @@ def _pretrain(
         losses.append(total / n)
         train_acc.append(_evaluate(model, x, y)[1])
         pool_acc.append(_evaluate(model, pool_x, pool_y)[1])
-        check(f"pretraining {NETWORK_TITLES[name]}: epoch {epoch + 1}/{settings.pretrain_epochs}")
+        check(f"Pretraining the {name.upper()}: epoch {epoch + 1}/{settings.pretrain_epochs}")
     return Pretraining(name, np.asarray(losses), np.asarray(train_acc), np.asarray(pool_acc),
                        time.perf_counter() - started)
 
@@ -494,9 +494,7 @@ def search_learning_rate(
             if best is None or run.final_loss < best.final_loss:
                 best = run
             if check is not None:
-                check(f"η = {lr:.3g}, {epochs} epochs, "
-                      + ("diverged" if run.diverged
-                         else f"accuracy {100 * run.final_accuracy:.1f} %"), epochs)
+                check(f"η = {lr:.2g}, {epochs} epochs", epochs)
         rounds.append((epochs, losses, accs))
         assert best is not None
         if best.final_accuracy >= 1.0 or extension == settings.max_extensions:
@@ -916,7 +914,7 @@ class _Experiment:
                 scale = curvature_scale(pot, list(analysed.values()))
                 lr_grid[a, t] = st.lr_grid() * scale
                 for s in range(seeds):
-                    label = f"{NETWORK_TITLES[name]}, φ = {pot.label}, seed {s + 1}/{seeds}"
+                    label = f"{name.upper()}, φ = {pot.label}, seed {s + 1}/{seeds}"
                     batches = math.ceil(n_used[name] / st.batch_size)
                     search = search_learning_rate(
                         fresh, self.x[subsets[s]], self.y[subsets[s]], pot, st, scale=scale,
@@ -956,7 +954,7 @@ class _Experiment:
             loss_curves[key][:loss.size] = loss
             acc_curves[key][:accuracy.size] = accuracy
         if self.progress is not None:
-            self.progress(1.0, "done")
+            self.progress(1.0, "Done")
         return FinetuningResult(
             settings=st, networks=tuple(nets), training=self.train_pots,
             evaluation=self.eval_pots, seeds=seeds, seed=self.seed, device=dev.type,

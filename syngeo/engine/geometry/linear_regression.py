@@ -63,6 +63,15 @@ __all__ = [
 
 Solver = Literal["exact", "training"]
 ProgressCallback = Callable[[float, str], None]
+#: Time (in any unit) one potential spends on one chunk of a cell: ``cost(n, d, seeds,
+#: search)`` for N = n samples, width D = d, ``seeds`` seeds, ``search`` when the chunk also
+#: runs the cell's learning-rate search. Progress is weighted by it so that it tracks time.
+ChunkCost = Callable[[int, int, int, bool], float]
+
+
+def _default_chunk_cost(n: int, d: int, seeds: int, search: bool) -> float:
+    # The exact solver's largest term (forming X Xᵀ); kinds pass their measured cost model.
+    return float(n) ** 2 * d * seeds
 
 #: Acceptance thresholds of §4.1: ΔCDF "always relatively small (≤ 0.2)"; Δφ ≪ 1 at large D.
 DELTA_CDF_LIMIT = 0.2
@@ -398,14 +407,16 @@ def run_linear_regression(
     memory_bytes: float = 2.0 * 2**30,
     device: str = "cpu",
     progress: ProgressCallback | None = None,
+    chunk_cost: ChunkCost = _default_chunk_cost,
 ) -> LinearRegressionResult:
     """Score w∞ for every potential, c, a, width and seed (Fig. 6 grid, §4.1).
 
     Seeds are processed in chunks that fit ``memory_bytes`` (:func:`seeds_per_chunk`); the
     chunk's x, y, w⁰ are drawn once and shared by all potentials. ``progress(fraction,
-    message)`` is called after every chunk's solve (it may raise to cancel; the exception
-    propagates). Exact solves that miss ``rtol`` are kept (last iterate) and flagged in
-    ``converged``; training rows whose final MSE exceeds the target likewise.
+    message)`` is called after every chunk's solve, the fraction weighted by ``chunk_cost`` (it
+    may raise to cancel; the exception propagates). Exact solves that miss ``rtol`` are kept
+    (last iterate) and flagged in ``converged``; training rows whose final MSE exceeds the
+    target likewise.
     """
     training = training or TrainingConfig()
     dev = resolve_device(device)
@@ -422,21 +433,25 @@ def run_linear_regression(
     searches: dict[tuple[int, int, int, int], LearningRateSearch] = {}
     n_table = np.array([[n_samples_for(d, a) for d in widths] for a in n_exponents],
                        dtype=np.int64)
-    # Cost of one solve ~ N²D (forming J); training ~ epochs·N·D, same ordering of widths.
-    cell_cost = [[[float(n_table[ai, di]) ** 2 * d for di, d in enumerate(widths)]
-                  for ai in range(len(n_exponents))] for _ in c_values]
-    total = sum(sum(sum(r) for r in m) for m in cell_cost) * seeds * len(pots)
+    search = solver == "training"
+
+    def chunks(n: int, d: int) -> list[tuple[int, int]]:
+        step = seeds_per_chunk(n, d, memory_bytes)
+        return [(lo, min(seeds, lo + step)) for lo in range(0, seeds, step)]
+
+    total = len(pots) * len(c_values) * sum(
+        chunk_cost(int(n_table[ai, di]), d, hi - lo, search and lo == 0)
+        for ai in range(len(n_exponents)) for di, d in enumerate(widths)
+        for lo, hi in chunks(int(n_table[ai, di]), d))
     done = 0.0
     t0 = time.perf_counter()
     for ci, c in enumerate(c_values):
-        for ai, a in enumerate(n_exponents):
+        for ai in range(len(n_exponents)):
             for di, d in enumerate(widths):
                 n = int(n_table[ai, di])
                 x_seeds, l_seeds = problem_seeds(seed, (ci, ai, di), seeds)
-                chunk = seeds_per_chunk(n, d, memory_bytes)
                 curve_parts: dict[int, list[np.ndarray]] = {p: [] for p in range(len(pots))}
-                for lo in range(0, seeds, chunk):
-                    hi = min(seeds, lo + chunk)
+                for lo, hi in chunks(n, d):
                     x, y, w0 = sample_problem(n, d, c, x_seeds[lo:hi], l_seeds[lo:hi], dev)
                     # X Xᵀ, the base of the exact solver's preconditioner, is the same for
                     # every potential: formed once per chunk (O(N²D), the solver's largest
@@ -467,10 +482,14 @@ def run_linear_regression(
                         dc, dp = score_change(pot, w0, w)
                         delta[p, ci, ai, di, lo:hi] = dc.cpu().numpy()
                         dphi[p, ci, ai, di, lo:hi] = dp.cpu().numpy()
-                        done += cell_cost[ci][ai][di] * (hi - lo)
+                        done += chunk_cost(n, d, hi - lo, search and lo == 0)
                         if progress is not None:
-                            progress(done / total, f"{pot.label}, c = {c:g}, N = D^{a:g}, "
-                                     f"D = {d}: seeds {lo + 1}–{hi} of {seeds}")
+                            # One short line: a cell split into chunks counts its seeds instead
+                            # of naming c.
+                            where = (f"c = {c:g}" if hi - lo == seeds
+                                     else f"seeds {hi}/{seeds}")
+                            progress(min(done / total, 1.0),
+                                     f"{pot.label}, D = {d}, N = {n}, {where}")
                     del x, y, w0, gram
                 for p, parts in curve_parts.items():
                     if parts:

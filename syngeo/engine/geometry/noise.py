@@ -215,5 +215,5 @@ def calibrated_p_values(
         if advance is not None:
             m = sum(b.numel() for b in befores)
             advance(3.0 * (replicates + _BISECTION_STEPS / 4) * m,
-                    f"noise calibration: simulated {pot.label} ({replicates} data sets)")
+                    f"Noise calibration: {pot.label}, {replicates} data sets")
     return out

@@ -262,7 +262,7 @@ def run_robustness(
         if progress is not None:
             progress(fraction, message)
 
-    report(0.0, f"simulating {n_t} true potential(s) × {n_s} start(s) × {seeds} seed(s)")
+    report(0.0, f"Simulating {seeds} seeds")
     # Draw every sample on the CPU with numpy: the same seed gives the same numbers on any
     # device. Each child draws both starts in a fixed order, used or not.
     w0_all = np.empty((n_s, seeds, n_weights))
@@ -291,7 +291,7 @@ def run_robustness(
             flips += (torch.sign(after) != torch.sign(w0)).to(torch.float64) \
                 .sum(dim=(2, 3)).cpu().numpy()
             delta[:, :, :, lo:hi] = _score(hyps, w0, after)
-            report(hi / seeds, f"scored seeds {lo + 1}–{hi} of {seeds}")
+            report(hi / seeds, f"Scored seeds {lo + 1}–{hi} of {seeds}")
     return RobustnessResult(
         true_potentials=trues, starts=start_list, hypothesised=hyps, d=int(d),
         n_weights=int(n_weights), scale=float(scale), n_seeds=int(seeds), seed=int(seed),

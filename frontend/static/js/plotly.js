@@ -1,0 +1,25 @@
+// Plotly.js (about 4.8 MB) is loaded on demand, after the page has fetched and shown its
+// text and tables: a page's scripts never wait for it, only its figures do.
+
+const SRC = "/static/vendor/plotly.min.js";
+let loading = null;
+
+/** Resolves to window.Plotly, loading the script the first time it is asked for. */
+export function plotlyReady() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!loading) {
+    loading = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = SRC;
+      script.async = true;
+      script.addEventListener("load", () => (window.Plotly ? resolve(window.Plotly) : reject(new Error("The plotting library did not start."))));
+      script.addEventListener("error", () => {
+        loading = null; // the next figure tries again
+        script.remove();
+        reject(new Error("The plotting library could not be loaded."));
+      });
+      document.head.append(script);
+    });
+  }
+  return loading;
+}

@@ -1,0 +1,188 @@
+"""Every kind's one-sentence conclusion, on a result that passes and on one that fails or
+cannot decide. The results are real: small runs of the kinds themselves (through
+``run_local``, which stores the conclusion in the summary as a finished run does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from syngeo.kinds import KINDS, get_kind
+from syngeo.kinds.base import format_number
+from syngeo.runner import run_local
+from tests.test_api import csv_bytes, ne_pairs
+
+
+def conclude(kind: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    _, result = run_local(kind, spec, device="cpu")
+    summary = result.summary
+    assert summary["conclusion"] == get_kind(kind).conclusion(summary)
+    assert "\n" not in summary["conclusion"] and summary["conclusion"].endswith(".")
+    return summary["conclusion"], summary
+
+
+def test_every_kind_states_a_conclusion() -> None:
+    assert all("conclusion" in type(kind).__dict__ for kind in KINDS.values())
+    assert set(KINDS) == {"geometry", "linear_regression", "robustness", "finetuning",
+                          "spine_fit", "power"}  # a new kind needs its tests here
+
+
+def test_number_format() -> None:
+    assert [format_number(v) for v in (0.01401, 0.0056, 2.5, 770.49, 12345.6, 1.2e-5, -8.429)] \
+        == ["0.0140", "0.00560", "2.50", "770", "12,346", "1.20e-05", "-8.43"]
+    assert format_number(None) == format_number(float("nan")) == "–"
+    assert format_number(208.97, 2) == "209"  # integer digits are kept, never "2.1e+02"
+
+
+# --- geometry: the verdict's headline ---------------------------------------------------------
+
+def test_geometry_conclusion_is_the_verdict(tmp_path: Path) -> None:
+    fits = tmp_path / "ne.csv"
+    fits.write_bytes(csv_bytes(*ne_pairs(3000)))
+    text, summary = conclude("geometry", {"dataset": [str(fits)], "potentials": ["ne", "p2"],
+                                          "bootstrap": 0, "seed": 0})
+    assert text == summary["headline"] == summary["verdict"]["text"]
+    assert text.startswith("Negative entropy (multiplicative updates) fits")
+    assert "every other candidate is ruled out" in text
+
+    # A heavy-tailed change: no potential makes it Gaussian, and the sentence says so.
+    rng = np.random.default_rng(0)
+    before = rng.standard_normal(3000)
+    heavy = tmp_path / "cauchy.csv"
+    heavy.write_bytes(csv_bytes(before, before + 0.1 * rng.standard_cauchy(3000)))
+    text, _ = conclude("geometry", {"dataset": [str(heavy)], "potentials": ["ne", "p2"],
+                                    "bootstrap": 0, "seed": 0})
+    assert text.startswith("No candidate fits")
+    assert "cannot be decided" in text
+
+
+# --- linear_regression: the §4.1 checks, failed ones by name ------------------------------
+
+GRID = dict(c_values=[2.0], n_exponents=[0.5], d_min=100, d_max=400, n_widths=2, seeds=3,
+            seed=0, solver="exact")
+
+
+def test_linear_regression_conclusion_names_failed_checks() -> None:
+    text, summary = conclude("linear_regression", {**GRID, "potentials": ["ne"]})
+    assert summary["all_checks_pass"]
+    assert text.startswith("All checks pass for 1 setting (D = 100–400, 3 seeds)")
+
+    text, summary = conclude("linear_regression", {**GRID, "potentials": ["ne", "p2"]})
+    assert not summary["all_checks_pass"]
+    p2 = summary["groups"][1]
+    assert p2["potential"]["key"] == "p2" and not p2["checks"]["dphi_small_at_largest"]
+    assert text.startswith("Not all checks pass (D = 100–400, 3 seeds): ")
+    dphi = format_number(p2["dphi"]["median"][-1])
+    assert f"'median Δφ ≤ 0.2 at the largest width' fails for p = 2 ({dphi})" in text
+    # Checks that pass everywhere are not listed as failing; NE passes them all.
+    assert "ΔCDF ≤ 0.2" not in text and "negative entropy" not in text
+
+
+# --- power: the smallest n with 80% power, or that none of the tried n reach it -----------
+
+POWER = {"true_potential": "p2", "candidates": ["ne", "p2"], "start": "gaussian",
+         "noise_levels": [0.0], "replicates": 20, "seed": 1}
+
+
+def test_power_conclusion() -> None:
+    text, summary = conclude("power", {**POWER, "n_values": [20, 200]})
+    n = summary["smallest_n_for_80_percent"]["potential"][0]
+    assert n in (20, 200)
+    assert f"without noise, n = {n} to single out p = 2" in text
+
+    text, summary = conclude("power", {**POWER, "n_values": [10, 12]})
+    assert summary["smallest_n_for_80_percent"]["potential"] == [None]
+    assert "more than n = 12 to single out p = 2" in text
+
+
+# --- robustness: does the most Gaussian hypothesis fall on (or next to) the true one ------
+
+def test_robustness_conclusion() -> None:
+    text, summary = conclude("robustness", {"seed": 0, "seeds": 3, "starts": ["gaussian"]})
+    total = len(summary["best"])
+    assert text.startswith("The lowest mean ΔCDF (over 3 seeds) falls on the true potential in ")
+    assert f"of {total} settings" in text
+    assert text.endswith("only potentials close to the true one give a Gaussian change.")
+
+    # The true potential and its neighbours are not among the hypotheses: the lowest ΔCDF
+    # falls far from it, and the setting is named.
+    text, _ = conclude("robustness", {"seed": 0, "seeds": 3, "starts": ["gaussian"],
+                                      "true_potentials": ["p3"], "hypothesised": ["ne", "p1.5"]})
+    assert "falls on the true potential in 0 of 1 settings" in text
+    assert "falls elsewhere in 1 (p = 3 from a Gaussian start gave p = 1.5)" in text
+    assert "only potentials close" not in text
+
+
+# --- spine_fit: the best model by BIC in words, and parameters that are not identified -----
+
+def test_spine_fit_conclusion() -> None:
+    text, summary = conclude("spine_fit", {"dataset": "example", "potentials": ["ne", "p2"],
+                                           "init_models": ["point_masses"], "seed": 0})
+    gap = summary["fits"][1]["bic"] - summary["fits"][0]["bic"]
+    assert summary["best"]["key"] == "ne/point_masses" and gap > 100
+    assert text.startswith("Negative entropy with 2 point masses fits best by BIC, ahead of "
+                           f"p = 2 with 2 point masses by ΔBIC = {format_number(gap)}")
+    assert "ne/" not in text and "not identified" not in text
+    assert "best_by_log_likelihood" not in summary  # one best (by BIC), not two that disagree
+
+    # The same fits with the runner-up's BIC moved within 2 of the best: too close to call.
+    close = {**summary, "fits": [summary["fits"][0],
+                                 {**summary["fits"][1], "bic": summary["fits"][0]["bic"] + 1.2}]}
+    assert ("but the data cannot tell it from p = 2 with 2 point masses (ΔBIC = 1.2)"
+            in get_kind("spine_fit").conclusion(close))
+
+    # p = 2 alone: its lower point mass sinks far below the data (w0 ≈ 0), where its position
+    # is not pinned down: a standard error of about 200 decades.
+    text, summary = conclude("spine_fit", {"dataset": "example", "potentials": ["p2"],
+                                           "init_models": ["point_masses"], "seed": 0})
+    fit = summary["fits"][0]
+    assert fit["stderr"]["log10_mu_1"] > 100
+    assert text.startswith("p = 2 with 2 point masses fits best by BIC (KS distance ")
+    position = format_number(fit["params"]["log10_mu_1"])
+    se = format_number(fit["stderr"]["log10_mu_1"], 2)
+    assert (f"the position of point mass 1 (log10 w0 = {position} ± {se}) is not identified"
+            in text)
+    assert "point mass 2" not in text  # the upper one is well determined
+
+
+# --- finetuning: does the training potential give the most Gaussian change ----------------
+
+TINY = dict(seeds=1, mlp_hidden=16, cnn_channels_1=4, cnn_channels_2=8, rnn_hidden=16,
+            pretrain_epochs=3, lr_points=2, lr_min=0.01, lr_max=0.1, epochs=10,
+            max_extensions=0, seed=3, device="cpu")
+
+
+@pytest.mark.parametrize("training, evaluation", [
+    (["ne"], ["ne", "p1.1", "p1.2"]),  # negative entropy stands out: it is recovered
+    (["p1.5"], ["p1.4", "p1.5", "p1.6"]),  # close neighbours: not every network tells
+])
+def test_finetuning_conclusion(training: list[str], evaluation: list[str]) -> None:
+    text, summary = conclude("finetuning", {**TINY, "training_potentials": training,
+                                            "evaluation_potentials": evaluation})
+    results = summary["results"]
+    misses = [r for r in results if not r["training_is_lowest"]]
+    assert text.startswith("The training potential gives the lowest mean ΔCDF (over 1 seed) "
+                           f"in {len(results) - len(misses)} of {len(results)} network × "
+                           "potential pairs")
+    if training == ["ne"]:
+        assert not misses and "; not in" not in text
+    else:
+        assert misses, "the tiny run no longer confuses p = 1.5 with a neighbour"
+        for r in misses:
+            title = next(n["title"] for n in summary["networks"] if n["name"] == r["network"])
+            assert (f"{title} trained with p = 1.5 ({r['lowest']['label']} is lower: "
+                    f"{format_number(r['lowest_delta_cdf'])} against "
+                    f"{format_number(r['own_delta_cdf'])})") in text
+    short = sum(not r["all_reached_100"] for r in results)
+    assert (f"in {short} of {len(results)} pairs not every seed reached 100%" in text) == \
+        (short > 0)
+
+
+def test_finetuning_says_when_the_training_potential_was_not_scored() -> None:
+    text, _ = conclude("finetuning", {**TINY, "networks": ["mlp"], "training_potentials":
+                                      ["ne", "p3"], "evaluation_potentials": ["ne", "p2"]})
+    assert "in 1 of 1 network × potential pairs" in text or "in 0 of 1" in text
+    assert "p = 3 was not scored" in text
