@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-#: SQLite returns the stored UTC times without their zone: say it, so clients (a browser's
-#: Date among them) do not read them as local time, and the values are RFC 3339 date-times.
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DatasetFile(BaseModel):
@@ -37,7 +28,7 @@ class DatasetOut(BaseModel):
 
     id: str
     name: str
-    created_at: UtcDatetime
+    created_at: datetime
     format: str = Field(description="Before/after weights: the file format (csv, tsv, npy, "
                         "npz, safetensors, torch). 'distribution': one column of positive "
                         "values (POST /api/datasets/distribution), read by 'spine_fit'.")
@@ -84,9 +75,9 @@ class RunOut(BaseModel):
     status: str
     progress: float
     message: str
-    created_at: UtcDatetime
-    started_at: UtcDatetime | None
-    finished_at: UtcDatetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
     error: str | None
     version: str
     device: str | None
@@ -119,16 +110,14 @@ class ShareIn(BaseModel):
 
 class ShareLinkOut(BaseModel):
     id: str = Field(description="Names the link for revocation; it does not open it.")
-    created_at: UtcDatetime
-    expires_at: UtcDatetime | None
-    revoked_at: UtcDatetime | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
     active: bool = Field(description="Opens the run now (not revoked, not expired).")
 
     @classmethod
     def of(cls, link: Any) -> ShareLinkOut:
         expires = link.expires_at
-        if expires is not None and expires.tzinfo is None:  # SQLite: stored as UTC
-            expires = expires.replace(tzinfo=UTC)
         active = link.revoked_at is None and (expires is None or expires > datetime.now(UTC))
         return cls(id=link.id, created_at=link.created_at, expires_at=expires,
                    revoked_at=link.revoked_at, active=active)
@@ -156,9 +145,9 @@ class SharedRunView(BaseModel):
     progress: float
     message: str
     error: str | None
-    created_at: UtcDatetime
-    started_at: UtcDatetime | None
-    finished_at: UtcDatetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
     version: str
     device: str | None
     inputs: list[SharedInput]

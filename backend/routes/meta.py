@@ -34,9 +34,7 @@ def _components(request: Request, settings: Settings) -> dict[str, Any]:
             busy = dict(session.execute(select(Run.worker, func.count()).where(
                 Run.status == "running").group_by(Run.worker)).all())
             for worker in crud.live_workers(session, live_after_s(settings)):
-                seen = worker.seen_at if worker.seen_at.tzinfo else \
-                    worker.seen_at.replace(tzinfo=now.tzinfo)  # SQLite: stored as UTC
-                entry = {"last_seen_s": round((now - seen).total_seconds(), 1),
+                entry = {"last_seen_s": round((now - worker.seen_at).total_seconds(), 1),
                          "slots": worker.slots, "running": busy.get(worker.name, 0),
                          "stopping": worker.stopping}
                 if not settings.auth:  # host names are for the local user or the operator

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,7 @@ def live_share_link(session: Session, token: str) -> ShareLink | None:
     link = session.scalar(select(ShareLink).where(ShareLink.token_sha256 == hash_token(token)))
     if link is None or link.revoked_at is not None:
         return None
-    if link.expires_at is not None and _aware(link.expires_at) <= utcnow():
+    if link.expires_at is not None and link.expires_at <= utcnow():
         return None
     return link
 
@@ -362,7 +362,3 @@ def share_links(session: Session, run_id: str) -> list[ShareLink]:
     return list(session.scalars(select(ShareLink).where(ShareLink.run_id == run_id)
                                 .order_by(ShareLink.created_at.desc())))
 
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,6 +33,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A time stored in UTC and always read back with its zone: PostgreSQL keeps the zone,
+    SQLite does not, and a zone-less time would be compared wrongly and shown as local."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
 
@@ -43,7 +57,7 @@ class User(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ApiToken(Base):
@@ -56,7 +70,7 @@ class ApiToken(Base):
                                          index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(255), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Dataset(Base):
@@ -69,7 +83,7 @@ class Dataset(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     format: Mapped[str] = mapped_column(String(32))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     files: Mapped[list[Any]] = mapped_column()  # [{"name", "size", "sha256", "artifact"}]
@@ -91,11 +105,11 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
                                                  index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     error: Mapped[str | None] = mapped_column(Text)
     version: Mapped[str] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(32))
@@ -108,7 +122,7 @@ class Run(Base):
     #: worker that lost the run (it was requeued) from writing to it again.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: When its task message was last sent to the broker (the watchdog re-sends lost ones).
-    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime(),
                                                        default=utcnow)
 
 
@@ -121,7 +135,7 @@ class Result(Base):
                                         primary_key=True)
     summary: Mapped[dict[str, Any]] = mapped_column()
     arrays_artifact: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ShareLink(Base):
@@ -133,9 +147,9 @@ class ShareLink(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ArtifactChunk(Base):
@@ -157,7 +171,7 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name
     pid: Mapped[int] = mapped_column(Integer)
     slots: Mapped[int] = mapped_column(Integer, default=1)  # runs it may run at once
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
                                               index=True)
     stopping: Mapped[bool] = mapped_column(Boolean, default=False)
