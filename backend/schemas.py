@@ -96,10 +96,23 @@ class RunOut(BaseModel):
                                    "one sentence (from its stored summary); null otherwise.")
 
 
+class ColumnOut(BaseModel):
+    key: str = Field(description="The row key this column shows and sorts by.")
+    label: str
+    interval: tuple[str, str] | None = Field(
+        None, description="Row keys of the lower and upper bound shown with the value.")
+    spread: str | None = Field(None, description="Row key of the ± shown with the value.")
+    values: dict[str, str] | None = Field(None, description="Words for coded values.")
+    help: str | None = None
+
+
 class ResultOut(BaseModel):
     summary: dict[str, Any]
     figures: dict[str, dict[str, Any]] = Field(description="Plotly figure JSON by name.")
     table: list[dict[str, Any]]
+    columns: list[ColumnOut] = Field(
+        default_factory=list, description="How the result page shows the table's rows "
+        "(empty: every key as it is); the CSV download has every key.")
 
 
 class ShareIn(BaseModel):

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from syngeo.formatting import format_interval, format_number
+
 app = typer.Typer(help="Synaptic Geometry Lab: which geometry did learning use?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 analyze_app = typer.Typer(help="Analyse local weight files in-process.", no_args_is_help=True)
@@ -121,7 +123,7 @@ def print_geometry(summary: dict[str, Any]) -> None:
             ci = c["delta_cdf_ci"]
             mark = " ◀ best" if c["key"] == best else ""
             table.add_row(c["label"] + mark, _num(c["delta_cdf"]),
-                          f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "—", _p(c),
+                          format_interval(None, ci) if ci else "—", _p(c),
                           _num(c["dual_change"]), style="bold" if mark else None)
         out.print(table)
         if layer["n_zero"] or layer["n_sign_flips"]:
@@ -135,12 +137,12 @@ def _p(candidate: dict[str, Any]) -> str:
     p = candidate.get("p_value")
     if p is None:
         return "—"
-    text = f"<{p:.2g}" if candidate.get("p_value_bounded") else f"{p:.2g}"
+    text = f"<{format_number(p, 2)}" if candidate.get("p_value_bounded") else format_number(p, 2)
     return text + ("" if candidate.get("fits") else " ✗")
 
 
 def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+    return "—" if value is None else format_number(value)
 
 
 # --- kinds and specs -------------------------------------------------------------------------

@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from syngeo.formatting import format_interval, format_number
+
 __all__ = [
     "NE_X",
+    "label_log_axes",
+    "log_ticks",
+    "tick_text",
     "delta_cdf_figure",
     "dual_change_histogram_figure",
     "is_negative_entropy",
@@ -36,6 +41,8 @@ __all__ = [
 
 #: Where negative entropy sits on a p axis (paper footnote 2: NE is the p → 1 limit).
 NE_X = 1.0
+#: How many of the lowest-ΔCDF candidates the ΔCDF figure's zoom panel shows.
+ZOOM_CANDIDATES = 5
 
 # A restrained palette: one blue for the p-norm family, a muted violet for negative
 # entropy, a warm red reserved for "best", dark ink for references.
@@ -46,6 +53,7 @@ AXIS = "#9aa5b1"
 BLUE = "#2f6690"
 VIOLET = "#6b4c9a"
 BEST = "#c2410c"
+BEST_BAND = "rgba(194, 65, 12, 0.16)"  # the best's interval: visible, yet behind the points
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 
@@ -125,6 +133,59 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def tick_text(value: float) -> str:
+    """An axis label: as short as the value allows ('0.01', '0.5', '200', '20,000', '1e-5')."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.6g}".replace("e-0", "e-")
+
+
+def log_ticks(values: Any, max_ticks: int = 8) -> dict[str, Any]:
+    """Labelled ticks for a log axis showing ``values``, in place of Plotly's default
+    ('9 100 2 3 … 1000 2'): the values themselves when they are few and round (sample sizes),
+    else 1-2-5 steps, else one per decade (every k-th when the decades are many). Pass the
+    result to an axis: ``xaxis=dict(type="log", **log_ticks(ns))``."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = np.unique(v[np.isfinite(v) & (v > 0)])
+    if v.size == 0:
+        return {}
+    if v.size <= 6 and all(float(f"{x:.2g}") == x for x in v):  # a few round values
+        ticks = v.tolist()
+    else:
+        lo, hi = float(v[0]), float(v[-1])
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        ticks = []
+        for steps in ((1, 2, 5), (1,)):
+            ticks = [m * 10.0**d for d in decades for m in steps
+                     if lo / 1.01 <= m * 10.0**d <= hi * 1.01]
+            if len(ticks) <= max_ticks:
+                break
+        if len(ticks) > max_ticks:
+            every = math.ceil(len(ticks) / max_ticks)
+            ticks = ticks[::every]
+        if len(ticks) < 2:  # less than a factor 2 or so: the ends and the middle
+            ticks = [float(f"{x:.2g}") for x in (lo, math.sqrt(lo * hi), hi)]
+    return dict(tickmode="array", tickvals=ticks, ticktext=[tick_text(t) for t in ticks])
+
+
+def label_log_axes(fig: go.Figure) -> go.Figure:
+    """Give every log axis of ``fig`` the ticks of :func:`log_ticks` for the data drawn on it
+    (the traces' x or y on that axis)."""
+    for name in list(fig.layout.to_plotly_json()):
+        axis = fig.layout[name] if name[:5] in ("xaxis", "yaxis") else None
+        if axis is None or axis.type != "log":
+            continue
+        letter, short = name[0], name[0] + name[5:]
+        values = []
+        for trace in fig.data:
+            if (getattr(trace, f"{letter}axis", None) or letter) == short:
+                column = getattr(trace, letter, None)
+                if column is not None:
+                    values.extend(v for v in column if isinstance(v, (int, float)))
+        axis.update(dtick=None, exponentformat=None, **log_ticks(values))
+    return fig
+
+
 def _base_layout(title: str, **extra: Any) -> dict[str, Any]:
     axis = dict(
         showline=True, linecolor=AXIS, linewidth=1, ticks="outside", tickcolor=AXIS,
@@ -159,8 +220,8 @@ def _base_layout(title: str, **extra: Any) -> dict[str, Any]:
 
 def figure_json(fig: go.Figure) -> dict[str, Any]:
     """A Plotly figure as the JSON the pages plot: strict JSON numbers, no template (the
-    pages style figures themselves)."""
-    out = json_safe(fig.to_plotly_json())
+    pages style figures themselves); every log axis labelled by :func:`log_ticks`."""
+    out = json_safe(label_log_axes(fig).to_plotly_json())
     out.setdefault("layout", {}).pop("template", None)
     return out
 
@@ -173,17 +234,20 @@ def _selected_index(keys: Sequence[str], selected_key: str | None) -> int:
 
 
 def _selector_menu(
-    labels: Sequence[str], active: int, n_fixed: int, title_prefix: str
+    labels: Sequence[str], active: int, n_fixed: int, title_prefix: str,
+    layouts: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A dropdown with one button per candidate; ``n_fixed`` always-visible traces follow."""
+    """A dropdown with one button per candidate; ``n_fixed`` always-visible traces follow.
+    ``layouts[i]``: further layout changes of button ``i`` (e.g. its axis ranges)."""
     n = len(labels)
     buttons = []
     for i, label in enumerate(labels):
         visible = [j == i for j in range(n)] + [True] * n_fixed
+        extra = layouts[i] if layouts else {}
         buttons.append(dict(
             label=str(label),
             method="update",
-            args=[{"visible": visible}, {"title.text": f"{title_prefix} — {label}"}],
+            args=[{"visible": visible}, {"title.text": f"{title_prefix} — {label}", **extra}],
         ))
     return dict(
         type="dropdown", direction="down", active=active, buttons=buttons,
@@ -234,6 +298,7 @@ def delta_cdf_figure(
             lo, hi = _finite(ci[0]), _finite(ci[1])
         rows.append(dict(
             x=x, y=value, lo=lo, hi=hi, ne=ne, label=_label(c), key=str(c.get("key") or ""),
+            short="NE" if ne else f"p = {x:g}",
             dual=_finite(c.get("dual_change")), n=c.get("n_used"),
         ))
 
@@ -244,14 +309,18 @@ def delta_cdf_figure(
         if best is None:
             best = min(rows, key=lambda r: r["y"])
 
-    def trace(sel: list[dict[str, Any]], name: str, color: str, symbol: str,
-              mode: str) -> go.Scatter:
+    def trace(sel: list[dict[str, Any]], name: str, color: str, symbol: str, mode: str,
+              axes: str = "") -> go.Scatter:
         sel = sorted(sel, key=lambda r: r["x"])
         return go.Scatter(
-            x=[r["x"] for r in sel],
+            # The zoom panel (axes "2") places candidates by name, evenly.
+            x=[r["short"] if axes else r["x"] for r in sel],
             y=[r["y"] for r in sel],
             name=name,
             mode=mode,
+            showlegend=not axes,
+            legendgroup=name,
+            xaxis=f"x{axes}", yaxis=f"y{axes}",
             marker=dict(color=color, size=9, symbol=symbol, line=dict(color="#ffffff", width=1)),
             line=dict(color=color, width=1.5),
             error_y=dict(
@@ -259,58 +328,99 @@ def delta_cdf_figure(
                 array=[(r["hi"] - r["y"]) if r["hi"] is not None else 0.0 for r in sel],
                 arrayminus=[(r["y"] - r["lo"]) if r["lo"] is not None else 0.0 for r in sel],
             ),
-            customdata=[[r["label"], _ci_text(r), _fmt(r["dual"]), r["n"] if r["n"] is not None
-                         else "–"] for r in sel],
+            customdata=[[r["label"], _ci_text(r), format_number(r["dual"]),
+                         f"{r['n']:,}" if r["n"] is not None else "–"] for r in sel],
             hovertemplate=(
-                "<b>%{customdata[0]}</b><br>ΔCDF %{y:.4f}<br>CI %{customdata[1]}"
+                "<b>%{customdata[0]}</b><br>ΔCDF %{customdata[1]}"
                 "<br>dual change %{customdata[2]}<br>n used %{customdata[3]}<extra></extra>"
             ),
         )
 
-    pnorm = [r for r in rows if not r["ne"]]
-    ne = [r for r in rows if r["ne"]]
-    data = []
-    if pnorm:
-        data.append(trace(pnorm, "p-norm", BLUE, "circle", "lines+markers"))
-    if ne:
-        data.append(trace(ne, "negative entropy", VIOLET, "diamond", "markers"))
-    if best is not None:
-        data.append(go.Scatter(
-            x=[best["x"]], y=[best["y"]], name=f"best: {best['label']}", mode="markers",
-            marker=dict(color="rgba(0,0,0,0)", size=18, symbol="circle-open",
-                        line=dict(color=BEST, width=2.5)),
-            hovertemplate=f"<b>best: {best['label']}</b><br>ΔCDF %{{y:.4f}}<extra></extra>",
-        ))
+    def groups(sel: list[dict[str, Any]], axes: str = "") -> list[go.Scatter]:
+        pnorm = [r for r in sel if not r["ne"]]
+        ne = [r for r in sel if r["ne"]]
+        out = []
+        if pnorm:
+            out.append(trace(pnorm, "p-norm", BLUE, "circle", "lines+markers" if not axes
+                             else "markers", axes))
+        if ne:
+            out.append(trace(ne, "negative entropy", VIOLET, "diamond", "markers", axes))
+        if best is not None and best in sel:
+            out.append(go.Scatter(
+                x=[best["short"] if axes else best["x"]], y=[best["y"]],
+                name=f"best: {best['label']}", mode="markers", showlegend=not axes,
+                legendgroup="best", xaxis=f"x{axes}", yaxis=f"y{axes}",
+                marker=dict(color="rgba(0,0,0,0)", size=18, symbol="circle-open",
+                            line=dict(color=BEST, width=2.5)),
+                hovertemplate=f"<b>best: {best['label']}</b><br>ΔCDF {_ci_text(best)}"
+                              "<extra></extra>",
+            ))
+        return out
+
+    # A zoom on the candidates nearest the best, when the full range squashes them: the
+    # comparison that decides the verdict (e.g. NE against p = 1.1) is read there.
+    near = sorted(rows, key=lambda r: r["y"])[:ZOOM_CANDIDATES]
+    top = max((r["hi"] if r["hi"] is not None else r["y"]) for r in near) if near else 0.0
+    zoom = len(rows) > ZOOM_CANDIDATES and max(r["y"] for r in rows) > 3 * top
+    main_domain = [0, 0.62] if zoom else [0, 1]
 
     xs = sorted({r["x"] for r in rows})
     tickvals, ticktext = _p_ticks(xs)
+    x_lo = min(xs) if xs else NE_X
+    x_hi = max(xs) if xs else 3.0
+    pad = max(0.08, 0.04 * (x_hi - x_lo))
+    data = []
     shapes = []
     if best is not None and best["lo"] is not None and best["hi"] is not None:
-        shapes.append(dict(
-            type="rect", xref="paper", x0=0, x1=1, yref="y", y0=best["lo"], y1=best["hi"],
-            fillcolor=BEST, opacity=0.08, line=dict(width=0), layer="below",
-        ))
+        # The best's interval as a filled band (a trace, so the legend shows its swatch):
+        # candidates inside it are not distinguishable from the best by ΔCDF alone.
+        band = dict(mode="lines", fill="toself", fillcolor=BEST_BAND, line=dict(width=0),
+                    hoverinfo="skip", legendgroup="band")
+        data.append(go.Scatter(
+            x=[x_lo - pad, x_hi + pad, x_hi + pad, x_lo - pad, x_lo - pad],
+            y=[best["lo"], best["lo"], best["hi"], best["hi"], best["lo"]],
+            name="best's interval", **band))
+        if zoom:
+            shapes.append(dict(type="rect", xref="x2 domain", x0=0, x1=1, yref="y2",
+                               y0=best["lo"], y1=best["hi"], fillcolor=BEST_BAND,
+                               line=dict(width=0), layer="below"))
+    data += groups(rows)
+    if zoom:
+        data += groups(near, axes="2")
     if critical is not None and math.isfinite(critical):
-        shapes.append(dict(
-            type="line", xref="paper", x0=0, x1=1, yref="y", y0=critical, y1=critical,
-            line=dict(color=MUTED, width=1.5, dash="dash"),
-        ))
+        for axes in ("", "2") if zoom else ("",):
+            shapes.append(dict(
+                type="line", xref=f"x{axes} domain", x0=0, x1=1, yref=f"y{axes}",
+                y0=critical, y1=critical, line=dict(color=MUTED, width=1.5, dash="dash"),
+            ))
         data.append(go.Scatter(
             x=[None], y=[None], mode="lines", name="fits below (test at this n)",
             line=dict(color=MUTED, width=1.5, dash="dash"), hoverinfo="skip",
         ))
-    x_lo = min(xs) if xs else NE_X
-    x_hi = max(xs) if xs else 3.0
-    pad = max(0.08, 0.04 * (x_hi - x_lo))
+    extra: dict[str, Any] = {}
+    if zoom:
+        ceiling = max(top, critical or 0.0) * 1.15
+        order = sorted(near, key=lambda r: r["x"])
+        extra = dict(
+            xaxis2=dict(domain=[0.7, 1], anchor="y2", type="category",
+                        categoryorder="array", categoryarray=[r["short"] for r in order],
+                        showline=True, linecolor=AXIS, ticks="outside", tickcolor=AXIS,
+                        automargin=True, title=dict(text="nearest the best", standoff=8)),
+            yaxis2=dict(anchor="x2", range=[0, ceiling], showline=True, linecolor=AXIS,
+                        ticks="outside", tickcolor=AXIS, gridcolor=GRID, zeroline=False,
+                        automargin=True),
+        )
     layout = _base_layout(
         "ΔCDF per candidate potential (lower is more Gaussian)",
-        xaxis=dict(title=dict(text="p  (NE: negative entropy)"),
+        xaxis=dict(title=dict(text="p  (NE: negative entropy)"), domain=main_domain,
                    tickmode="array", tickvals=tickvals, ticktext=ticktext,
                    range=[x_lo - pad, x_hi + pad]),
         yaxis=dict(title=dict(text="ΔCDF (W₁ distance to N(0, 1))"),
                    rangemode="tozero"),
         shapes=shapes,
-        meta=dict(best=best["key"] if best else None, ne_x=NE_X, critical=critical),
+        meta=dict(best=best["key"] if best else None, ne_x=NE_X, critical=critical,
+                  zoom=[r["key"] for r in near] if zoom else []),
+        **extra,
     )
     if not rows:
         layout["annotations"] = [dict(
@@ -322,9 +432,9 @@ def delta_cdf_figure(
 
 
 def _ci_text(row: Mapping[str, Any]) -> str:
-    if row["lo"] is None or row["hi"] is None:
-        return "–"
-    return f"[{row['lo']:.4f}, {row['hi']:.4f}]"
+    """'0.0140 [0.0056, 0.0258]', or the value alone without an interval."""
+    interval = None if row["lo"] is None or row["hi"] is None else (row["lo"], row["hi"])
+    return format_interval(row["y"], interval)
 
 
 def _p_ticks(xs: Sequence[float]) -> tuple[list[float], list[str]]:
@@ -441,13 +551,15 @@ def _candidate_series(what: str, x: Any, ys: Sequence[Any], keys: Sequence[str],
     return series, _selected_index([row[0] for row in series], selected_key)
 
 
-def _selector_layout(title: str, series: Series, active: int, **axes: Any) -> dict[str, Any]:
+def _selector_layout(title: str, series: Series, active: int,
+                     layouts: Sequence[dict[str, Any]] | None = None,
+                     **axes: Any) -> dict[str, Any]:
     """Layout of a one-candidate-at-a-time figure: the selected label in the title and a
-    dropdown over the candidates."""
+    dropdown over the candidates (``layouts``: per-candidate layout changes)."""
     keys, labels = [row[0] for row in series], [row[1] for row in series]
     layout = _base_layout(
         f"{title} — {labels[active]}" if series else title,
-        updatemenus=[_selector_menu(labels, active, 1, title)] if series else [],
+        updatemenus=[_selector_menu(labels, active, 1, title, layouts)] if series else [],
         margin=dict(l=64, r=24, t=96, b=56),
         meta=dict(keys=keys, selected=keys[active] if series else None),
         **axes,
@@ -484,26 +596,32 @@ def qq_figure(
     series, active = _candidate_series("qq_figure", theoretical, sample, keys, labels,
                                        selected_key, mismatch)
     data = []
-    lo, hi = -3.0, 3.0
+    # Each candidate gets square axes, equal in both directions and symmetric about 0, so
+    # that y = x is the diagonal and a skew or heavy tail shows as a bend away from it.
+    ranges = []
     for i, (key, label, t, y) in enumerate(series):
-        finite = np.concatenate([t[np.isfinite(t)], y[np.isfinite(y)]])
-        if finite.size:
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        finite = np.abs(np.concatenate([t[np.isfinite(t)], y[np.isfinite(y)]]))
+        half = 1.05 * max(3.0, float(finite.max()) if finite.size else 3.0)
+        ranges.append([-half, half])
         data.append(go.Scatter(
             x=_floats(t), y=_floats(y), name=str(label), mode="markers",
             visible=(i == active), meta=dict(key=str(key)),
             marker=dict(color=BLUE, size=5, opacity=0.75),
-            hovertemplate=(f"<b>{label}</b><br>N(0,1) quantile %{{x:.3f}}"
-                           "<br>sample quantile %{y:.3f}<extra></extra>"),
+            hovertemplate=(f"<b>{label}</b><br>N(0, 1) quantile %{{x:.3g}}"
+                           "<br>sample quantile %{y:.3g}<extra></extra>"),
         ))
+    reach = max((r[1] for r in ranges), default=3.15)
     data.append(go.Scatter(
-        x=[lo, hi], y=[lo, hi], name="y = x", mode="lines", visible=True,
+        x=[-reach, reach], y=[-reach, reach], name="y = x", mode="lines", visible=True,
         line=dict(color=INK, width=1.5, dash="dash"), hoverinfo="skip",
     ))
+    square = ranges[active] if ranges else [-3.15, 3.15]
     layout = _selector_layout(
         "Q-Q plot against N(0, 1)", series, active,
-        xaxis=dict(title=dict(text="N(0, 1) quantile")),
-        yaxis=dict(title=dict(text="sample quantile")),
+        layouts=[{"xaxis.range": r, "yaxis.range": r} for r in ranges],
+        xaxis=dict(title=dict(text="N(0, 1) quantile"), range=square, constrain="domain"),
+        yaxis=dict(title=dict(text="sample quantile"), range=square, scaleanchor="x",
+                   scaleratio=1, constrain="domain"),
     )
     return figure_json(go.Figure(data=data, layout=layout))
 

@@ -139,6 +139,10 @@ def test_upload_then_analyse_then_share(client: TestClient, queued: list[str],
         stored.summary = {k: v for k, v in stored.summary.items() if k != "conclusion"}
     again = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
     assert again["conclusion"] == conclusion
+    # … and in the runs list, where it is then written into the stored summary once.
+    assert client.get("/api/runs").json()[0]["conclusion"] == conclusion
+    with session_factory(env["SYNGEO_DATABASE_URL"]).begin() as session:
+        assert session.get(Result, run["id"]).summary["conclusion"] == conclusion
 
     csv_text = client.get(f"/api/runs/{run['id']}/download?format=csv").text
     assert csv_text.splitlines()[0].startswith("layer,family,p,delta_cdf")

@@ -49,7 +49,7 @@ def test_delta_cdf_figure_serialises_and_has_named_traces():
     _dumps(fig)
     assert set(fig) >= {"data", "layout"}
     names = [t["name"] for t in fig["data"]]
-    assert names == ["p-norm", "negative entropy", "best: negative entropy"]
+    assert names == ["best's interval", "p-norm", "negative entropy", "best: negative entropy"]
     assert all(t["type"] == "scatter" for t in fig["data"])
     # The figure round-trips through plotly, so it is a valid figure.
     go.Figure(fig)
@@ -102,11 +102,55 @@ def test_delta_cdf_highlights_the_best_candidate():
 def test_delta_cdf_handles_only_p_norms_and_nothing_at_all():
     only_p = [c for c in _candidates() if c["key"] != "ne"]
     fig = delta_cdf_figure(only_p)
-    assert [t["name"] for t in fig["data"]] == ["p-norm", "best: p = 1.1"]
+    assert [t["name"] for t in fig["data"]] == ["best's interval", "p-norm", "best: p = 1.1"]
     empty = delta_cdf_figure([])
     _dumps(empty)
     assert empty["data"] == []
     assert "annotations" in empty["layout"]
+
+
+def test_delta_cdf_band_is_the_best_interval_with_a_legend_swatch():
+    fig = delta_cdf_figure(_candidates())
+    band = next(t for t in fig["data"] if t["name"] == "best's interval")
+    assert band["fill"] == "toself" and band.get("showlegend", True)
+    # Negative entropy is best here, with interval [0.03, 0.05].
+    assert sorted(set(band["y"])) == pytest.approx([0.03, 0.05])
+    assert float(band["fillcolor"].rsplit(",", 1)[1].rstrip(")")) >= 0.12  # visible
+
+
+def _squashed() -> list[dict]:
+    """The example's shape: NE and p = 1.1 near 0.014, p = 3 at 0.66."""
+    out = [dict(family="negative_entropy", p=None, label="negative entropy", key="ne",
+                delta_cdf=0.0140, delta_cdf_ci=[0.0056, 0.0258], n_used=20000)]
+    for p in np.arange(1.1, 3.01, 0.1):
+        value = 0.0149 + 0.33 * (p - 1.1) ** 1.2
+        out.append(dict(family="p_norm", p=round(p, 1), label=f"p = {p:.1f}", key=f"p{p:.1f}",
+                        delta_cdf=value, delta_cdf_ci=[value * 0.8, value * 1.2], n_used=20000))
+    return out
+
+
+def test_delta_cdf_zooms_on_the_candidates_nearest_the_best():
+    fig = delta_cdf_figure(_squashed(), best_key="ne", critical=0.02)
+    layout = fig["layout"]
+    assert layout["meta"]["zoom"] == ["ne", "p1.1", "p1.2", "p1.3", "p1.4"]
+    zoomed = [t for t in fig["data"] if t.get("xaxis") == "x2"]
+    assert sorted(x for t in zoomed for x in t["x"] if not t["name"].startswith("best")) == \
+        sorted(["NE", "p = 1.1", "p = 1.2", "p = 1.3", "p = 1.4"])
+    # The zoom's axis ends just above the largest upper bound shown there, far below the
+    # main axis's 0.66: NE against p = 1.1 is readable there.
+    top = max(c["delta_cdf_ci"][1] for c in _squashed()[:5])
+    assert layout["yaxis2"]["range"] == pytest.approx([0, 1.15 * top])
+    assert layout["xaxis"]["domain"][1] < layout["xaxis2"]["domain"][0]
+    # The zoom panel draws nothing twice in the legend.
+    assert all(t["showlegend"] is False for t in zoomed)
+    # No zoom when the whole range is readable.
+    assert delta_cdf_figure(_candidates())["layout"]["meta"]["zoom"] == []
+
+
+def test_delta_cdf_hover_uses_the_product_number_format():
+    fig = delta_cdf_figure(_squashed(), best_key="ne")
+    ne = next(t for t in fig["data"] if t["name"] == "negative entropy")
+    assert ne["customdata"][0][1] == "0.0140 [0.0056, 0.0258]"
 
 
 def test_delta_cdf_accepts_numpy_values():
@@ -229,6 +273,21 @@ def test_qq_dropdown_selects_the_potential():
     assert menu["buttons"][0]["args"][0]["visible"] == [True, False, False, True]
 
 
+def test_qq_axes_are_square_and_symmetric_for_each_candidate():
+    t = np.linspace(-2.5, 2.5, 41)
+    heavy = np.sign(t) * np.abs(t) ** 2  # a heavy tail reaching 6.25
+    fig = qq_figure(t, [t, heavy], ["ne", "p3"], ["NE", "p = 3"], "ne")
+    layout = fig["layout"]
+    # NE: within ±3, so the default ±3 (with a margin) on both axes, y scaled like x.
+    assert layout["xaxis"]["range"] == layout["yaxis"]["range"] == pytest.approx([-3.15, 3.15])
+    assert layout["yaxis"]["scaleanchor"] == "x"
+    # Choosing p = 3 widens both axes alike to its tail, symmetric about 0.
+    args = layout["updatemenus"][0]["buttons"][1]["args"][1]
+    assert args["xaxis.range"] == args["yaxis.range"] == pytest.approx([-6.5625, 6.5625])
+    line = fig["data"][-1]
+    assert line["x"] == pytest.approx([-6.5625, 6.5625])
+
+
 def test_qq_non_finite_values_become_null():
     fig = qq_figure([0.0, 1.0], [[np.nan, 1.0]], ["ne"], ["NE"], "ne")
     _dumps(fig)
@@ -290,3 +349,22 @@ def test_is_negative_entropy_spellings():
     assert is_negative_entropy({"family": "ne"})
     assert is_negative_entropy({"key": "ne", "family": ""})
     assert not is_negative_entropy({"family": "p_norm", "key": "p1.5"})
+
+
+# ------------------------------------------------------------------ log axes
+
+
+def test_log_ticks_are_readable():
+    from syngeo.figures import log_ticks
+    # A few round values (sample sizes): those values.
+    assert log_ticks([30, 300])["ticktext"] == ["30", "300"]
+    # Many values over decades: 1-2-5 steps, no bare "2 3 … 9" minor labels.
+    assert log_ticks(np.geomspace(0.0065, 1.1, 50))["ticktext"] == [
+        "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1"]
+    assert log_ticks(np.geomspace(100, 20000, 9))["ticktext"][-1] == "20,000"
+    # Many decades: one tick per decade at most, thinned to at most 8.
+    assert len(log_ticks(np.geomspace(1e-8, 1e3, 50))["tickvals"]) <= 8
+    # A few unround values (three losses) do not become labels; less than a decade still
+    # gets at least two ticks.
+    assert log_ticks([2.155, 1.647, 0.944])["ticktext"] == ["1", "2"]
+    assert len(log_ticks(np.linspace(0.8, 1.5, 20))["tickvals"]) >= 2

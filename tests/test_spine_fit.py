@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -15,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 from scipy import integrate, stats
 
+import syngeo.examples
 from syngeo.engine.geometry.distribution_fit import (
     DistributionFit,
     fit_distribution,
@@ -23,7 +25,7 @@ from syngeo.engine.geometry.distribution_fit import (
 from syngeo.engine.geometry.potentials import NegativeEntropy, PNorm
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import Cancelled
-from syngeo.kinds.spine_fit import SpineFitKind, SpineFitSpec, read_distribution
+from syngeo.kinds.spine_fit import SpineFitKind, SpineFitSpec, fit_figure, read_distribution
 from tests.kind_context import RecordingContext as Ctx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,9 +209,24 @@ def test_model_matches_simulation(p3_lognormal: DistributionFit) -> None:
 def test_summary_table_and_progress(point_mass_run) -> None:
     summary, arrays, ctx = point_mass_run
     assert summary["dataset"]["source"] == "example"
-    assert summary["dataset"]["n"] == 1961 and len(summary["dataset"]["sha256"]) == 64
+    assert summary["dataset"]["n"] == 1961
+    # The hash of the file the values came from, as `sha256sum` computes it.
+    example = Path(syngeo.examples.__file__).with_name("spine_volumes_synthetic.csv")
+    assert summary["dataset"]["file_sha256"] == hashlib.sha256(example.read_bytes()).hexdigest()
     assert "renormalised over w > 0" in summary["note"]
+    # The example's values are spine volumes in µm³ (its README): the axis says so.
+    assert summary["unit"] == "µm³"
+    figure = SpineFitKind().figures(summary, arrays)["fit"]
+    assert figure["layout"]["xaxis"]["title"]["text"].startswith("value (µm³)")
+    assert fit_figure({**summary, "unit": ""}, arrays)["layout"]["xaxis"]["title"][
+        "text"].startswith("value (unit not given)")
+    # The page's table: every column the kind declares is in the rows, and parameters
+    # come with their standard errors.
     table = SpineFitKind().table_rows(summary)
+    columns = SpineFitKind().table_columns(summary)
+    keys = {k for c in columns for k in (c.key, *(c.interval or ()), c.spread) if k}
+    assert keys <= set(table[0])
+    assert any(c.spread == "log10_mu_1_se" for c in columns)
     assert [r["potential"] for r in table] == ["NE", "p = 2"]
     assert table[0]["best"] and not table[1]["best"]
     assert {"log_likelihood", "aic", "bic", "ks", "excluded_mass", "log10_mu_1",
@@ -359,4 +376,4 @@ def test_run_reads_through_the_context(tmp_path: Path) -> None:
     spec = SpineFitSpec(dataset="ds_abc", potentials=["ne"], init_models=["point_masses"])
     summary = SpineFitKind().run(spec, Uploaded()).summary
     assert summary["dataset"]["id"] == "ds_abc" and summary["dataset"]["source"] == "my volumes"
-    assert summary["dataset"]["sha256"] == "f" * 64 and summary["dataset"]["n"] == 300
+    assert summary["dataset"]["file_sha256"] == "f" * 64 and summary["dataset"]["n"] == 300

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from syngeo.backend import deps
 from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
+from syngeo.formatting import format_bytes, format_seconds
 from syngeo.kinds import ExperimentKind, UnknownKind, get_kind, prepare_spec
-from syngeo.kinds.base import CostEstimate, format_bytes, format_seconds
+from syngeo.kinds.base import CostEstimate
 from syngeo.settings import Settings
 from syngeo.store.models import Dataset
 

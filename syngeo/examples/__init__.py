@@ -1,0 +1,26 @@
+"""Bundled example data (see README.md here) and a small run of every kind.
+
+``QUICK_SPECS``: one spec per experiment kind that finishes in seconds on a laptop CPU while
+still drawing every figure of its result page — for a first look at the dashboard, the
+result-page screenshots (scripts/screenshots.py) and the browser tests. They are small
+versions of the papers' settings, not the settings themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+QUICK_SPECS: dict[str, dict[str, Any]] = {
+    "geometry": {"dataset": "example", "bootstrap": 100, "seed": 0},
+    "spine_fit": {"dataset": "example", "seed": 0},
+    "robustness": {"true_potentials": ["ne", "p2"], "hypothesised": ["ne", "p1.5", "p2", "p3"],
+                   "seeds": 4, "n_weights": 500, "seed": 0},
+    "power": {"true_potential": "ne", "candidates": ["ne", "p2", "p3"], "n_values": [30, 300],
+              "noise_levels": [0.0, 0.1], "replicates": 10, "calibration": 100, "seed": 0},
+    "linear_regression": {"c_values": [2.0], "n_exponents": [0.5], "d_min": 100,
+                          "d_max": 400, "n_widths": 2, "seeds": 3, "seed": 0},
+    "finetuning": {"seeds": 1, "networks": ["mlp"], "mlp_hidden": 16, "pretrain_epochs": 3,
+                   "lr_points": 2, "lr_min": 0.01, "lr_max": 0.1, "epochs": 10,
+                   "max_extensions": 0, "training_potentials": ["ne", "p2"],
+                   "evaluation_potentials": ["ne", "p2"], "seed": 3},
+}

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from syngeo.formatting import format_bytes, format_seconds
 from syngeo.io.weights import WeightPairs
 
 #: Every kind's spec: unknown fields are refused (a typo must not pass silently) and so are
@@ -106,43 +107,36 @@ class CostEstimate:
                 "memory on one CPU worker")
 
 
-def format_seconds(seconds: float, about: bool = True) -> str:
-    """'about 40 s', 'about 12 min', 'about 3.5 h' (two significant digits at most)."""
-    prefix = "about " if about else ""
-    if seconds < 1:
-        return "under a second" if about else f"{seconds:g} s"
-    unit, size = next((u, s) for u, s in (("h", 3600.0), ("min", 60.0), ("s", 1.0))
-                      if seconds >= s)
-    value = seconds / size
-    return f"{prefix}{value:.2g} {unit}" if value < 10 else f"{prefix}{value:,.0f} {unit}"
+#: The engine device a spec may ask for, and its one field (the same in every kind).
+Device = Literal["auto", "cpu", "cuda"]
 
 
-def format_number(value: float | None, digits: int = 3) -> str:
-    """A number for a sentence: ``digits`` significant digits, trailing zeros kept
-    ('0.0140', '2.50', '770', '12,346', '1.20e-05'); '–' when there is none."""
-    if value is None or not np.isfinite(value):
-        return "–"
-    if value == 0:
-        return "0"
-    if abs(value) < 1e-4:  # too many leading zeros to read: an exponent
-        return f"{value:.{digits - 1}e}"
-    if abs(value) >= 10**digits:  # large numbers keep their integer digits
-        return f"{value:,.0f}"
-    return f"{value:#.{digits}g}".rstrip(".")
+def device_field() -> Any:
+    return Field(
+        "auto", title="Compute device",
+        description="auto: a GPU (CUDA) when the worker has one, the CPU otherwise; cpu: "
+        "always the CPU; cuda: a GPU, and the run fails on a worker without one.")
 
 
-def and_list(items: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+@dataclass(frozen=True)
+class Column:
+    """One column of a result table on the page: ``key`` is the row key it shows (and sorts
+    by); ``interval`` the keys of its lower and upper bounds ('0.0140 [0.0056, 0.0258]'),
+    ``spread`` the key of its standard deviation or error ('0.214 ± 0.031'); ``values``
+    words for coded values ('point_masses' → 'point masses'); ``help`` the heading's
+    tooltip."""
+
+    key: str
+    label: str
+    interval: tuple[str, str] | None = None
+    spread: str | None = None
+    values: dict[str, str] | None = None
+    help: str | None = None
 
 
-def format_bytes(count: float) -> str:
-    """Decimal units, two significant digits: '350 MB', '1.2 GB', '40 GB'."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= size:
-            value = count / size
-            return f"{value:.2g} {unit}" if value < 10 else f"{value:,.0f} {unit}"
-    return f"{count:.0f} bytes"
+def potential_words(*groups: list[dict[str, Any]]) -> dict[str, str]:
+    """Potential keys to their labels ('p1.5' → 'p = 1.5'), from a summary's potentials."""
+    return {pot["key"]: pot["label"] for group in groups for pot in group}
 
 
 @dataclass
@@ -213,4 +207,10 @@ class ExperimentKind(ABC):
 
     def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         """Flat rows for the CSV download."""
+        return []
+
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        """How the result page shows ``table_rows``: the columns in order, labelled for
+        people, an estimate joined with its interval or spread into one cell. Row keys left
+        out are in the CSV only. Empty: every key, as it is."""
         return []

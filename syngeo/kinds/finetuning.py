@@ -21,14 +21,17 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
+from syngeo.formatting import and_list, format_number, plural
 from syngeo.kinds.base import (
     SPEC_CONFIG,
+    Column,
     CostEstimate,
+    Device,
     ExperimentKind,
     KindResult,
     RunContext,
-    and_list,
-    format_number,
+    device_field,
+    potential_words,
 )
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
@@ -62,63 +65,76 @@ class FinetuningSpec(BaseModel):
 
     networks: list[NetworkName] = Field(
         default_factory=lambda: list(_NETWORKS), min_length=1, max_length=3,
-        description="Networks to pretrain and fine-tune: 'mlp' (64 → h → h → 10, ReLU), "
-        "'cnn' (two 3×3 convolutions, average pooling, linear readout), 'rnn' (tanh RNN "
-        "reading the digit row by row, 8 steps of 8 pixels; paper Fig. 7A).")
+        title="Networks to pretrain and fine-tune",
+        description="mlp: 64 → h → h → 10 with ReLU; cnn: two 3×3 convolutions, average "
+        "pooling and a linear readout; rnn: a tanh RNN that reads the digit row by row, 8 "
+        "steps of 8 pixels (paper Fig. 7A).")
     training_potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=6,
-        description="Potentials φ of the mirror-descent fine-tuning: 'ne' (negative entropy, "
-        "sign-preserving exponentiated gradient) or p-norms such as 'p2', 'p=3' (p > 1). "
-        "Paper: NE, p = 2, p = 3.")
+        title="Fine-tuning potentials φ",
+        description="The geometries of the mirror-descent fine-tuning: ne (negative entropy, "
+        "a sign-preserving exponentiated gradient) or p-norms written p2, p3 (p > 1). "
+        "Paper: negative entropy, p = 2 and p = 3.")
     evaluation_potentials: list[str] | None = Field(
-        None, max_length=60,
-        description="Potentials φ' the weight change is scored in. Default: negative entropy "
-        "and p = 1.1, 1.2, …, 3.0. The paper's Fig. 4B used NE, 1.5, 2, 2.5 and 3.")
-    seeds: int = Field(5, ge=1, le=30,
-                       description="Fine-tuning sets drawn per network and potential, each "
-                       "with its own learning-rate search. Paper: 10 (30 for regression).")
-    mlp_hidden: int = Field(64, ge=4, le=1024,
-                            description="Units in each of the MLP's two hidden layers.")
-    cnn_channels_1: int = Field(16, ge=1, le=128,
-                                description="Channels of the CNN's first 3×3 convolution.")
-    cnn_channels_2: int = Field(32, ge=1, le=256,
-                                description="Channels of the CNN's second 3×3 convolution.")
-    rnn_hidden: int = Field(64, ge=4, le=1024, description="Hidden units of the tanh RNN.")
+        None, max_length=60, title="Potentials φ′ the change is scored in",
+        description="Empty: negative entropy and p = 1.1, 1.2, …, 3.0. The paper's Fig. 4B "
+        "used negative entropy and p = 1.5, 2, 2.5 and 3.")
+    seeds: int = Field(5, ge=1, le=30, title="Fine-tuning sets per network and potential",
+                       description="Each set is drawn from the held-out digits and gets its "
+                       "own learning-rate search. Paper: 10 (30 for the regression).")
+    mlp_hidden: int = Field(64, ge=4, le=1024, title="MLP hidden units h",
+                            description="Units in each of the MLP's two hidden layers.",
+                            json_schema_extra={"x-applies-when": {"networks": ["mlp"]}})
+    cnn_channels_1: int = Field(16, ge=1, le=128, title="CNN channels, first convolution",
+                                description="Channels of the CNN's first 3×3 convolution.",
+                                json_schema_extra={"x-applies-when": {"networks": ["cnn"]}})
+    cnn_channels_2: int = Field(32, ge=1, le=256, title="CNN channels, second convolution",
+                                description="Channels of the CNN's second 3×3 convolution.",
+                                json_schema_extra={"x-applies-when": {"networks": ["cnn"]}})
+    rnn_hidden: int = Field(64, ge=4, le=1024, title="RNN hidden units",
+                            description="Hidden units of the tanh RNN.",
+                            json_schema_extra={"x-applies-when": {"networks": ["rnn"]}})
     holdout_fraction: float = Field(
-        0.3, ge=0.1, le=0.9,
-        description="Share of the 1797 digits held out of pretraining as the pool the "
+        0.3, ge=0.1, le=0.9, title="Held-out fraction of the digits",
+        description="Share of the 1797 digits kept out of pretraining as the pool the "
         "fine-tuning sets are drawn from (N is capped at the pool size, and reported).")
-    pretrain_epochs: int = Field(20, ge=1, le=200,
-                                 description="Adam epochs of pretraining on the other digits.")
-    pretrain_lr: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
-    pretrain_batch: int = Field(64, ge=1, le=2048, description="Pretraining mini-batch size.")
+    pretrain_epochs: int = Field(20, ge=1, le=200, title="Pretraining epochs",
+                                 description="Epochs of Adam on the digits not held out.")
+    pretrain_lr: float = Field(3e-3, gt=0.0, le=1.0, title="Pretraining learning rate",
+                               description="Adam's learning rate during pretraining.")
+    pretrain_batch: int = Field(64, ge=1, le=2048, title="Pretraining batch size (digits)",
+                                description="Digits per mini-batch of pretraining.")
     data_exponent: float = Field(
-        0.5, ge=0.25, le=1.0,
-        description="N = ⌊D^a⌋ fine-tuning digits for D analysed weights. Paper: 0.5.")
+        0.5, ge=0.25, le=1.0, title="Data exponent a (N = ⌊D^a⌋)",
+        description="Fine-tuning uses N = ⌊D^a⌋ digits for D analysed weights. Paper: 0.5.")
     lr_min: float = Field(
-        1e-3, gt=0.0, le=1e3,
-        description="Smallest learning rate of the log10 grid, as a Euclidean (p = 2) rate; "
-        "each potential's grid is multiplied by the median ∇²φ(w) of the pretrained weights "
-        "(about 10 for negative entropy, 0.2 for p = 3) so every point moves weights about "
-        "as far.")
-    lr_max: float = Field(10.0, gt=0.0, le=1e3,
-                          description="Largest learning rate of the grid (Euclidean scale).")
-    lr_points: int = Field(5, ge=1, le=16, description="Grid points (log10-spaced). Paper: 5.")
-    epochs: int = Field(30, ge=1, le=1000,
-                        description="Initial fine-tuning epochs of the search. Paper: 30.")
-    epoch_increment: int = Field(30, ge=0, le=1000,
+        1e-3, gt=0.0, le=1e3, title="Smallest learning rate (Euclidean scale)",
+        description="The lowest rate of the log10 grid, as a Euclidean (p = 2) rate; each "
+        "potential's grid is multiplied by the median ∇²φ(w) of the pretrained weights (about "
+        "10 for negative entropy, 0.2 for p = 3) so every point moves weights about as far.")
+    lr_max: float = Field(10.0, gt=0.0, le=1e3, title="Largest learning rate (Euclidean scale)",
+                          description="The highest rate of the grid, as a Euclidean rate.")
+    lr_points: int = Field(5, ge=1, le=16, title="Learning rates tried",
+                           description="Points of the log10-spaced grid. Paper: 5.")
+    epochs: int = Field(30, ge=1, le=1000, title="Epochs of the first search",
+                        description="Fine-tuning epochs of the first learning-rate search. "
+                        "Paper: 30.")
+    epoch_increment: int = Field(30, ge=0, le=1000, title="Epochs added per extension",
                                  description="Epochs added while the best grid point stays "
-                                 "below 100 % training accuracy. Paper: 30.")
-    max_extensions: int = Field(4, ge=0, le=10,
-                                description="At most this many extensions. Paper: 4.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0,
-                            description="Momentum of the mirror step (dual space). Paper: 0.9.")
-    batch_size: int = Field(256, ge=1, le=4096,
-                            description="Fine-tuning mini-batch size. Paper: 256 (N is "
+                                 "below 100% training accuracy. Paper: 30.")
+    max_extensions: int = Field(4, ge=0, le=10, title="Most extensions",
+                                description="The search is extended at most this many times. "
+                                "Paper: 4.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, title="Momentum of the mirror step",
+                            description="Momentum of the fine-tuning step, applied in the dual "
+                            "space. Paper: 0.9.")
+    batch_size: int = Field(256, ge=1, le=4096, title="Fine-tuning batch size (digits)",
+                            description="Digits per fine-tuning mini-batch. Paper: 256 (N is "
                             "usually smaller, so fine-tuning is full-batch).")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Random seed (filled in when the run is created).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Random seed",
+                             description="Seeds the pretraining, the fine-tuning sets and the "
+                             "initial networks: the same seed gives the same result.")
+    device: Device = device_field()
 
     @field_validator("networks")
     @classmethod
@@ -196,8 +212,10 @@ def finetuning_cost(spec: FinetuningSpec) -> CostEstimate:
     memory = _BASE_BYTES + _ACTIVATION_COPIES * 8.0 * batch * activations
     return CostEstimate(
         seconds=_START_SECONDS + estimated_work(spec) / _WORK_PER_SECOND, memory_bytes=memory,
-        work=(f"{len(spec.networks)} networks × {len(spec.training_potentials)} potentials × "
-              f"{spec.seeds} seeds × {spec.lr_points} learning rates × {spec.epochs} epochs"),
+        work=(f"{plural(len(spec.networks), 'network')} × "
+              f"{plural(len(spec.training_potentials), 'potential')} × "
+              f"{plural(spec.seeds, 'seed')} × {plural(spec.lr_points, 'learning rate')} × "
+              f"{plural(spec.epochs, 'epoch')}"),
         lower_time="seeds, lr_points, epochs or the network sizes",
         lower_memory="pretrain_batch, batch_size or the network sizes")
 
@@ -266,7 +284,7 @@ class FinetuningKind(ExperimentKind):
                   f"{format_number(r['lowest_delta_cdf'])} against "
                   f"{format_number(r['own_delta_cdf'])})"
                   for r in scored if not r["training_is_lowest"]]
-        seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
+        seeds = plural(summary['seeds'], 'seed')
         if not scored:
             text = ("No training potential was among the scored potentials, so the result "
                     "cannot say whether fine-tuning recovers it")
@@ -306,6 +324,20 @@ class FinetuningKind(ExperimentKind):
                     "lowest": pot["key"] == low,
                 })
         return rows
+
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        words = potential_words(summary["evaluation_potentials"],
+                                [r["training"] for r in summary["results"]])
+        return [
+            Column("network", "Network", values={"mlp": "MLP", "cnn": "CNN", "rnn": "RNN"}),
+            Column("training", "Trained with", values=words),
+            Column("evaluation", "Evaluated in", values=words),
+            Column("mean_delta_cdf", "ΔCDF, mean ± s.d.", spread="std_delta_cdf",
+                   help="Over seeds; lower is more Gaussian"),
+            Column("mean_dual_change", "Dual change Δφ, mean"),
+            Column("lowest", "Lowest ΔCDF", help="The evaluation potential with the lowest "
+                   "mean ΔCDF for this network and training potential"),
+        ]
 
 
 # --------------------------------------------------------------------------- figures
@@ -405,8 +437,9 @@ def delta_cdf_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                      rangemode="tozero")
     fig.update_yaxes(title_text="ΔCDF (mean over seeds; dots: seeds)", row=1, col=1)
     fig.update_layout(**_layout(
-        f"ΔCDF of the fine-tuning weight change, by evaluation potential ({summary['seeds']} "
-        "seeds; lower is more Gaussian)", meta=dict(ne_x=figures.NE_X)))
+        f"ΔCDF of the fine-tuning weight change, by evaluation potential "
+        f"({plural(summary['seeds'], 'seed')}; lower is more Gaussian)",
+        meta=dict(ne_x=figures.NE_X)))
     return figures.figure_json(fig)
 
 
@@ -446,7 +479,7 @@ def curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dic
                for a, net in enumerate(nets)]
     fig.update_xaxes(title_text="epoch", showline=True, linecolor=figures.AXIS,
                      gridcolor=figures.GRID)
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="loss",
+    fig.update_yaxes(type="log", title_text="loss",
                      showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID, row=1, col=1)
     fig.update_yaxes(title_text="accuracy (%)", showline=True, linecolor=figures.AXIS,
                      gridcolor=figures.GRID, row=1, col=2)
@@ -488,7 +521,7 @@ def pretraining_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
                                "<extra></extra>")), row=1, col=2)
     fig.update_xaxes(title_text="epoch", showline=True, linecolor=figures.AXIS,
                      gridcolor=figures.GRID)
-    fig.update_yaxes(type="log", dtick=1, exponentformat="power", title_text="cross-entropy",
+    fig.update_yaxes(type="log", title_text="cross-entropy",
                      showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID, row=1, col=1)
     fig.update_yaxes(title_text="accuracy (%; dashed: held-out pool)", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID, row=1, col=2)

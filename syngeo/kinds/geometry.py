@@ -15,7 +15,15 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from syngeo import figures
-from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    SPEC_CONFIG,
+    CostEstimate,
+    Device,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    device_field,
+)
 
 DEFAULT_POTENTIALS = ["ne"] + [f"p{1 + 0.1 * k:.1f}" for k in range(1, 21)]
 _P_FORM = re.compile(r"^(?:p\s*=?\s*)?(\d+(?:\.\d+)?)$")
@@ -114,45 +122,62 @@ class GeometrySpec(BaseModel):
     model_config = SPEC_CONFIG
 
     dataset: str | list[str] = Field(
-        ..., description="Dataset id of an upload (server), or one or two file paths (CLI).")
+        ..., title="Weights before and after learning",
+        description="The synaptic weights to analyse: an uploaded dataset (a table of before "
+        "and after columns, a pair of arrays or two network checkpoints). The command line "
+        "also takes one file of two columns or two files (before, after).")
     potentials: list[str] | None = Field(
-        None, description="Candidate potentials: 'ne' and p-norms like 'p1.5'. Default: "
-        "negative entropy and p = 1.1, 1.2, …, 3.0.")
+        None, title="Candidate potentials φ",
+        description="The geometries to test: ne (negative entropy) and p-norms written p1.5, "
+        "p2, … (p > 1). Empty: negative entropy and p = 1.1, 1.2, …, 3.0.")
     method: Literal["exact", "grid"] = Field(
-        "exact", description="'exact': closed-form ΔCDF (1-Wasserstein distance to N(0,1)); "
-        "'grid': the paper's Riemann sum on linspace(-5, 5, 1000).")
-    bootstrap: int = Field(200, ge=0, le=5000,
-                           description="Bootstrap replicates for confidence intervals (0: none).")
-    subsample: int = Field(20000, ge=100, le=1_000_000,
-                           description="Largest bootstrap resample; larger inputs use an "
-                           "m-out-of-n bootstrap rescaled by √(m/n).")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of intervals.")
+        "exact", title="ΔCDF method",
+        description="exact: the closed-form ΔCDF (the 1-Wasserstein distance of the "
+        "normalised change to N(0, 1)); grid: the paper's Riemann sum over 1000 points in "
+        "[−5, 5].")
+    bootstrap: int = Field(200, ge=0, le=5000, title="Bootstrap replicates",
+                           description="Resamples of the weights for the confidence intervals; "
+                           "0 turns the intervals off.")
+    subsample: int = Field(20000, ge=100, le=1_000_000, title="Largest resample (weights)",
+                           description="Most weights in one bootstrap resample or one simulated "
+                           "data set of the noise calibration. Larger inputs use an m-out-of-n "
+                           "bootstrap whose spread is rescaled by √(m/n).")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, title="Confidence level",
+                              description="Level of the confidence intervals and of the "
+                              "goodness-of-fit test (a candidate fits when p ≥ 1 − this level). "
+                              "0.95 means 95%.")
     noise_absolute_before: float = Field(
-        0.0, ge=0.0, le=1e6, title="Measurement noise before, absolute (s.d., weight units)",
+        0.0, ge=0.0, le=1e6, title="Absolute noise before learning (s.d., weight units)",
         description="Standard deviation of additive measurement noise on the weights before "
         "learning, in the weights' unit. With any noise declared, every candidate's test is "
-        "calibrated by simulating that noise (slower; see 'calibration').")
+        "calibrated by simulating that noise (slower; see the noise calibration below).")
     noise_relative_before: float = Field(
-        0.0, ge=0.0, le=10.0, title="Measurement noise before, relative (s.d., fraction of |w|)",
+        0.0, ge=0.0, le=10.0, title="Relative noise before learning (s.d., fraction of |w|)",
         description="Standard deviation of multiplicative measurement noise on the weights "
         "before learning, as a fraction of |w| (0.05 = 5%).")
     noise_absolute_after: float = Field(
-        0.0, ge=0.0, le=1e6, title="Measurement noise after, absolute (s.d., weight units)",
+        0.0, ge=0.0, le=1e6, title="Absolute noise after learning (s.d., weight units)",
         description="Standard deviation of additive measurement noise on the weights after "
         "learning, in the weights' unit.")
     noise_relative_after: float = Field(
-        0.0, ge=0.0, le=10.0, title="Measurement noise after, relative (s.d., fraction of |w|)",
+        0.0, ge=0.0, le=10.0, title="Relative noise after learning (s.d., fraction of |w|)",
         description="Standard deviation of multiplicative measurement noise on the weights after "
         "learning, as a fraction of |w|.")
     calibration: int = Field(
         200, ge=20, le=2000, title="Simulated data sets per candidate (noise calibration)",
-        description="With measurement noise declared: data sets simulated per candidate to "
-        "calibrate its test (the smallest p-value is 1/(this + 1)). Ignored without noise.")
-    include_all: bool = Field(False, description="Checkpoints: keep biases and normalisation "
-                              "parameters (left out by default, as in the paper).")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Random seed (filled in when the run is created).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+        description="With measurement noise declared, each candidate's test is calibrated on "
+        "this many simulated data sets; the smallest p-value it can give is 1/(this + 1).",
+        json_schema_extra={"x-applies-when": [
+            {"noise_absolute_before": {"above": 0}}, {"noise_relative_before": {"above": 0}},
+            {"noise_absolute_after": {"above": 0}}, {"noise_relative_after": {"above": 0}}]})
+    include_all: bool = Field(False, title="Include biases and normalisation layers",
+                              description="For network checkpoints: also analyse biases and "
+                              "normalisation parameters, which are left out by default, as in "
+                              "the paper.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Random seed",
+                             description="Seeds the bootstrap and the noise calibration: the "
+                             "same seed on the same weights gives the same result.")
+    device: Device = device_field()
 
     @field_validator("potentials")
     @classmethod

@@ -17,14 +17,17 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
+from syngeo.formatting import and_list, format_number, plural
 from syngeo.kinds.base import (
     SPEC_CONFIG,
+    Column,
     CostEstimate,
+    Device,
     ExperimentKind,
     KindResult,
     RunContext,
-    and_list,
-    format_number,
+    device_field,
+    potential_words,
 )
 from syngeo.kinds.geometry import potential_key
 
@@ -74,53 +77,67 @@ class LinearRegressionSpec(BaseModel):
 
     potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,
-        description="Potentials φ trained with: 'ne' (negative entropy, sign-preserving) or "
-        "p-norms such as 'p2', 'p=3' (p > 1). Paper: NE, p = 2, p = 3.")
+        title="Training potentials φ",
+        description="The geometries the regression is trained with: ne (negative entropy, "
+        "which keeps each weight's sign) or p-norms written p2, p3 (p > 1). Paper: negative "
+        "entropy, p = 2 and p = 3.")
     c_values: list[float] = Field(
         default_factory=lambda: [1.0, 2.0], min_length=1, max_length=4,
-        description="Correlation decay exponents c of E[x_i x_j] = (−1)^|i−j|/(1 + |i−j|^c), "
-        "each in [0.5, 4] (dimensionless). Paper: 1 and 2.")
+        title="Input correlation exponents c",
+        description="Inputs are correlated as E[x_i x_j] = (−1)^|i−j| / (1 + |i−j|^c): a "
+        "larger c decays faster. Each c in [0.5, 4] (dimensionless). Paper: 1 and 2.")
     n_exponents: list[float] = Field(
         default_factory=lambda: [0.5, 0.75], min_length=1, max_length=4,
-        description="Sample scalings a with N = round(D^a) samples, each in (0, 0.9] "
-        "(N ≪ D keeps the lazy regime). Paper: 0.5 and 0.75.")
-    d_min: int = Field(100, ge=10, le=100_000,
-                       description="Smallest width D (number of weights). Paper: 100.")
-    d_max: int = Field(20_000, ge=10, le=100_000,
-                       description="Largest width D. Paper: 20000.")
-    n_widths: int = Field(10, ge=1, le=30,
-                          description="Widths on a log10 grid from d_min to d_max (rounded "
-                          "to integers). Paper: 10.")
-    seeds: int = Field(30, ge=1, le=1000,
-                       description="Independent problems per (c, a, D), shared by all "
-                       "potentials. Paper: 30.")
+        title="Sample-size exponents a (N = D^a)",
+        description="Each problem has N = round(D^a) training samples for D weights, each a "
+        "in (0, 0.9]; N ≪ D keeps learning in the lazy regime. Paper: 0.5 and 0.75.")
+    d_min: int = Field(100, ge=10, le=100_000, title="Smallest width D (number of weights)",
+                       description="The narrowest model of the width grid. Paper: 100.")
+    d_max: int = Field(20_000, ge=10, le=100_000, title="Largest width D (number of weights)",
+                       description="The widest model of the width grid. Paper: 20,000.")
+    n_widths: int = Field(10, ge=1, le=30, title="Number of widths",
+                          description="Widths D spaced evenly in log10 from the smallest to "
+                          "the largest, rounded to whole numbers. Paper: 10.")
+    seeds: int = Field(30, ge=1, le=1000, title="Problems per setting",
+                       description="Independent regression problems per (c, a, D), the same "
+                       "ones for every potential. Paper: 30.")
     solver: Literal["exact", "training"] = Field(
-        "exact", description="'exact': solve Eq. 8 by Newton's method (fast, to 1e-10); "
-        "'training': the paper's protocol (appendix B.1): full-batch mirror descent, "
-        "momentum 0.9, cosine schedule, learning rate by grid search on one seed.")
-    lr_min: float = Field(1e-7, gt=0.0, le=10.0,
-                          description="Training: smallest learning rate of the grid. "
-                          "Paper: 1e-7.")
-    lr_max: float = Field(1e-1, gt=0.0, le=10.0,
-                          description="Training: largest learning rate of the grid. "
-                          "Paper: 1e-1.")
-    lr_points: int = Field(16, ge=1, le=64,
-                           description="Training: log10-spaced learning rates tried. "
-                           "Paper: 16.")
-    epochs: int = Field(100, ge=1, le=10_000,
-                        description="Training: epochs (full-batch steps) of the first grid "
-                        "search. Paper: 100.")
-    epochs_step: int = Field(100, ge=1, le=10_000,
-                             description="Training: epochs added while the best MSE is above "
-                             "the target. Paper: 100.")
-    max_epochs: int = Field(500, ge=1, le=20_000,
-                            description="Training: most epochs. Paper: 500.")
-    mse_target: float = Field(1e-3, gt=0.0, le=1.0,
-                              description="Training: MSE the grid search aims below. "
-                              "Paper: 1e-3.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Random seed (filled in when the run is created).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+        "exact", title="Regression solver",
+        description="exact: the weights mirror descent converges to (Eq. 8), solved by "
+        "Newton's method to 10⁻¹⁰ (fast); training: the paper's protocol (appendix B.1), "
+        "full-batch mirror descent with momentum 0.9 and a cosine schedule, its learning rate "
+        "found by a grid search on one problem.")
+    lr_min: float = Field(1e-7, gt=0.0, le=10.0, title="Smallest learning rate",
+                          description="The lowest rate of the log10-spaced learning-rate grid. "
+                          "Paper: 10⁻⁷.",
+                          json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    lr_max: float = Field(1e-1, gt=0.0, le=10.0, title="Largest learning rate",
+                          description="The highest rate of the learning-rate grid. Paper: 0.1.",
+                          json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    lr_points: int = Field(16, ge=1, le=64, title="Learning rates tried",
+                           description="Points of the log10-spaced learning-rate grid. "
+                           "Paper: 16.",
+                           json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    epochs: int = Field(100, ge=1, le=10_000, title="Epochs of the first search",
+                        description="Epochs (full-batch steps) of the first learning-rate "
+                        "search. Paper: 100.",
+                        json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    epochs_step: int = Field(100, ge=1, le=10_000, title="Epochs added per extra search",
+                             description="While the best training MSE stays above the target, "
+                             "the search is repeated with this many more epochs. Paper: 100.",
+                             json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    max_epochs: int = Field(500, ge=1, le=20_000, title="Most epochs",
+                            description="The learning-rate search adds epochs up to this many "
+                            "at most. Paper: 500.",
+                            json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    mse_target: float = Field(1e-3, gt=0.0, le=1.0, title="Target training MSE",
+                              description="The learning-rate search is extended until the best "
+                              "training mean squared error is below this. Paper: 10⁻³.",
+                              json_schema_extra={"x-applies-when": {"solver": ["training"]}})
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Random seed",
+                             description="Seeds the inputs, targets and initial weights of every "
+                             "problem: the same seed gives the same result.")
+    device: Device = device_field()
 
     @field_validator("potentials")
     @classmethod
@@ -209,9 +226,10 @@ def linear_regression_cost(spec: LinearRegressionSpec) -> CostEstimate:
     widths = spec.widths()
     return CostEstimate(
         seconds=seconds, memory_bytes=_BASE_BYTES + chunk_bytes,
-        work=(f"{len(spec.potentials)} potentials × {len(spec.c_values)} c × "
-              f"{len(spec.n_exponents)} N-scalings × {len(widths)} widths up to D = "
-              f"{max(widths):,} × {spec.seeds:,} seeds, {spec.solver} solver"),
+        work=(f"{plural(len(spec.potentials), 'potential')} × {len(spec.c_values)} c × "
+              f"{plural(len(spec.n_exponents), 'N-scaling')} × "
+              f"{plural(len(widths), 'width')} up to D = {max(widths):,} × "
+              f"{plural(spec.seeds, 'seed')}, {spec.solver} solver"),
         lower_time="d_max, seeds or the N-scaling exponents" + (
             ", or the learning-rate points and epochs" if spec.solver == "training" else ""),
         lower_memory="d_max or the N-scaling exponents")
@@ -300,6 +318,26 @@ class LinearRegressionKind(ExperimentKind):
                     })
         return rows
 
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        words = potential_words([g["potential"] for g in summary["groups"]])
+        columns = [
+            Column("potential", "Potential", values=words),
+            Column("c", "Correlation decay c"),
+            Column("a", "Sample exponent a", help="N = round(D^a) samples"),
+            Column("D", "Width D"),
+            Column("N", "Samples N"),
+            Column("median_delta_cdf", "ΔCDF, median [5%, 95%]",
+                   interval=("p5_delta_cdf", "p95_delta_cdf"),
+                   help="Over seeds: median and 5th–95th percentiles"),
+            Column("median_dphi", "Δφ, median [5%, 95%]", interval=("p5_dphi", "p95_dphi"),
+                   help="Dual change magnitude ‖ξ‖/‖∇φ(w0)‖ over seeds"),
+        ]
+        if summary.get("solver") == "training":
+            columns += [Column("learning_rate", "Learning rate"), Column("epochs", "Epochs"),
+                        Column("median_final_mse", "Final MSE, median"),
+                        Column("p95_final_mse", "Final MSE, 95th percentile")]
+        return columns
+
 
 # --------------------------------------------------------------------------- figures
 
@@ -354,12 +392,12 @@ def regression_conclusion(summary: dict[str, Any]) -> str:
     unsolved = sum(g.get("not_converged", 0) for g in groups)
     tail = f" ({unsolved} runs did not converge)" if unsolved else ""
     if not failed:
-        return (f"All checks pass for {len(groups)} setting{'s' if len(groups) > 1 else ''} "
-                f"({span}, {summary['seeds']} seeds): median ΔCDF stays ≤ 0.2 and falls with "
-                "width, and Δφ is ≤ 0.2 at the largest width, as Theorem 1 predicts" + tail
-                + ".")
-    return (f"Not all checks pass ({span}, {summary['seeds']} seeds): " + "; ".join(failed)
-            + tail + ".")
+        return (f"All checks pass for {plural(len(groups), 'setting')} "
+                f"({span}, {plural(summary['seeds'], 'seed')}): median ΔCDF stays ≤ 0.2 and "
+                "falls with width, and Δφ is ≤ 0.2 at the largest width, as Theorem 1 predicts"
+                + tail + ".")
+    return (f"Not all checks pass ({span}, {plural(summary['seeds'], 'seed')}): "
+            + "; ".join(failed) + tail + ".")
 
 
 def _largest(group: dict[str, Any]) -> float | None:
@@ -417,7 +455,7 @@ def width_figure(summary: dict[str, Any], metric: Literal["delta_cdf", "dphi"]) 
                              rangemode="tozero", row=r + 1, col=k + 1,
                              title_text=label if k == 0 else None)
     fig.update_layout(
-        title=dict(text=f"{title} — {summary['seeds']} seeds, {summary['solver']} solver",
+        title=dict(text=f"{title} — {plural(summary['seeds'], 'seed')}, {summary['solver']} solver",
                    x=0, xanchor="left", font=dict(size=15)),
         font=dict(family=figures.FONT, size=13, color=figures.INK),
         paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
@@ -545,13 +583,13 @@ def loss_curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
     n_fixed = _add_target_lines(fig, target, len(cs), len(as_), [0, longest], "dot")
     fig.update_xaxes(showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_xaxes(title_text="epoch", row=len(cs))
-    fig.update_yaxes(type="log", exponentformat="power", showline=True,
+    fig.update_yaxes(type="log", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_yaxes(title_text="training MSE", col=1)
     caption = (
         f"Full-batch mirror descent (momentum 0.9, cosine schedule) at each cell's chosen "
-        f"learning rate. Lines: median over the {summary['seeds']} seeds, leaving out any "
-        "that diverged" + (", band 5–95%" if bands else " (5–95% and the first seed in the "
+        f"learning rate. Lines: median over the {plural(summary['seeds'], 'seed')}, leaving "
+        "out any that diverged" + (", band 5–95%" if bands else " (5–95% and the first seed in the "
                            "hover)") + "; dotted: the search's MSE target.")
     _training_layout(fig, summary, "Training loss (MSE) per epoch", caption, owner, n_fixed,
                      meta=dict(figure="loss_curves", seeds=summary["seeds"], widths=widths))
@@ -622,10 +660,10 @@ def lr_search_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                 ), **cell)
                 owner.append(p)
     n_fixed = _add_target_lines(fig, target, len(cs), len(as_), [lrs[0], lrs[-1]], "dash")
-    fig.update_xaxes(type="log", exponentformat="power", showline=True,
+    fig.update_xaxes(type="log", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_xaxes(title_text="learning rate", row=len(cs))
-    fig.update_yaxes(type="log", exponentformat="power", showline=True,
+    fig.update_yaxes(type="log", showline=True,
                      linecolor=figures.AXIS, gridcolor=figures.GRID)
     fig.update_yaxes(title_text="final MSE", col=1)
     caption = (

@@ -18,7 +18,16 @@ from plotly.subplots import make_subplots
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
-from syngeo.kinds.base import SPEC_CONFIG, CostEstimate, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.base import (
+    SPEC_CONFIG,
+    Column,
+    CostEstimate,
+    Device,
+    ExperimentKind,
+    KindResult,
+    RunContext,
+    device_field,
+)
 from syngeo.kinds.geometry import potential_key
 
 #: Work limit: elements processed (see :func:`work`); about 10⁸ a second on one core.
@@ -64,17 +73,17 @@ class PowerSpec(BaseModel):
     model_config = SPEC_CONFIG
 
     true_potential: str = Field(
-        "ne", title="True potential",
-        description="The geometry learning used in the simulation: 'ne' (negative entropy) or a "
-        "p-norm such as 'p2'. It must be one of the candidates.")
+        "ne", title="True potential φ",
+        description="The geometry learning used in the simulation: ne (negative entropy) or a "
+        "p-norm written p2, p3 (p > 1). It must be one of the candidates.")
     candidates: list[str] = Field(
         default_factory=lambda: ["ne", "p1.5", "p2", "p3"], min_length=2, max_length=21,
         title="Candidate potentials",
-        description="What the verdict chooses between: 'ne' and p-norms such as 'p1.5'. For "
-        "'p = a or p = b?' give just those two.")
+        description="What the verdict chooses between: ne and p-norms such as p1.5 and p2. To "
+        "ask “p = a or p = b?”, give just those two.")
     start: Literal["gaussian", "lognormal"] = Field(
         "lognormal", title="Starting weights",
-        description="'gaussian': w0 ~ N(0, 1/D); 'lognormal': ±1 × log-normal with "
+        description="gaussian: w0 ~ N(0, 1/D); lognormal: a random sign times a log-normal with "
         "μ = −log √(2D), σ² = log 2 (appendix B.2; spine volumes look log-normal).")
     d: int = Field(100, ge=2, le=10_000_000, title="Width D (weight scale 1/√D)",
                    description="Sets the typical weight 1/√D. Paper: 100.")
@@ -96,13 +105,15 @@ class PowerSpec(BaseModel):
     calibration: int = Field(
         100, ge=20, le=1000, title="Noise calibration: data sets per candidate",
         description="With noise, the verdict calibrates each candidate's test on this many "
-        "simulated data sets (as the geometry kind does).")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, title="Confidence",
+        "simulated data sets, as the geometry analysis does.",
+        json_schema_extra={"x-applies-when": {"noise_levels": {"above": 0}}})
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, title="Confidence level",
                               description="Level of the verdict's tests and of the intervals "
                               "of the power estimates.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Random seed (filled in when the run is created).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Random seed",
+                             description="Seeds the simulated data sets and the noise "
+                             "calibration: the same seed gives the same result.")
+    device: Device = device_field()
 
     @field_validator("true_potential")
     @classmethod
@@ -216,6 +227,22 @@ class PowerKind(ExperimentKind):
                 rows.append(row)
         return rows
 
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        level = f"{100 * summary.get('confidence', 0.95):g}%"
+        return [
+            Column("n", "Synapses n"),
+            Column("noise", "Measurement noise", help="Fraction of a typical weight 1/√D"),
+            Column("potential_rate", f"Singles out the true potential [{level} interval]",
+                   interval=("potential_low", "potential_high"),
+                   help="Fraction of simulated data sets whose verdict names the true "
+                   "potential and tells it apart (exact binomial interval)"),
+            Column("family_rate", f"Tells NE from p-norms [{level} interval]",
+                   interval=("family_low", "family_high")),
+            Column("wrong_distinguishable_rate", f"Confidently wrong [{level} interval]",
+                   interval=("wrong_distinguishable_low", "wrong_distinguishable_high"),
+                   help="Fraction whose verdict names another potential as distinguishable"),
+        ]
+
 
 def conclusion(summary: dict[str, Any]) -> str:
     """One sentence: from which n the verdict reaches 80% power, per noise level."""
@@ -271,7 +298,10 @@ def power_figure(summary: dict[str, Any]) -> dict[str, Any]:
     fig.update_yaxes(range=[-0.02, 1.02], title_text="power (right and distinguishable)",
                      row=1, col=1)
     confidence = 100 * summary["confidence"]
+    # The legend goes under the panels: above them it would cover their titles.
     fig.update_layout(**figures._base_layout(
         f"Power of the geometry verdict<br>Bars: {confidence:g}% exact binomial intervals over "
-        f"{summary['replicates']} data sets per point; dashed: 80% power."))
+        f"{summary['replicates']} data sets per point; dashed: 80% power.",
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"),
+        margin=dict(l=64, r=24, t=56, b=90), height=440))
     return figures.figure_json(fig)

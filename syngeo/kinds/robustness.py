@@ -14,13 +14,17 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
+from syngeo.formatting import and_list, plural
 from syngeo.kinds.base import (
     SPEC_CONFIG,
+    Column,
     CostEstimate,
+    Device,
     ExperimentKind,
     KindResult,
     RunContext,
-    and_list,
+    device_field,
+    potential_words,
 )
 from syngeo.kinds.geometry import DEFAULT_POTENTIALS, potential_key
 
@@ -50,28 +54,33 @@ class RobustnessSpec(BaseModel):
 
     true_potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=10,
-        description="Potentials φ that generate the change: 'ne' (negative entropy) or "
-        "p-norms such as 'p2', 'p=3' (p > 1). Paper: NE, p = 2, p = 3.")
+        title="True potentials φ",
+        description="The geometries that generate the weight change: ne (negative entropy) or "
+        "p-norms written p2, p3 (p > 1). Paper: negative entropy, p = 2 and p = 3.")
     hypothesised: list[str] | None = Field(
-        None, max_length=60,
-        description="Potentials φ' the change is scored in. Default: negative entropy and "
-        "p = 1.1, 1.2, …, 3.0 (as in Fig. 3B).")
+        None, max_length=60, title="Hypothesised potentials φ′",
+        description="The geometries each change is scored in. Empty: negative entropy and "
+        "p = 1.1, 1.2, …, 3.0, as in the paper's Fig. 3B.")
     starts: list[Literal["gaussian", "lognormal"]] = Field(
         default_factory=lambda: ["gaussian", "lognormal"], min_length=1, max_length=2,
-        description="Initial weights: 'gaussian' w0 ~ N(0, 1/D); 'lognormal' ±1 × "
-        "log-normal with μ = −log √(2D), σ² = log 2 (appendix B.2).")
-    d: int = Field(100, ge=2, le=10_000_000,
-                   description="Width D: sets the weight scale 1/√D (dimensionless). Paper: 100.")
-    n_weights: int = Field(1000, ge=10, le=1_000_000,
-                           description="Weights per sample. Paper: 1000.")
-    scale: float = Field(0.1, gt=0.0, le=10.0,
-                         description="Step s in w = ∇φ⁻¹(∇φ(w0) + s·∇φ(1/√D)·N(0, 1)), "
-                         "relative to the dual value of a typical weight. Paper: 0.1.")
-    seeds: int = Field(30, ge=1, le=1000,
-                       description="Independent samples per (true potential, start). Paper: 30.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1,
-                             description="Random seed (filled in when the run is created).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+        title="Initial weight distributions",
+        description="gaussian: w0 ~ N(0, 1/D); lognormal: a random sign times a log-normal "
+        "with μ = −log √(2D) and σ² = log 2 (appendix B.2).")
+    d: int = Field(100, ge=2, le=10_000_000, title="Width D",
+                   description="Sets the typical weight size 1/√D (dimensionless). Paper: 100.")
+    n_weights: int = Field(1000, ge=10, le=1_000_000, title="Weights per sample",
+                           description="Synapses in each simulated sample. Paper: 1000.")
+    scale: float = Field(0.1, gt=0.0, le=10.0, title="Change size s",
+                         description="The dual-space step relative to a typical weight's dual "
+                         "value: w = ∇φ⁻¹(∇φ(w0) + s·∇φ(1/√D)·ξ) with ξ ~ N(0, 1). "
+                         "Paper: 0.1.")
+    seeds: int = Field(30, ge=1, le=1000, title="Samples per condition",
+                       description="Independent samples per true potential and initial "
+                       "distribution. Paper: 30.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Random seed",
+                             description="Seeds the initial weights and their changes: the same "
+                             "seed gives the same result.")
+    device: Device = device_field()
 
     @field_validator("true_potentials")
     @classmethod
@@ -116,8 +125,9 @@ def robustness_cost(spec: RobustnessSpec) -> CostEstimate:
               + per_seed * chunk * _BYTES_PER_VALUE)
     return CostEstimate(
         seconds=_START_SECONDS + values / _VALUES_PER_SECOND, memory_bytes=memory,
-        work=(f"{n_t} true × {n_s} starts × {n_h} hypothesised potentials × {spec.seeds:,} "
-              f"seeds × {spec.n_weights:,} weights"),
+        work=(f"{n_t} true × {plural(n_s, 'start')} × {n_h} hypothesised "
+              f"{'potential' if n_h == 1 else 'potentials'} × {plural(spec.seeds, 'seed')} × "
+              f"{plural(spec.n_weights, 'weight')}"),
         lower_time="seeds or n_weights, or test fewer potentials",
         lower_memory="n_weights or seeds, or test fewer potentials")
 
@@ -168,7 +178,7 @@ class RobustnessKind(ExperimentKind):
                 far.append(f"{true['label']} from a {_START_WORDS[row['start']]} start gave "
                            f"{best['label']}")
         total = len(summary["best"])
-        seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
+        seeds = plural(summary['seeds'], 'seed')
         text = (f"The lowest mean ΔCDF (over {seeds}) falls on the true potential in {exact} of "
                 f"{total} settings and next to it on the grid in {near}")
         if far:
@@ -196,6 +206,16 @@ class RobustnessKind(ExperimentKind):
                         "std_delta_cdf": summary["std_delta_cdf"][t][s][h],
                     })
         return rows
+
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        words = potential_words(summary["true_potentials"], summary["hypothesised"])
+        return [
+            Column("true", "True potential", values=words),
+            Column("start", "Initial weights", values=_START_WORDS),
+            Column("hypothesised", "Hypothesised potential", values=words),
+            Column("mean_delta_cdf", "ΔCDF, mean ± s.d.", spread="std_delta_cdf",
+                   help=f"Over {summary.get('seeds', 'the')} seeds; lower is more Gaussian"),
+        ]
 
 
 # --------------------------------------------------------------------------- figures
@@ -267,7 +287,7 @@ def heatmap_figure(summary: dict[str, Any]) -> dict[str, Any]:
         marker=dict(symbol="circle-open", size=16, color="#ffffff", line=dict(width=2.5)),
         hoverinfo="skip",
     )
-    seeds = f"{summary['seeds']} seed{'s' if summary['seeds'] > 1 else ''}"
+    seeds = plural(summary['seeds'], 'seed')
     layout = _layout(
         "Mean ΔCDF of the change scored in each hypothesised potential (lower is more Gaussian)"
         f"<br><sup>Colour: mean ΔCDF over {seeds} (hover a cell for its mean ± s.d.). White "
@@ -330,7 +350,7 @@ def lines_figure(summary: dict[str, Any]) -> dict[str, Any]:
     fig.update_yaxes(title_text="ΔCDF (mean ± std over seeds)", row=1, col=1)
     fig.update_layout(**_layout(
         f"ΔCDF of a change made with the true potential, by hypothesised potential "
-        f"({summary['seeds']} seeds)", hovermode="closest"))
+        f"({plural(summary['seeds'], 'seed')})", hovermode="closest"))
     return figures.figure_json(fig)
 
 

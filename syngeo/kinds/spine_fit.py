@@ -27,19 +27,21 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from syngeo import figures
+from syngeo.formatting import and_list, format_number, format_pm, plural
 from syngeo.io import arrays
 from syngeo.io.weights import WeightDataError, example_path
 from syngeo.kinds.base import (
     DISTRIBUTION_FORMAT,
     SPEC_CONFIG,
+    Column,
     CostEstimate,
+    Device,
     DistributionSample,
     ExperimentKind,
     KindResult,
     RunContext,
-    and_list,
+    device_field,
     distribution_dataset_problem,
-    format_number,
 )
 from syngeo.kinds.geometry import potential_key
 
@@ -80,6 +82,17 @@ def param_words(name: str) -> tuple[str, str]:
             "lognormal_s": ("the log-normal's spread", "s.d. of log w0")}.get(name, (name, name))
 
 
+def _param_heading(name: str) -> str:
+    """A parameter's table heading: 'log10 μ1', 'π2', 'log10 σ', 'm', 's'."""
+    index = name.rpartition("_")[2]
+    if name.startswith("log10_mu_"):
+        return f"log10 μ{index}"
+    if name.startswith("weight_"):
+        return f"π{index}"
+    return {"log10_sigma": "log10 σ", "lognormal_m": "log-normal m",
+            "lognormal_s": "log-normal s"}.get(name, name)
+
+
 def not_identified(fit: dict[str, Any]) -> list[str]:
     """Parameters the data do not pin down: a position or scale on a log axis (log10 μ,
     log10 σ, the log-normal's mean) whose standard error exceeds one unit of that axis (a
@@ -102,13 +115,14 @@ _P_COLORS = ("#2f6690", "#c2410c", "#2e7d32", "#b8860b", "#5f6b7a", "#8c2d5a")
 EXCLUSION_NOTE = (
     "p-norm models can map a dual value ∇φ(w0) + ξ ≤ 0 to a weight ≤ 0; as in the paper "
     "(appendix B.4) such outputs are excluded from the support and the likelihood is "
-    "renormalised over w > 0. 'excluded_mass' is the model probability removed that way. "
+    "renormalised over w > 0. The excluded mass is the model probability removed that way. "
     "Negative entropy keeps every weight positive. The KS statistic is a distance only: a "
     "p-value would be too optimistic because the parameters were fitted to the same data.")
 
 
-#: Values in the bundled example (spine_volumes_synthetic.csv).
+#: Values in the bundled example (spine_volumes_synthetic.csv), and their unit.
 EXAMPLE_VALUES = 1961
+EXAMPLE_UNIT = "µm³"
 # Cost model, measured with bench/bench_cost_estimates.py on a 2-core CPU (bench/README.md):
 # each fit costs about 0.2 s (several L-BFGS-B starts of many small steps) plus about
 # 2.2·10⁻⁵ s per data point and value its density evaluates there: K point masses, one
@@ -128,29 +142,35 @@ class SpineFitSpec(BaseModel):
     model_config = SPEC_CONFIG
 
     dataset: str = Field(
-        EXAMPLE, min_length=1, max_length=4096,
-        description="'example' (1961 synthetic spine volumes, µm³, from the paper's negative-"
-        "entropy fit), the id of an uploaded distribution (POST /api/datasets/distribution: "
-        "one column of ≥ 20 positive values as .csv/.tsv/.txt or a 1-D .npy), or, for CLI "
-        "and in-process runs only, the path of such a file.",
+        EXAMPLE, min_length=1, max_length=4096, title="Distribution to fit",
+        description="example: 1961 synthetic spine volumes (µm³) drawn from the paper's "
+        "negative-entropy fit; or an uploaded distribution, one column of at least 20 "
+        "positive values (.csv, .tsv, .txt or a 1-D .npy). The command line also takes the "
+        "path of such a file.",
         json_schema_extra={"x-upload": DISTRIBUTION_FORMAT})
     potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=12,
-        description="Potentials to fit: 'ne' (negative entropy) and p-norms such as 'p2', "
-        "'p=3' (p > 1).")
+        title="Potentials φ to fit",
+        description="The geometries to fit: ne (negative entropy) and p-norms written p2, p3 "
+        "(p > 1).")
     init_models: list[Literal["point_masses", "point_mass_lognormal"]] = Field(
         default_factory=lambda: ["point_masses", "point_mass_lognormal"], min_length=1,
-        max_length=2,
-        description="Initial-weight models: 'point_masses' (n_components values μ_k with "
-        "probabilities π_k) and/or 'point_mass_lognormal' (one point mass and a log-normal, "
-        "as for the paper's 3-norm fit).")
-    n_components: int = Field(2, ge=1, le=6,
-                              description="Number of point masses K of 'point_masses'.")
+        max_length=2, title="Models of the initial weights w0",
+        description="point_masses: K values μ_k with probabilities π_k; point_mass_lognormal: "
+        "one point mass and a log-normal, as in the paper's 3-norm fit.")
+    unit: str = Field(
+        "", max_length=24, pattern=r"^[^<>&\x00-\x1f]*$", title="Unit of the values",
+        description="Shown on the figure's axis, e.g. µm³ for spine volumes. Empty: µm³ for "
+        "the bundled example, otherwise the axis says the unit was not given.")
+    n_components: int = Field(2, ge=1, le=6, title="Point masses K",
+                              description="Number of point masses of the point-masses model.",
+                              json_schema_extra={"x-applies-when": {
+                                  "init_models": ["point_masses"]}})
     seed: int | None = Field(
-        None, ge=0, le=2**32 - 1,
-        description="Recorded with the run; the fit itself is deterministic (its starting "
-        "points are data quantiles).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Engine device.")
+        None, ge=0, le=2**32 - 1, title="Random seed",
+        description="Does not change the result: the fit is deterministic (it starts from "
+        "quantiles of the data).")
+    device: Device = device_field()
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -191,8 +211,8 @@ def spine_fit_cost(spec: SpineFitSpec, inputs: list[int]) -> CostEstimate:
         seconds=(_START_SECONDS + _SECONDS_PER_FIT * len(widths)
                  + n * sum(widths) * _SECONDS_PER_NODE_VALUE),
         memory_bytes=_BASE_BYTES + _BYTES_PER_NODE_VALUE * n * max(widths),
-        work=(f"{len(widths)} fits ({len(spec.potentials)} potentials × "
-              f"{len(spec.init_models)} initial models) of {n:,} values"),
+        work=(f"{plural(len(widths), 'fit')} ({plural(len(spec.potentials), 'potential')} × "
+              f"{plural(len(spec.init_models), 'initial model')}) of {plural(n, 'value')}"),
         lower_time="the number of potentials or initial models (or fit fewer values)",
         lower_memory="the p-norm potentials with a 'point_mass_lognormal' start (or fit fewer "
         "values)")
@@ -466,8 +486,7 @@ class SpineFitKind(ExperimentKind):
             for name in not_identified(best):
                 words, symbol = param_words(name)
                 se = best["stderr"].get(name)
-                value = format_number(best["params"][name]) + (
-                    f" ± {format_number(se, 2)}" if se is not None else "")
+                value = format_pm(best["params"][name], se)
                 loose.append(f"{words} ({symbol} = {value})")
             if loose:
                 text += (f"; {and_list(loose)} {'is' if len(loose) == 1 else 'are'} not "
@@ -494,11 +513,12 @@ class SpineFitKind(ExperimentKind):
         stats = distribution_summary(values)
         summary["dataset"] = {
             "source": sample.source,
-            "sha256": sample.sha256,
+            "file_sha256": sample.sha256,  # of the file as uploaded: `sha256sum` matches
             **{k: stats[k] for k in ("n", "min", "median", "max")},
         }
         if is_dataset_id(spec.dataset):
             summary["dataset"]["id"] = spec.dataset
+        summary["unit"] = spec.unit or (EXAMPLE_UNIT if is_example(spec.dataset) else "")
         summary["table"] = _table(summary)
         summary["note"] = EXCLUSION_NOTE
         ctx.progress(1.0, "Done")
@@ -509,6 +529,27 @@ class SpineFitKind(ExperimentKind):
 
     def table_rows(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
         return list(summary.get("table") or _table(summary))
+
+    def table_columns(self, summary: dict[str, Any]) -> list[Column]:
+        params = dict.fromkeys(name for fit in summary["fits"] for name in fit["params"])
+        return [
+            Column("potential", "Potential"),
+            Column("init_model", "Initial-weight model", values=_MODEL_LABEL),
+            Column("best", "Best (BIC)"),
+            Column("delta_bic", "ΔBIC", help="BIC minus the best fit's BIC; above 10 is "
+                   "decisive evidence against the fit"),
+            Column("ks", "KS distance", help="Kolmogorov–Smirnov distance between the data "
+                   "and the fitted distribution"),
+            Column("log_likelihood", "log likelihood"),
+            Column("n_params", "Parameters"),
+            Column("aic", "AIC"),
+            Column("bic", "BIC"),
+            Column("excluded_mass", "Excluded mass", help="Model probability of weights ≤ 0, "
+                   "removed by renormalising (p-norms)"),
+            Column("converged", "Converged"),
+            *(Column(name, f"{_param_heading(name)} ± s.e.", spread=f"{name}_se",
+                     help=param_words(name)[0]) for name in params),
+        ]
 
 
 def _short(pot: dict[str, Any]) -> str:
@@ -542,6 +583,11 @@ def _table(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _color(pot: dict[str, Any], index: int) -> str:
     return _COLORS.get(pot["family"]) or _P_COLORS[index % len(_P_COLORS)]
+
+
+def value_label(summary: dict[str, Any]) -> str:
+    """'value (µm³)', or 'value (unit not given)' (results stored before units say so too)."""
+    return f"value ({summary.get('unit') or 'unit not given'})"
 
 
 def fit_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -595,7 +641,8 @@ def fit_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
         paper_bgcolor="#ffffff", plot_bgcolor="#ffffff", height=460, autosize=True,
         margin=dict(l=72, r=24, t=64, b=56), hovermode="closest",
         legend=dict(x=1, xanchor="right", y=1, yanchor="top", bgcolor="rgba(255,255,255,0.8)"),
-        xaxis=dict(type="log", title=dict(text="value (log scale; dotted: best fit's w0)"),
+        xaxis=dict(type="log", title=dict(text=f"{value_label(summary)} (log scale; dotted: "
+                                          "best fit's w0)"),
                    showline=True, linecolor=figures.AXIS, gridcolor=figures.GRID,
                    range=[math.log10(edges[0]) - 0.3, math.log10(edges[-1]) + 0.3]),
         yaxis=dict(title=dict(text="density per unit log₁₀ value"), rangemode="tozero",

@@ -113,7 +113,7 @@ def test_out_of_bounds_values_are_refused(
         page.fill("#spec-seeds", "0")
         page.get_by_role("button", name="Start run").click()
         alert.wait_for(state="visible")
-        assert "Seeds must be at least 1" in alert.inner_text()
+        assert "Samples per condition must be at least 1" in alert.inner_text()
         assert page.get_attribute("#spec-seeds", "aria-invalid") == "true"
         assert posts == []
 
@@ -124,7 +124,7 @@ def test_out_of_bounds_values_are_refused(
             "() => document.getElementById('form-error').innerText.includes('spec.seeds')")
         text = alert.inner_text()
         assert "greater than or equal to 1" in text, text
-        assert "Seeds" in page.locator("#spec-seeds-error").inner_text()
+        assert "Samples per condition" in page.locator("#spec-seeds-error").inner_text()
         assert [u for u in posts if u.endswith("/api/runs")]
         assert page.url.endswith(f"/new/{KIND}")
 

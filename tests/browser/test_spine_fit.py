@@ -77,7 +77,7 @@ def test_upload_a_distribution_and_fit_it(browser, stack_env, api_server_factory
 
         # One potential and one start model keep the run short.
         page.fill("#spec-potentials", "ne")
-        page.select_option("#spec-init_models", value='"point_masses"')
+        page.locator("#spec-init_models-point_mass_lognormal").uncheck()
         page.get_by_role("button", name="Start run").click()
         page.wait_for_url("**/runs/*")
         wait_for_run_to_succeed(page, api, worker)

@@ -2,7 +2,7 @@
 // summary, set options (a form generated from the kind's JSON Schema) and start a run.
 
 import {
-  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, showVersion, wireDropZone,
+  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, fmtPM, shortId, showError, showVersion, wireDropZone,
 } from "./api.js";
 import { attachEstimate } from "./estimate.js";
 import { normalise } from "./form.js";
@@ -128,7 +128,7 @@ async function loadExample() {
 
 function stats(s) {
   if (!s) return "–";
-  return `${fmtNum(s.mean)} ± ${fmtNum(s.std)}`;
+  return fmtPM(s.mean, s.std);
 }
 
 function range(s) {
@@ -188,7 +188,8 @@ function renderDatasetSummary(ds) {
         ` · format ${ds.format || "–"}`,
         files ? ` · ${files}` : "",
       ),
-      ds.sha256 ? el("p", { class: "small muted", style: "margin:0.2rem 0 0" }, "SHA-256 ", el("code", {}, ds.sha256)) : null,
+      // Each file's SHA-256 is what `sha256sum` prints; the dataset's own hash covers them all.
+      ...(ds.files || []).map((f) => el("p", { class: "small muted", style: "margin:0.2rem 0 0" }, `SHA-256 of ${f.name} `, el("code", {}, f.sha256))),
     ),
     el("div", { class: "table-wrap" }, el("table", { class: "data", id: "dataset-layers" }, el("caption", {}, "Per-layer summary of the uploaded weights: mean ± standard deviation, with the range below. Zero: weights equal to zero before or after; sign flips: weights whose sign changed."), head, body)),
     skipped.length

@@ -132,25 +132,68 @@ export function statusBadge(status) {
   return el("span", { class: `badge badge-${s}` }, s);
 }
 
+// The product's one number format; syngeo/formatting.py writes the same strings in Python
+// (tests/browser/test_number_format.py checks both on the same values).
+const TINY = 1e-4; // below this magnitude an exponent reads better than leading zeros
+
+const isFiniteNumber = (v) => v !== null && v !== undefined && v !== "" && typeof v !== "boolean" && Number.isFinite(Number(v));
+
+function grouped(n, decimals) {
+  return n.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+}
+
+/** `digits` significant digits: "0.0140", "2.50", "770", "12,346", "1.20e-5", "–". */
 export function fmtNum(value, digits = 3) {
-  if (value === null || value === undefined || value === "") return "–";
+  if (!isFiniteNumber(value)) return "–";
   const n = Number(value);
-  if (!Number.isFinite(n)) return "–";
   if (n === 0) return "0";
-  const abs = Math.abs(n);
-  if (abs >= 1e5 || abs < 1e-3) return n.toExponential(Math.max(digits - 1, 1));
-  return Number(n.toPrecision(digits)).toString();
+  if (Math.abs(n) < TINY) return n.toExponential(digits - 1);
+  if (Math.abs(Number(n.toPrecision(digits))) >= 10 ** digits) return grouped(n, 0);
+  return n.toPrecision(digits);
+}
+
+/** Format numbers with shared decimals: `digits` significant digits of the largest. */
+function fmtShared(values, digits) {
+  const largest = Math.max(0, ...values.filter(isFiniteNumber).map((v) => Math.abs(Number(v))));
+  if (largest === 0) return values.map((v) => (isFiniteNumber(v) ? "0" : "–"));
+  if (largest < TINY) return values.map((v) => fmtNum(v, digits));
+  const decimals = Math.max(0, digits - 1 - Math.floor(Math.log10(largest)));
+  return values.map((v) => {
+    if (!isFiniteNumber(v)) return "–";
+    const text = grouped(Number(v), decimals);
+    return /^-[0.,]*$/.test(text) ? text.slice(1) : text; // no "-0.000"
+  });
+}
+
+/** An estimate with its interval: "0.0140 [0.0056, 0.0258]" (the interval alone when the
+ * estimate is null; the estimate alone when there is no interval). */
+export function fmtInterval(estimate, ci, digits = 3) {
+  if (!Array.isArray(ci) || ci.length !== 2) return fmtNum(estimate, digits);
+  if (estimate === null || estimate === undefined) {
+    const [lo, hi] = fmtShared(ci, digits);
+    return `[${lo}, ${hi}]`;
+  }
+  const [est, lo, hi] = fmtShared([estimate, ...ci], digits);
+  return `${est} [${lo}, ${hi}]`;
+}
+
+/** An interval alone: "[0.0056, 0.0258]". */
+export function fmtCI(ci, digits = 3) {
+  if (!Array.isArray(ci) || ci.length !== 2) return "–";
+  return fmtInterval(null, ci, digits);
+}
+
+/** A mean and its standard deviation: "0.214 ± 0.031". */
+export function fmtPM(mean, spread, digits = 3) {
+  if (!isFiniteNumber(spread)) return fmtNum(mean, digits);
+  const [m, s] = fmtShared([mean, spread], digits);
+  return `${m} ± ${s}`;
 }
 
 export function fmtInt(value) {
   if (value === null || value === undefined) return "–";
   const n = Number(value);
   return Number.isFinite(n) ? n.toLocaleString("en-US") : String(value);
-}
-
-export function fmtCI(ci, digits = 3) {
-  if (!Array.isArray(ci) || ci.length !== 2) return "–";
-  return `[${fmtNum(ci[0], digits)}, ${fmtNum(ci[1], digits)}]`;
 }
 
 export function fmtBytes(n) {

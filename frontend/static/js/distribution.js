@@ -8,7 +8,7 @@
 // chosen dataset (n, min, median, max, mean ± sd).
 
 import {
-  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, shortId, showError, wireDropZone,
+  api, ApiError, clearError, el, fmtBytes, fmtInt, fmtNum, fmtPM, shortId, showError, wireDropZone,
 } from "./api.js";
 
 export const UPLOAD_URL = "/api/datasets/distribution";
@@ -52,10 +52,10 @@ function statsFacts(s) {
     "dl",
     { class: "facts" },
     fact("Values", fmtInt(s.n)),
-    fact("Min", fmtNum(s.min, 4)),
-    fact("Median", fmtNum(s.median, 4)),
-    fact("Max", fmtNum(s.max, 4)),
-    s.mean !== undefined ? fact("Mean ± sd", `${fmtNum(s.mean, 4)} ± ${fmtNum(s.std, 3)}`) : null,
+    fact("Min", fmtNum(s.min)),
+    fact("Median", fmtNum(s.median)),
+    fact("Max", fmtNum(s.max)),
+    s.mean !== undefined ? fact("Mean ± sd", fmtPM(s.mean, s.std)) : null,
   );
 }
 
@@ -113,7 +113,8 @@ export function attachDistributionUpload(field) {
         el("strong", {}, "Dataset ", el("span", { id: `${base}-dataset-title` }, `“${ds.name || shortId(ds.id)}”`), " is ready"),
         el("p", { class: "small", style: "margin:0" }, el("code", {}, ds.id), file ? ` · ${file.name} (${fmtBytes(file.size)})` : ""),
         statsFacts(ds.distribution || { n: ds.n_pairs }),
-        ds.sha256 ? el("p", { class: "small muted", style: "margin:0.5rem 0 0" }, "SHA-256 ", el("code", {}, ds.sha256)) : null,
+        // The file's own SHA-256 (what `sha256sum` prints, and what the result records).
+        file && file.sha256 ? el("p", { class: "small muted", style: "margin:0.5rem 0 0" }, "File SHA-256 ", el("code", {}, file.sha256)) : null,
       );
     }
     summary.hidden = false;

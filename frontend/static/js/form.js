@@ -1,14 +1,22 @@
 // A form generated from a kind's JSON Schema (pydantic's `Spec.model_json_schema()`).
 //
-// Each property becomes one control: numbers with min/max/step and the default filled in,
-// selects for enums, checkboxes for booleans, comma-separated inputs for arrays of numbers
-// or strings, multi-selects for arrays of enum values, and a JSON box for anything nested.
+// Each property becomes one control, labelled with the property's title and helped by its
+// description: numbers with min/max/step and the default filled in, selects for enums,
+// checkboxes for booleans, comma-separated inputs for arrays of numbers or strings, a group
+// of checkboxes for arrays of enum values, and a JSON box for anything nested.
 // Client-side validation reads the bounds from the controls' own attributes (which come
 // from the schema), so it says exactly what the server will say, only sooner.
 //
 // Empty fields: a nullable field sends null ("none"; for a seed the server then picks one
 // and records it); any other optional field is left out so the server uses its default;
 // a required field must be filled in.
+//
+// Fields that do not apply: a property with `"x-applies-when"` is disabled, greyed and left
+// out of the spec (so the server uses its default) unless its condition holds for the values
+// now in the form. The condition is an object {field: test, …} that holds when every test
+// does, or a list of such objects that holds when any one does. A test is a list of values
+// (the field's value is one of them; an array field contains one of them) or {"above": x}
+// (the value, or some value of an array field, is greater than x).
 
 import { el, fmtInt, fmtNum } from "./api.js";
 
@@ -59,17 +67,17 @@ export function normalise(prop, root = {}) {
   return { ...s, type, nullable, enum: enumValues, items };
 }
 
-/** pydantic's automatic title ("Noise Scale") or one the kind's author wrote? */
+/** Every spec field has a title written for people (tests/test_spec_docs.py). */
 function labelFor(key, prop) {
-  const auto = key.split("_").filter(Boolean).map((w) => w[0].toUpperCase() + w.slice(1)).join(" ");
-  if (prop.title && prop.title !== auto) return prop.title;
-  const words = key.replace(/_/g, " ").trim();
-  return words ? words[0].toUpperCase() + words.slice(1) : key;
+  return prop.title || key.replace(/_/g, " ");
 }
+
+// A number from the schema exactly: as many significant digits as it has ("0.3", not "0.300").
+const ownDigits = (n) => Math.min(Math.max(n.toExponential().split("e")[0].replace(/\D/g, "").length, 1), 15);
 
 function valueText(v) {
   if (v === null || v === undefined) return "none";
-  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, 6);
+  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, ownDigits(v));
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (Array.isArray(v)) return v.length ? v.map(valueText).join(", ") : "empty";
   if (typeof v === "object") return JSON.stringify(v);
@@ -95,6 +103,53 @@ function itemCountText(minItems, maxItems) {
   if (minItems !== undefined && minItems > 0) return `at least ${minItems} value${minItems === 1 ? "" : "s"}`;
   if (maxItems !== undefined) return `at most ${maxItems} values`;
   return "";
+}
+
+function orList(words) {
+  return words.length > 1 ? `${words.slice(0, -1).join(", ")} or ${words[words.length - 1]}` : words.join("");
+}
+
+// ------------------------------------------------------------------ fields that do not apply
+
+const alternativesOf = (when) => (Array.isArray(when) ? when : [when]);
+
+/** Whether one test of an `x-applies-when` holds for `value` (undefined: unknown, so it does). */
+function testHolds(test, value) {
+  if (value === undefined) return true;
+  const values = Array.isArray(value) ? value : [value];
+  if (Array.isArray(test)) return values.some((v) => test.some((t) => JSON.stringify(t) === JSON.stringify(v)));
+  if (test && typeof test.above === "number") return values.some((v) => typeof v === "number" && v > test.above);
+  return true; // a test this form does not know: leave the field open
+}
+
+function conditionHolds(when, valueOf) {
+  return alternativesOf(when).some((alt) => Object.entries(alt).every(([key, test]) => testHolds(test, valueOf(key))));
+}
+
+/** "Only used when regression solver is “training”." from an `x-applies-when`. */
+function conditionText(when, fieldOf) {
+  // A label inside a sentence: no unit in parentheses, lower case unless an acronym (MLP).
+  const name = (key) => {
+    const label = (fieldOf(key) ? fieldOf(key).label : key.replace(/_/g, " ")).replace(/\s*\([^)]*\)$/, "");
+    const second = label.charAt(1);
+    return second && second !== second.toUpperCase() ? label[0].toLowerCase() + label.slice(1) : label;
+  };
+  const isArray = (key) => Boolean(fieldOf(key) && fieldOf(key).isArray);
+  const phrase = (names, test, array) => {
+    if (Array.isArray(test)) {
+      const values = orList(test.map((v) => `“${valueText(v)}”`));
+      return array ? `${values} is among ${names}` : `${names} is ${values}`;
+    }
+    return `${array ? "any value of " : ""}${names} is above ${valueText(test.above)}`;
+  };
+  const alternatives = alternativesOf(when).map((alt) => Object.entries(alt));
+  // "a, b or c is above 0" rather than the same test said once per field.
+  const [first] = alternatives;
+  const sameTest = alternatives.length > 1 && alternatives.every((entries) => entries.length === 1 &&
+    JSON.stringify(entries[0][1]) === JSON.stringify(first[0][1]) && isArray(entries[0][0]) === isArray(first[0][0]));
+  if (sameTest) return `Only used when ${phrase(orList(alternatives.map((e) => name(e[0][0]))), first[0][1], isArray(first[0][0]))}.`;
+  const parts = alternatives.map((entries) => entries.map(([key, test]) => phrase(name(key), test, isArray(key))).join(" and "));
+  return `Only used when ${orList(parts)}.`;
 }
 
 // ------------------------------------------------------------------ checks (read from attributes)
@@ -149,8 +204,8 @@ function countProblem(values, node) {
 const OMIT = Symbol("omit");
 
 /**
- * Build the control of one property. Returns {key, label, node, focusTarget, read, set, reset}.
- * read() → {value} (OMIT: leave it out), or {error: "…"}.
+ * Build the control of one property. Returns {key, label, node, control, focus, read, set,
+ * reset, setApplies}. read() → {value} (OMIT: leave it out), or {error: "…"}.
  */
 function buildField(key, prop, { idPrefix, required }) {
   const id = `${idPrefix}-${key}`;
@@ -160,17 +215,20 @@ function buildField(key, prop, { idPrefix, required }) {
   const helpId = `${id}-help`;
   const metaId = `${id}-meta`;
   const errorId = `${id}-error`;
-  const describedBy = [prop.description ? helpId : null, metaId, errorId].filter(Boolean).join(" ");
+  const appliesId = `${id}-applies`;
+  const when = prop["x-applies-when"];
+  const describedBy = [prop.description ? helpId : null, when ? appliesId : null, metaId, errorId].filter(Boolean).join(" ");
   const isSeed = key === "seed" || key.endsWith("_seed");
 
-  // What an empty field means, in words (shown under the control).
+  // What an empty field means, in words (shown under the control); what the value does is
+  // the description's to say (for a seed: whether it changes the result).
   let emptyMeaning = "";
-  if (isSeed && prop.nullable) emptyMeaning = "Leave empty for a random seed: the server picks one and records it with the run, so the run can be repeated exactly.";
-  else if (isSeed) emptyMeaning = "The same seed gives the same result.";
+  if (isSeed && prop.nullable) emptyMeaning = "Leave empty for a random seed; the one used is recorded with the run.";
   else if (prop.nullable) emptyMeaning = dflt === null || !hasDefault ? "Leave empty for the default." : "Leave empty for none.";
   else if (!required && !hasDefault) emptyMeaning = "Leave empty for the kind’s default.";
 
   const errorNode = el("span", { class: "field-error", id: errorId, hidden: true });
+  const appliesNode = when ? el("span", { class: "applies-note", id: appliesId, hidden: true }) : null;
   const metaBits = [];
   const meta = el("span", { class: "field-meta", id: metaId });
   const help = prop.description ? el("span", { class: "help", id: helpId }, prop.description) : null;
@@ -184,7 +242,7 @@ function buildField(key, prop, { idPrefix, required }) {
     return { value: OMIT };
   };
 
-  const field = { key, label, errorNode, required };
+  const field = { key, label, errorNode, required, when, isArray: prop.type === "array" };
   let control;
 
   if (prop.type === "boolean" && !prop.nullable) {
@@ -194,7 +252,7 @@ function buildField(key, prop, { idPrefix, required }) {
     if (defaultBit) metaBits.push(defaultBit);
     meta.append(...metaBits);
     field.node = el("div", { class: "field field-check", dataset: { field: key } },
-      control, el("div", { class: "field-body" }, el("label", { for: id }, label), help, meta, errorNode));
+      control, el("div", { class: "field-body" }, el("label", { for: id }, label), appliesNode, help, meta, errorNode));
   } else if (prop.type === "boolean" || (prop.enum && prop.enum.length && prop.type !== "array")) {
     // An enum (or a nullable boolean: yes / no / none) is a select; options carry JSON.
     const values = prop.type === "boolean" ? [true, false] : prop.enum;
@@ -238,26 +296,35 @@ function buildField(key, prop, { idPrefix, required }) {
     else if (integer) metaBits.push(el("span", { class: "bounds" }, "Whole number"));
     if (defaultBit) metaBits.push(defaultBit);
   } else if (prop.type === "array" && prop.items && prop.items.enum && prop.items.enum.length) {
-    control = el("select", {
-      id, name: key, multiple: true, size: String(Math.min(Math.max(prop.items.enum.length, 2), 6)),
-      "data-min-items": prop.minItems ?? null, "data-max-items": prop.maxItems ?? null,
+    // A group of checkboxes (the fieldset carries the id and the item counts); each box's
+    // value is its enum value as JSON, its id `${id}-${value}`.
+    const boxes = prop.items.enum.map((v) => el("input", {
+      type: "checkbox", id: `${id}-${String(v).replace(/[^\w-]/g, "_")}`, name: key, value: JSON.stringify(v),
+    }));
+    control = el("fieldset", {
+      id, class: "choice-group", "data-min-items": prop.minItems ?? null, "data-max-items": prop.maxItems ?? null,
       "data-unique": prop.uniqueItems === true, "aria-describedby": describedBy,
-    });
-    for (const v of prop.items.enum) control.append(el("option", { value: JSON.stringify(v) }, valueText(v)));
+    },
+    el("legend", {}, label, required ? el("span", { class: "required", "aria-hidden": "true" }, " *") : null),
+    el("div", { class: "chips" }, ...boxes.map((box, i) => el("label", { class: "chip", for: box.id }, box, valueText(prop.items.enum[i])))));
+    field.focusTarget = boxes[0];
     field.set = (v) => {
       const chosen = new Set((Array.isArray(v) ? v : []).map((x) => JSON.stringify(x)));
-      for (const o of control.options) o.selected = chosen.has(o.value);
+      for (const box of boxes) box.checked = chosen.has(box.value);
     };
     field.read = () => {
-      const chosen = [...control.selectedOptions].map((o) => JSON.parse(o.value));
+      const chosen = boxes.filter((box) => box.checked).map((box) => JSON.parse(box.value));
       // Nothing chosen: none (nullable) or the default (optional); required ones check counts.
       if (!chosen.length && (prop.nullable || !required)) return emptyRead();
       const problem = countProblem(chosen, control);
       return problem ? { error: problem } : { value: chosen };
     };
     const count = itemCountText(prop.minItems, prop.maxItems);
-    metaBits.push(el("span", { class: "bounds" }, `Choose one or more (Ctrl/⌘-click for several)${count ? `; ${count}` : ""}`));
+    metaBits.push(el("span", { class: "bounds" }, `Tick one or more${count ? `; ${count}` : ""}`));
     if (defaultBit) metaBits.push(defaultBit);
+    if (emptyMeaning) metaBits.push(el("span", { class: "empty-meaning" }, emptyMeaning.replace("Leave empty", "Tick none")));
+    meta.append(...metaBits);
+    field.node = el("div", { class: "field field-choices", dataset: { field: key } }, control, appliesNode, help, meta, errorNode);
   } else if (prop.type === "array" && (!prop.items || ["number", "integer", "string"].includes(prop.items.type))) {
     const items = prop.items || { type: "string" };
     const numeric = items.type === "number" || items.type === "integer";
@@ -341,15 +408,26 @@ function buildField(key, prop, { idPrefix, required }) {
   if (!field.node) {
     // A select says what its empty option means itself.
     if (emptyMeaning && control.tagName !== "SELECT") metaBits.push(el("span", { class: "empty-meaning" }, emptyMeaning));
-    else if (emptyMeaning && control.multiple) metaBits.push(el("span", { class: "empty-meaning" }, emptyMeaning.replace("Leave empty", "Select none")));
     meta.append(...metaBits);
     const wide = control.tagName === "TEXTAREA" || (prop.type === "array" && control.tagName === "INPUT") ||
       (prop.description || "").length > 160;
     field.node = el("div", { class: `field${wide ? " field-wide" : ""}`, dataset: { field: key } },
       el("label", { for: id }, label, required ? el("span", { class: "required", "aria-hidden": "true" }, " *") : null),
-      control, help, meta, errorNode);
+      control, appliesNode, help, meta, errorNode);
   }
   field.control = control;
+  field.focus = () => (field.focusTarget || control).focus();
+  field.dflt = dflt;
+  field.applies = true;
+  // A field that does not apply is disabled (a fieldset disables its boxes) and says why.
+  field.setApplies = (applies, note) => {
+    field.applies = applies;
+    control.disabled = !applies;
+    field.node.classList.toggle("is-inapplicable", !applies);
+    appliesNode.textContent = applies ? "" : note;
+    appliesNode.hidden = applies;
+    if (!applies) field.clearError();
+  };
   field.reset = () => field.set(hasDefault ? dflt : undefined);
   field.showError = (message) => {
     errorNode.textContent = message;
@@ -375,9 +453,10 @@ function buildField(key, prop, { idPrefix, required }) {
  * Render a form for `schema` into `container`.
  * Options: `exclude` (keys to leave out), `idPrefix` (ids are `${idPrefix}-${key}`).
  * Returns a controller:
- *   fields            [{key, label, node, control, …}] in schema order
+ *   fields            [{key, label, node, control, focus(), applies, …}] in schema order
  *   field(key)        one of them, or undefined
- *   collect()         {spec, errors: [{key, label, message}]}; marks invalid fields
+ *   collect()         {spec, errors: [{key, label, message}]}; marks invalid fields; fields
+ *                     that do not apply are left out
  *   preview()         the spec as collect() would send it, or null while a field is
  *                     invalid; marks nothing (for live estimates while typing)
  *   reset()           every field back to the schema's default
@@ -397,6 +476,25 @@ export function buildForm(container, schema, { exclude = [], idPrefix = "f" } = 
 
   const byKey = new Map(fields.map((f) => [f.key, f]));
   const clearErrors = () => fields.forEach((f) => f.clearError());
+
+  // The value the server would use for `key`: what the form sends, else the default;
+  // undefined while the field is invalid.
+  const valueOf = (key) => {
+    const f = byKey.get(key);
+    if (!f) return props[key] ? normalise(props[key], root).default : undefined;
+    if (!f.applies) return f.dflt;
+    const out = f.read();
+    if (out.error) return undefined;
+    return out.value === OMIT ? f.dflt : out.value;
+  };
+  const conditional = fields.filter((f) => f.when);
+  const updateApplies = () => {
+    for (const f of conditional) f.setApplies(conditionHolds(f.when, valueOf), conditionText(f.when, (k) => byKey.get(k)));
+  };
+  container.addEventListener("input", updateApplies);
+  container.addEventListener("change", updateApplies);
+  updateApplies();
+
   return {
     fields,
     field: (key) => byKey.get(key),
@@ -404,13 +502,15 @@ export function buildForm(container, schema, { exclude = [], idPrefix = "f" } = 
     reset() {
       clearErrors();
       fields.forEach((f) => f.reset());
+      updateApplies();
     },
     setValues(spec) {
       for (const f of fields) if (spec && Object.hasOwn(spec, f.key)) f.set(spec[f.key]);
+      updateApplies();
     },
     preview() {
       const spec = {};
-      for (const f of fields) {
+      for (const f of fields.filter((field) => field.applies)) {
         const out = f.read();
         if (out.error) return null;
         if (out.value !== OMIT) spec[f.key] = out.value;
@@ -421,7 +521,7 @@ export function buildForm(container, schema, { exclude = [], idPrefix = "f" } = 
       clearErrors();
       const spec = {};
       const errors = [];
-      for (const f of fields) {
+      for (const f of fields.filter((field) => field.applies)) {
         const out = f.read();
         if (out.error) {
           const message = `${f.label} ${out.error}.`;

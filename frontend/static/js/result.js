@@ -1,6 +1,6 @@
 // Rendering a run's result and provenance. Shared by the run page and the share page.
 
-import { ApiError, el, fmtCI, fmtDate, fmtDuration, fmtInt, fmtNum, showError } from "./api.js";
+import { ApiError, el, fmtCI, fmtDate, fmtDuration, fmtInt, fmtInterval, fmtNum, fmtPM, showError } from "./api.js";
 import { plotlyReady } from "./plotly.js";
 
 const PLOT_CONFIG = {
@@ -96,17 +96,17 @@ function renderVerdict(summary) {
 
   const facts = el("dl", { class: "facts" });
   const fact = (term, ...value) => facts.append(el("div", {}, el("dt", {}, term), el("dd", {}, ...value)));
-  if (bestCandidate) fact("ΔCDF of best", fmtNum(bestCandidate.delta_cdf, 4), " ", el("span", { class: "muted small" }, bestCandidate.delta_cdf_ci ? fmtCI(bestCandidate.delta_cdf_ci, 3) : `fit p ${fmtP(bestCandidate)}`));
+  if (bestCandidate) fact("ΔCDF of best", fmtInterval(bestCandidate.delta_cdf, bestCandidate.delta_cdf_ci), " ", bestCandidate.delta_cdf_ci ? null : el("span", { class: "muted small" }, `fit p ${fmtP(bestCandidate)}`));
   fact(multi ? "Fit (pooled)" : "Fit", fitting.length ? fitting.join(", ") : el("span", { class: "no" }, "no candidate fits"));
   if (runnerUp) fact("Runner-up", runnerUp);
   if (verdict.distinguishable !== undefined) {
     const basis = verdict.basis === "test" ? " by the tests" : verdict.basis === "interval" ? " by the gap's interval" : "";
-    fact("Distinguishable from runner-up", yesNo(verdict.distinguishable), el("span", { class: "muted small" }, basis + (verdict.difference_ci ? ` Δ ${fmtCI(verdict.difference_ci, 3)}` : "")));
+    fact("Distinguishable from runner-up", yesNo(verdict.distinguishable), el("span", { class: "muted small" }, basis + (verdict.difference_ci ? ` Δ ${fmtCI(verdict.difference_ci)}` : "")));
   }
   if (nevp && nevp.winner) {
     // difference = ΔCDF(losing family) − ΔCDF(winning family) ≥ 0.
     const winner = familyName(nevp.winner);
-    const margin = nevp.difference > 0 ? ` by ${fmtNum(nevp.difference, 3)} in ΔCDF` : "";
+    const margin = nevp.difference > 0 ? ` by ${fmtNum(nevp.difference)} in ΔCDF` : "";
     fact(
       "Negative entropy vs p-norms",
       `${winner} wins${margin}`,
@@ -266,10 +266,10 @@ function renderCandidates(summary, score, setName) {
         el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "–" : String(i + 1)),
         el("th", { scope: "row" }, c.label || c.key, isBest ? el("span", { class: "sr-only" }, " (best)") : null),
         el("td", {}, familyName(c.family)),
-        el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "not defined" : fmtNum(c.delta_cdf, 4)),
-        el("td", { class: "num", title: c.ci_note || null }, c.delta_cdf_ci ? fmtCI(c.delta_cdf_ci, 3) : "—"),
+        el("td", { class: "num" }, c.delta_cdf === null || c.delta_cdf === undefined ? "not defined" : fmtNum(c.delta_cdf)),
+        el("td", { class: "num", title: c.ci_note || null }, c.delta_cdf_ci ? fmtCI(c.delta_cdf_ci) : "—"),
         el("td", { class: c.fits ? "num yes" : "num" }, fmtP(c) + fit),
-        el("td", { class: "num", title: "Change size checked against the small-change regime" }, fmtNum(c.change_size, 3)),
+        el("td", { class: "num", title: "Change size checked against the small-change regime" }, fmtNum(c.change_size)),
         el("td", { class: "num" }, fmtInt(c.n_used)),
       ),
     );
@@ -341,7 +341,7 @@ function renderLayers(summary, table) {
         el("th", { scope: "row", class: "mono" }, r.layer ?? "–"),
         el("td", { class: "num" }, fmtInt(r.n)),
         el("td", {}, r.best ?? "–"),
-        el("td", { class: "num" }, fmtNum(r.delta_cdf, 4)),
+        el("td", { class: "num" }, fmtNum(r.delta_cdf)),
         el("td", {}, r.runner_up ?? "–"),
         el("td", {}, r.fitting ? (r.fitting.length ? r.fitting.join(", ") : "none") : "–"),
         el("td", {}, yesNo(r.distinguishable)),
@@ -483,7 +483,7 @@ const TABLE_PAGE = 50;
 const RAW_JSON_LIMIT = 200_000;
 
 function humanise(key) {
-  const words = String(key).replace(/_/g, " ").replace(/([a-z])([A-Z])/g, "$1 $2").trim();
+  const words = String(key).replace(/sha256/gi, "SHA-256").replace(/_/g, " ").replace(/([a-z])([A-Z])/g, "$1 $2").trim();
   return words ? words[0].toUpperCase() + words.slice(1) : String(key);
 }
 
@@ -518,13 +518,17 @@ const isVerbatim = (key) => /(^|_)(seed|id)$/i.test(String(key));
 
 function factValue(v, key) {
   if (v === null || v === undefined) return "–";
+  // A hash is checked, not read: its start here, the whole on hover and in the JSON below.
+  if (typeof v === "string" && /sha256$/i.test(String(key)) && v.length > 16) {
+    return el("code", { class: "hash", title: v }, `${v.slice(0, 12)}…`);
+  }
   if (typeof v === "boolean") return yesNo(v);
   if (typeof v === "number" && isVerbatim(key)) return String(v);
   if (typeof v === "number") {
-    const text = Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, 4);
+    const text = Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v);
     return el("span", { title: String(v) }, text);
   }
-  if (Array.isArray(v)) return v.map((x) => (typeof x === "number" ? fmtNum(x, 4) : String(x))).join(", ");
+  if (Array.isArray(v)) return v.map((x) => (typeof x === "number" ? (Number.isInteger(x) ? fmtInt(x) : fmtNum(x)) : String(x))).join(", ");
   return String(v);
 }
 
@@ -601,7 +605,7 @@ function cellValue(v, key) {
   if (v === null || v === undefined || v === "") return "–";
   if (typeof v === "boolean") return yesNo(v);
   if (typeof v === "number" && isVerbatim(key)) return String(v);
-  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, 4);
+  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v);
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
 }
@@ -615,10 +619,30 @@ function compareValues(a, b) {
   return text(a).localeCompare(text(b), undefined, { numeric: true });
 }
 
+/**
+ * The columns the page shows: the kind's own (ResultOut.columns: labels, an estimate with
+ * its interval or spread in one cell, words for coded values), else every row key as is.
+ */
+function tableColumns(rows, declared) {
+  if (Array.isArray(declared) && declared.length) return declared;
+  const keys = [];
+  for (const row of rows) for (const key of Object.keys(row || {})) if (!keys.includes(key)) keys.push(key);
+  return keys.map((key) => ({ key, label: humanise(key) }));
+}
+
+function columnCell(row, column) {
+  const v = row[column.key];
+  if (column.interval) return fmtInterval(v, [row[column.interval[0]], row[column.interval[1]]]);
+  if (column.spread) return fmtPM(v, row[column.spread]);
+  if (column.values && typeof v === "string" && column.values[v]) return column.values[v];
+  return cellValue(v, column.key);
+}
+
 /** The result's rows as a table sorted by clicking (or pressing Enter on) a column heading. */
-function renderSortableTable(rows) {
-  const columns = [];
-  for (const row of rows) for (const key of Object.keys(row || {})) if (!columns.includes(key)) columns.push(key);
+function renderSortableTable(rows, declared) {
+  const columnList = tableColumns(rows, declared);
+  const columns = columnList.map((c) => c.key);
+  const byKey = Object.fromEntries(columnList.map((c) => [c.key, c]));
   const numeric = new Set(columns.filter((c) => rows.every((r) => r[c] === null || r[c] === undefined || typeof r[c] === "number")));
   let order = rows.map((_, i) => i);
   let sortBy = null;
@@ -628,7 +652,7 @@ function renderSortableTable(rows) {
   const body = el("tbody");
   const more = el("button", { type: "button", class: "btn btn-small", id: "table-show-all" });
   const headers = columns.map((c) => {
-    const button = el("button", { type: "button", class: "sort-btn" }, humanise(c), el("span", { class: "sort-icon", "aria-hidden": "true" }));
+    const button = el("button", { type: "button", class: "sort-btn", title: byKey[c].help || null }, byKey[c].label, el("span", { class: "sort-icon", "aria-hidden": "true" }));
     const th = el("th", { scope: "col", class: numeric.has(c) ? "num" : null, dataset: { column: c } }, button);
     button.addEventListener("click", () => {
       direction = sortBy === c ? -direction : 1;
@@ -645,7 +669,7 @@ function renderSortableTable(rows) {
   function fill() {
     body.replaceChildren(
       ...order.slice(0, limit).map((i) =>
-        el("tr", {}, ...columns.map((c) => el("td", { class: numeric.has(c) ? "num" : null, title: typeof rows[i][c] === "number" ? String(rows[i][c]) : null }, cellValue(rows[i][c], c)))),
+        el("tr", {}, ...columns.map((c) => el("td", { class: numeric.has(c) ? "num" : null, title: typeof rows[i][c] === "number" ? String(rows[i][c]) : null }, columnCell(rows[i], byKey[c])))),
       ),
     );
     more.hidden = rows.length <= limit;
@@ -678,7 +702,7 @@ function renderGenericResult(container, run, result, options) {
   const rows = Array.isArray(result && result.table) ? result.table.filter((r) => r && typeof r === "object") : [];
   const figures = renderGenericFigures((result && result.figures) || {});
   const parts = [renderConclusion(summary), renderGenericSummary(summary), figures.node];
-  if (rows.length) parts.push(renderSortableTable(rows));
+  if (rows.length) parts.push(renderSortableTable(rows, result.columns));
   parts.push(renderDownloads(downloadBase(run, options), { csv: rows.length > 0 }));
   container.replaceChildren(...parts.filter(Boolean));
   container.hidden = false;

@@ -91,7 +91,7 @@ function linkToField(f) {
     href: `#${f.control.id}`,
     onclick: (e) => {
       e.preventDefault();
-      f.control.focus();
+      f.focus();
     },
   }, f.label);
 }
@@ -122,7 +122,7 @@ function showServerError(err) {
     list.append(linkToField(f));
   });
   box.append(list);
-  form.field(named[0].key).control.focus();
+  form.field(named[0].key).focus();
 }
 
 async function submit(event) {
@@ -134,7 +134,7 @@ async function submit(event) {
   if (errors.length) {
     showFieldProblems(box, errors.length === 1 ? "Check this field:" : `Check these ${errors.length} fields:`,
       errors.map((e) => ({ key: e.key, message: e.message.slice(e.label.length + 1) })));
-    form.field(errors[0].key).control.focus();
+    form.field(errors[0].key).focus();
     status.textContent = "";
     return;
   }
