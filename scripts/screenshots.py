@@ -82,9 +82,12 @@ def main() -> None:
                 if r.status_code != 201:
                     raise SystemExit(f"{kind}: {r.status_code} {r.text}")
                 runs[kind] = r.json()["id"]
+            def finished(run_id: str) -> bool:
+                status = httpx.get(f"{base}/api/runs/{run_id}", timeout=10).json()["status"]
+                return status in ("succeeded", "failed", "cancelled")
+
             for kind, run_id in runs.items():
-                wait_until(lambda: httpx.get(f"{base}/api/runs/{run_id}", timeout=10).json()
-                           ["status"] in ("succeeded", "failed", "cancelled"), f"{kind}", 900)
+                wait_until(lambda run_id=run_id: finished(run_id), kind, 900)
                 status = httpx.get(f"{base}/api/runs/{run_id}", timeout=10).json()
                 if status["status"] != "succeeded":
                     raise SystemExit(f"{kind} run {status['status']}: {status.get('error')}")
@@ -101,7 +104,7 @@ def main() -> None:
                     page.wait_for_timeout(500)  # Plotly's transitions settle
                     path = args.out / f"{kind}.png"
                     page.screenshot(path=str(path), full_page=True)
-                    print(f"{kind}: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+                    print(f"{kind}: {path}")
                 browser.close()
         finally:
             server.send_signal(signal.SIGTERM)

@@ -110,3 +110,47 @@ def test_progress_is_monotone_ends_at_one_and_messages_are_short(kind: str,
              "bootstrap": 50, "noise_relative_after": 0.01, "calibration": 20})
     calls, _ = record(kind, spec)
     check_reports(calls)
+
+
+def test_training_progress_counts_the_epochs_the_search_chose() -> None:
+    """With the training solver each cell's learning-rate search stops as soon as an MSE
+    target is met, so a cell costs what its chosen epochs cost. Progress counts that cost:
+    after each chunk the fraction is the cost of the chunks done over that plus the cost of
+    the rest — as chosen for the cells already searched, the most the spec allows for the
+    others, whose searches have not run. So it never runs ahead of the work as it turned
+    out (recomputed here from the searches the result records)."""
+    from syngeo.engine.geometry.linear_regression import TrainingConfig, run_linear_regression
+    from syngeo.engine.geometry.potentials import parse_potential
+
+    def cost(n: int, d: int, seeds: int, search: bool,
+             trained: tuple[int, list[int]] | None) -> float:
+        epochs, rounds = trained if trained else (config.max_epochs, list(
+            range(config.epochs, config.max_epochs + 1, config.epochs_step)))
+        return n * d * seeds * epochs + (n * d * config.lr_points * sum(rounds) if search
+                                         else 0)
+
+    # A target the easy cells meet in the first round and the hard ones never do.
+    config = TrainingConfig(lr_min=1e-2, lr_max=1e-1, lr_points=3, epochs=20,
+                            epochs_step=20, max_epochs=100, mse_target=0.05)
+    fractions: list[float] = []
+    result = run_linear_regression(
+        [parse_potential("ne"), parse_potential("p3")], [1.0], [0.5], [100, 400], 2,
+        solver="training", seed=3, training=config, progress=lambda f, m: fractions.append(f),
+        chunk_cost=cost)
+    epochs = result.epochs  # (potential, c, a, width), chosen by each cell's search
+    rounds = result.search["round_epochs"]
+    searched = np.isfinite(result.search["mse"]).any(axis=-1)  # (…, rounds) run per cell
+    assert len(set(epochs.ravel().tolist())) > 1, "every cell stopped alike: no test"
+    actual, most = [], []  # per cell, in the order they run: width outer, potential inner
+    for w, d in enumerate([100, 400]):
+        n = int(result.n_samples[0, w])
+        for p in range(2):
+            ran = [int(r) for r, done in zip(rounds, searched[p, 0, 0, w], strict=True) if done]
+            actual.append(cost(n, d, 2, True, (int(epochs[p, 0, 0, w]), ran)))
+            most.append(cost(n, d, 2, True, None))
+    expected = [sum(actual[:i + 1]) / (sum(actual[:i + 1]) + sum(most[i + 1:]))
+                for i in range(len(actual))]
+    assert fractions == pytest.approx(expected)
+    share = np.cumsum(actual) / sum(actual)
+    assert all(f <= s + 1e-12 for f, s in zip(fractions, share, strict=True))
+    assert fractions[-1] == 1.0

@@ -87,3 +87,23 @@ def test_a_value_outside_the_field_is_caught() -> None:
     assert _field_accepts(kind, "solver", "training")
     assert not _field_accepts(kind, "solver", "trained")
     assert not _field_accepts(KINDS["spine_fit"], "init_models", ["gamma"])
+
+
+def _enum_values(prop: dict[str, Any], root: dict[str, Any]) -> set[Any]:
+    """The values a choice field offers (the items' for a multi-choice), through $refs."""
+    def resolve(p: dict[str, Any]) -> dict[str, Any]:
+        ref = p.get("$ref")
+        return root["$defs"][ref.rsplit("/", 1)[1]] if ref else p
+    target = resolve(prop.get("items", prop)) if prop.get("type") == "array" else prop
+    return set(resolve(target).get("enum", ()))
+
+
+def test_every_choice_is_offered_in_words() -> None:
+    """Choices (solver, start, initial-weight model, network, device) have labels for the
+    form, one for each value the field takes and none for a value it does not."""
+    for kind in KINDS.values():
+        schema = kind.schema()
+        for name, prop in schema["properties"].items():
+            values = _enum_values(prop, schema)
+            if len(values) > 1:
+                assert set(prop.get("x-enum-labels", {})) == values, (kind.name, name)

@@ -115,7 +115,8 @@ def device_field() -> Any:
     return Field(
         "auto", title="Compute device",
         description="auto: a GPU (CUDA) when the worker has one, the CPU otherwise; cpu: "
-        "always the CPU; cuda: a GPU, and the run fails on a worker without one.")
+        "always the CPU; cuda: a GPU, and the run fails on a worker without one.",
+        json_schema_extra={"x-enum-labels": {"auto": "auto", "cpu": "CPU", "cuda": "GPU (CUDA)"}})
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class FinetuningSpec(BaseModel):
         title="Networks to pretrain and fine-tune",
         description="mlp: 64 → h → h → 10 with ReLU; cnn: two 3×3 convolutions, average "
         "pooling and a linear readout; rnn: a tanh RNN that reads the digit row by row, 8 "
-        "steps of 8 pixels (paper Fig. 7A).")
+        "steps of 8 pixels (paper Fig. 7A).",
+        json_schema_extra={"x-enum-labels": {"mlp": "MLP", "cnn": "CNN", "rnn": "tanh RNN"}})
     training_potentials: list[str] = Field(
         default_factory=lambda: ["ne", "p2", "p3"], min_length=1, max_length=6,
         title="Fine-tuning potentials φ",

@@ -134,7 +134,10 @@ class GeometrySpec(BaseModel):
         "exact", title="ΔCDF method",
         description="exact: the closed-form ΔCDF (the 1-Wasserstein distance of the "
         "normalised change to N(0, 1)); grid: the paper's Riemann sum over 1000 points in "
-        "[−5, 5].")
+        "[−5, 5].",
+        json_schema_extra={"x-enum-labels": {
+            "exact": "exact",
+            "grid": "grid (faster, approximate)"}})
     bootstrap: int = Field(200, ge=0, le=5000, title="Bootstrap replicates",
                            description="Resamples of the weights for the confidence intervals; "
                            "0 turns the intervals off.")

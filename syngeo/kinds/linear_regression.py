@@ -106,7 +106,10 @@ class LinearRegressionSpec(BaseModel):
         description="exact: the weights mirror descent converges to (Eq. 8), solved by "
         "Newton's method to 10⁻¹⁰ (fast); training: the paper's protocol (appendix B.1), "
         "full-batch mirror descent with momentum 0.9 and a cosine schedule, its learning rate "
-        "found by a grid search on one problem.")
+        "found by a grid search on one problem.",
+        json_schema_extra={"x-enum-labels": {
+            "exact": "exact (implicit bias, Eq. 8)",
+            "training": "training (appendix B.1)"}})
     lr_min: float = Field(1e-7, gt=0.0, le=10.0, title="Smallest learning rate",
                           description="The lowest rate of the log10-spaced learning-rate grid. "
                           "Paper: 10⁻⁷.",
@@ -235,17 +238,21 @@ def linear_regression_cost(spec: LinearRegressionSpec) -> CostEstimate:
         lower_memory="d_max or the N-scaling exponents")
 
 
-def chunk_seconds(spec: LinearRegressionSpec, n: int, d: int, seeds: int, search: bool) -> float:
+def chunk_seconds(spec: LinearRegressionSpec, n: int, d: int, seeds: int, search: bool,
+                  trained: tuple[int, list[int]] | None = None) -> float:
     """Seconds one potential spends on one chunk of ``seeds`` seeds at N = n, D = d by the cost
     model above (its share of drawing the inputs included; training: every epoch, and every
-    search round when ``search``): the engine weights progress by it, so progress tracks time."""
+    search round when ``search``; ``trained``: the epochs and search rounds the cell's search
+    chose, else the most the spec allows): the engine weights progress by it, so progress
+    tracks time."""
     seconds = seeds * (n * d / _INPUTS_PER_SECOND / len(spec.potentials) + _SECONDS_PER_SOLVE)
     if spec.solver == "exact":
         return seconds + n * n * d * seeds / _EXACT_PER_SECOND
-    steps = spec.max_epochs
+    steps = trained[0] if trained else spec.max_epochs
     seconds += n * d * seeds * steps / _TRAINING_PER_SECOND
     if search:
-        rounds = sum(range(spec.epochs, spec.max_epochs + 1, spec.epochs_step))
+        rounds = (sum(trained[1]) if trained else
+                  sum(range(spec.epochs, spec.max_epochs + 1, spec.epochs_step)))
         steps += rounds
         seconds += n * d * spec.lr_points * rounds / _TRAINING_PER_SECOND
     return seconds + steps * _SECONDS_PER_STEP
@@ -274,7 +281,7 @@ class LinearRegressionKind(ExperimentKind):
             spec.widths(), spec.seeds, solver=spec.solver, seed=spec.seed or 0,
             training=training, device=ctx.device if spec.device == "auto" else spec.device,
             progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m),
-            chunk_cost=lambda n, d, seeds, search: chunk_seconds(spec, n, d, seeds, search))
+            chunk_cost=lambda *chunk: chunk_seconds(spec, *chunk))
         ctx.progress(1.0, "Done")
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
 

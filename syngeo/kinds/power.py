@@ -84,7 +84,8 @@ class PowerSpec(BaseModel):
     start: Literal["gaussian", "lognormal"] = Field(
         "lognormal", title="Starting weights",
         description="gaussian: w0 ~ N(0, 1/D); lognormal: a random sign times a log-normal with "
-        "μ = −log √(2D), σ² = log 2 (appendix B.2; spine volumes look log-normal).")
+        "μ = −log √(2D), σ² = log 2 (appendix B.2; spine volumes look log-normal).",
+        json_schema_extra={"x-enum-labels": {"gaussian": "Gaussian", "lognormal": "±log-normal"}})
     d: int = Field(100, ge=2, le=10_000_000, title="Width D (weight scale 1/√D)",
                    description="Sets the typical weight 1/√D. Paper: 100.")
     change_scale: float = Field(

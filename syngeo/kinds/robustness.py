@@ -65,7 +65,8 @@ class RobustnessSpec(BaseModel):
         default_factory=lambda: ["gaussian", "lognormal"], min_length=1, max_length=2,
         title="Initial weight distributions",
         description="gaussian: w0 ~ N(0, 1/D); lognormal: a random sign times a log-normal "
-        "with μ = −log √(2D) and σ² = log 2 (appendix B.2).")
+        "with μ = −log √(2D) and σ² = log 2 (appendix B.2).",
+        json_schema_extra={"x-enum-labels": {"gaussian": "Gaussian", "lognormal": "±log-normal"}})
     d: int = Field(100, ge=2, le=10_000_000, title="Width D",
                    description="Sets the typical weight size 1/√D (dimensionless). Paper: 100.")
     n_weights: int = Field(1000, ge=10, le=1_000_000, title="Weights per sample",

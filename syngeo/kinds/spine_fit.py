@@ -157,7 +157,10 @@ class SpineFitSpec(BaseModel):
         default_factory=lambda: ["point_masses", "point_mass_lognormal"], min_length=1,
         max_length=2, title="Models of the initial weights w0",
         description="point_masses: K values μ_k with probabilities π_k; point_mass_lognormal: "
-        "one point mass and a log-normal, as in the paper's 3-norm fit.")
+        "one point mass and a log-normal, as in the paper's 3-norm fit.",
+        json_schema_extra={"x-enum-labels": {
+            "point_masses": "point masses",
+            "point_mass_lognormal": "point mass + log-normal"}})
     unit: str = Field(
         "", max_length=24, pattern=r"^[^<>&\x00-\x1f]*$", title="Unit of the values",
         description="Shown on the figure's axis, e.g. µm³ for spine volumes. Empty: µm³ for "

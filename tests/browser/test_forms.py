@@ -53,7 +53,7 @@ def test_labels_are_titles_and_training_fields_follow_the_solver(
         for key in TRAINING_ONLY:
             assert page.locator(f"#spec-{key}").is_disabled(), key
         note = page.locator("[data-field=lr_min] .applies-note")
-        assert note.inner_text() == "Only used when regression solver is “training”."
+        assert note.inner_text() == "Only used when regression solver is “training (appendix B.1)”."
 
         page.select_option("#spec-solver", value='"training"')
         for key in TRAINING_ONLY:
@@ -84,10 +84,11 @@ def test_multiple_choices_are_checkboxes(browser, api, page_errors: list[str]) -
         assert masses.is_checked() and lognormal.is_checked()  # the default: both
 
         # A plain click unticks a box; the number of point masses then does not apply.
-        group.get_by_text("point_masses", exact=True).click()
+        # Choices read in words: "point masses", not "point_masses".
+        group.get_by_text("point masses", exact=True).click()
         assert not masses.is_checked() and lognormal.is_checked()
         assert page.locator("#spec-n_components").is_disabled()
-        assert "Only used when “point_masses” is among" in \
+        assert "Only used when “point masses” is among" in \
             page.locator("[data-field=n_components] .applies-note").inner_text()
 
         # The keyboard ticks it again; a click unticks the other.

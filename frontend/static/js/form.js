@@ -75,6 +75,12 @@ function labelFor(key, prop) {
 // A number from the schema exactly: as many significant digits as it has ("0.3", not "0.300").
 const ownDigits = (n) => Math.min(Math.max(n.toExponential().split("e")[0].replace(/\D/g, "").length, 1), 15);
 
+/** A choice in words: the spec's `x-enum-labels` for it ("point masses"), else the value. */
+function choiceText(prop, v) {
+  const words = prop["x-enum-labels"];
+  return words && typeof v === "string" && words[v] ? words[v] : valueText(v);
+}
+
 function valueText(v) {
   if (v === null || v === undefined) return "none";
   if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? fmtInt(v) : fmtNum(v, ownDigits(v));
@@ -135,9 +141,10 @@ function conditionText(when, fieldOf) {
     return second && second !== second.toUpperCase() ? label[0].toLowerCase() + label.slice(1) : label;
   };
   const isArray = (key) => Boolean(fieldOf(key) && fieldOf(key).isArray);
-  const phrase = (names, test, array) => {
+  const phrase = (names, test, array, key) => {
     if (Array.isArray(test)) {
-      const values = orList(test.map((v) => `“${valueText(v)}”`));
+      const words = (v) => (fieldOf(key) ? fieldOf(key).choiceText(v) : valueText(v));
+      const values = orList(test.map((v) => `“${words(v)}”`));
       return array ? `${values} is among ${names}` : `${names} is ${values}`;
     }
     return `${array ? "any value of " : ""}${names} is above ${valueText(test.above)}`;
@@ -147,8 +154,8 @@ function conditionText(when, fieldOf) {
   const [first] = alternatives;
   const sameTest = alternatives.length > 1 && alternatives.every((entries) => entries.length === 1 &&
     JSON.stringify(entries[0][1]) === JSON.stringify(first[0][1]) && isArray(entries[0][0]) === isArray(first[0][0]));
-  if (sameTest) return `Only used when ${phrase(orList(alternatives.map((e) => name(e[0][0]))), first[0][1], isArray(first[0][0]))}.`;
-  const parts = alternatives.map((entries) => entries.map(([key, test]) => phrase(name(key), test, isArray(key))).join(" and "));
+  if (sameTest) return `Only used when ${phrase(orList(alternatives.map((e) => name(e[0][0]))), first[0][1], isArray(first[0][0]), first[0][0])}.`;
+  const parts = alternatives.map((entries) => entries.map(([key, test]) => phrase(name(key), test, isArray(key), key)).join(" and "));
   return `Only used when ${orList(parts)}.`;
 }
 
@@ -242,7 +249,7 @@ function buildField(key, prop, { idPrefix, required }) {
     return { value: OMIT };
   };
 
-  const field = { key, label, errorNode, required, when, isArray: prop.type === "array" };
+  const field = { key, label, errorNode, required, when, isArray: prop.type === "array", choiceText: (v) => choiceText(prop, v) };
   let control;
 
   if (prop.type === "boolean" && !prop.nullable) {
@@ -259,7 +266,7 @@ function buildField(key, prop, { idPrefix, required }) {
     control = el("select", { id, name: key, "aria-describedby": describedBy, "aria-required": required ? "true" : null });
     if (prop.nullable) control.append(el("option", { value: "" }, dflt === null || !hasDefault ? "default" : "none"));
     else if (!hasDefault) control.append(el("option", { value: "" }, required ? "Choose…" : "default"));
-    for (const v of values) control.append(el("option", { value: JSON.stringify(v) }, valueText(v)));
+    for (const v of values) control.append(el("option", { value: JSON.stringify(v) }, choiceText(prop, v)));
     field.set = (v) => {
       const wanted = v === null || v === undefined ? "" : JSON.stringify(v);
       control.value = [...control.options].some((o) => o.value === wanted) ? wanted : control.options[0].value;
@@ -306,7 +313,7 @@ function buildField(key, prop, { idPrefix, required }) {
       "data-unique": prop.uniqueItems === true, "aria-describedby": describedBy,
     },
     el("legend", {}, label, required ? el("span", { class: "required", "aria-hidden": "true" }, " *") : null),
-    el("div", { class: "chips" }, ...boxes.map((box, i) => el("label", { class: "chip", for: box.id }, box, valueText(prop.items.enum[i])))));
+    el("div", { class: "chips" }, ...boxes.map((box, i) => el("label", { class: "chip", for: box.id }, box, choiceText(prop, prop.items.enum[i])))));
     field.focusTarget = boxes[0];
     field.set = (v) => {
       const chosen = new Set((Array.isArray(v) ? v : []).map((x) => JSON.stringify(x)));

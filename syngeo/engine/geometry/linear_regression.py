@@ -64,12 +64,15 @@ __all__ = [
 Solver = Literal["exact", "training"]
 ProgressCallback = Callable[[float, str], None]
 #: Time (in any unit) one potential spends on one chunk of a cell: ``cost(n, d, seeds,
-#: search)`` for N = n samples, width D = d, ``seeds`` seeds, ``search`` when the chunk also
-#: runs the cell's learning-rate search. Progress is weighted by it so that it tracks time.
-ChunkCost = Callable[[int, int, int, bool], float]
+#: search, trained)`` for N = n samples, width D = d, ``seeds`` seeds, ``search`` when the
+#: chunk also runs the cell's learning-rate search; training: ``trained`` = (epochs, the
+#: search rounds' epochs) once the cell's search has chosen them, None for the most the spec
+#: allows. Progress is weighted by it so that it tracks time.
+ChunkCost = Callable[[int, int, int, bool, "tuple[int, list[int]] | None"], float]
 
 
-def _default_chunk_cost(n: int, d: int, seeds: int, search: bool) -> float:
+def _default_chunk_cost(n: int, d: int, seeds: int, search: bool,
+                        trained: tuple[int, list[int]] | None = None) -> float:
     # The exact solver's largest term (forming X Xᵀ); kinds pass their measured cost model.
     return float(n) ** 2 * d * seeds
 
@@ -439,8 +442,11 @@ def run_linear_regression(
         step = seeds_per_chunk(n, d, memory_bytes)
         return [(lo, min(seeds, lo + step)) for lo in range(0, seeds, step)]
 
+    def trained(key: tuple[int, int, int, int]) -> tuple[int, list[int]]:
+        return searches[key].epochs, searches[key].round_epochs
+
     total = len(pots) * len(c_values) * sum(
-        chunk_cost(int(n_table[ai, di]), d, hi - lo, search and lo == 0)
+        chunk_cost(int(n_table[ai, di]), d, hi - lo, search and lo == 0, None)
         for ai in range(len(n_exponents)) for di, d in enumerate(widths)
         for lo, hi in chunks(int(n_table[ai, di]), d))
     done = 0.0
@@ -471,6 +477,12 @@ def run_linear_regression(
                                                                      training)
                                 lr_chosen[key] = searches[key].learning_rate
                                 epochs_chosen[key] = searches[key].epochs
+                                # The search stopped where it stopped: the cell's chunks cost
+                                # what its epochs cost, not the most the spec allows.
+                                for lo2, hi2 in chunks(n, d):
+                                    total -= (chunk_cost(n, d, hi2 - lo2, lo2 == 0, None)
+                                              - chunk_cost(n, d, hi2 - lo2, lo2 == 0,
+                                                           trained(key)))
                             lr, ep = searches[key].learning_rate, searches[key].epochs
                             w, mse, curve = train_mirror_descent(
                                 pot, x, y, w0, [lr] * (hi - lo), ep, training.momentum,
@@ -482,7 +494,8 @@ def run_linear_regression(
                         dc, dp = score_change(pot, w0, w)
                         delta[p, ci, ai, di, lo:hi] = dc.cpu().numpy()
                         dphi[p, ci, ai, di, lo:hi] = dp.cpu().numpy()
-                        done += chunk_cost(n, d, hi - lo, search and lo == 0)
+                        done += chunk_cost(n, d, hi - lo, search and lo == 0,
+                                           trained((p, ci, ai, di)) if search else None)
                         if progress is not None:
                             # One short line: a cell split into chunks counts its seeds instead
                             # of naming c.
