@@ -160,7 +160,8 @@ def test_spine_fit_on_an_uploaded_distribution(client: TestClient, queued: list[
     result = client.get(f"/api/runs/{run['id']}/result").json()
     recorded = result["summary"]["dataset"]
     assert recorded["id"] == dataset["id"] and recorded["source"] == "volumes.npy"
-    assert recorded["sha256"] == hashlib.sha256(data).hexdigest() == dataset["files"][0]["sha256"]
+    assert recorded["file_sha256"] == hashlib.sha256(data).hexdigest() == \
+        dataset["files"][0]["sha256"]
     assert recorded["n"] == 2000 == result["summary"]["n"]
     assert recorded["median"] == pytest.approx(dataset["distribution"]["median"])
     params = result["summary"]["fits"][0]["params"]

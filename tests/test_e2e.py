@@ -109,7 +109,7 @@ def test_fit_an_uploaded_distribution_on_a_celery_worker(stack_env, api_server_f
         run = wait_for(client, run["id"], lambda r: r["status"] not in {"queued", "running"})
         assert run["status"] == "succeeded", run["error"]
         summary = client.get(f"/api/runs/{run['id']}/result").json()["summary"]
-        assert summary["dataset"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert summary["dataset"]["file_sha256"] == hashlib.sha256(data).hexdigest()
         assert summary["dataset"]["n"] == dataset["n_pairs"] == 2000
         assert summary["dataset"]["id"] == dataset["id"]
         params = summary["fits"][0]["params"]
