@@ -46,6 +46,11 @@ class Settings(BaseSettings):
                                 "lost it, e.g. Redis restarted without persistence).")
     shutdown_grace_s: int = Field(60, gt=0, description="How long `syngeo serve` waits for its "
                                   "worker to hand its run back to the queue when stopping.")
+    chunk_seconds: float = Field(30, ge=0, description="A sweep (e.g. a linear-regression "
+                                 "or phase-diagram grid) estimated to take longer than this on "
+                                 "one CPU worker is split into chunks of about this length "
+                                 "that any free worker takes (at most 64); 0 splits it as "
+                                 "finely as it goes.")
     device: str = Field("auto", description="Engine device: auto, cpu or cuda.")
     auth: bool = Field(False, description="Multi-user mode: every API call needs an API token "
                        "(Authorization: Bearer, or the login page's cookie); runs and "

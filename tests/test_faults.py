@@ -260,3 +260,62 @@ def test_serve_restarted_mid_run_and_its_worker_killed(tmp_path: Path) -> None:
     finally:
         serve.stop(timeout=90)
     assert _embedded_worker(serve) is None
+
+
+#: A linear-regression grid of a few seconds on one worker, split into 11 chunks.
+SPLIT = {"c_values": [1.0, 2.0], "n_exponents": [0.5, 0.75], "d_min": 200, "d_max": 3000,
+         "n_widths": 4, "seeds": 8, "seed": 3}
+
+
+def chunk_workers(env: dict, run_id: str) -> list[str]:
+    """Names of the workers running a chunk of the run now."""
+    engine = sa.create_engine(env["SYNGEO_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(
+                "SELECT worker FROM run_chunks WHERE run_id = :r AND status = 'running'"),
+                {"r": run_id}).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_split_run_survives_a_killed_worker_and_equals_a_one_worker_run(
+        stack, api_server_factory, celery_worker_factory) -> None:
+    import io
+
+    import numpy as np
+
+    # Single-threaded workers, as a deployment runs one per core.
+    env = {**stack["env"], "SYNGEO_CHUNK_SECONDS": "0.3", "OMP_NUM_THREADS": "1"}
+    api = Api(api_server_factory(env).url)
+    workers = [celery_worker_factory(env), celery_worker_factory(env)]
+
+    def submit() -> str:
+        response = api.client.post("/api/runs", json={"kind": "linear_regression",
+                                                      "spec": SPLIT})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def arrays(run_id: str) -> dict:
+        body = api.client.get(f"/api/runs/{run_id}/download", params={"format": "npz"})
+        with np.load(io.BytesIO(body.content), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    # Two workers share the chunks; one is killed while it computes one.
+    run_id = submit()
+    busy = wait_until(lambda: len(set(chunk_workers(env, run_id))) == 2 and
+                      chunk_workers(env, run_id), "both workers on chunks of the run")
+    victim = next(w for w in workers if busy[0].split("@")[0] in w.log_path.name)
+    victim.kill()
+    workers.remove(victim)
+    split = api.finished(run_id, timeout=300)
+    assert split["progress"] == 1.0 and result_count(env, run_id) == 1
+
+    # The same spec on the one worker left.
+    single_id = submit()
+    api.finished(single_id, timeout=300)
+    two, one = arrays(run_id), arrays(single_id)
+    assert set(two) == set(one)
+    for name in one:
+        assert np.array_equal(two[name], one[name], equal_nan=True), name
+    assert api.run(run_id)["conclusion"] == api.run(single_id)["conclusion"]

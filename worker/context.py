@@ -56,14 +56,16 @@ class WorkerContext:
         self._last_write = now
         try:
             with self.sessions.begin() as session:
-                current = crud.heartbeat(session, self.run_id, self.attempt,
-                                         min(max(fraction, 0.0), 1.0), message)
+                current = self._write_progress(session, min(max(fraction, 0.0), 1.0), message)
         except (OperationalError, InterfaceError) as exc:  # database restarting: carry on
             log.warning("run %s: progress not written (%s)", self.run_id,
                         exc.__class__.__name__)
             return
         if not current:
             raise Cancelled(f"run {self.run_id} is no longer running attempt {self.attempt}")
+
+    def _write_progress(self, session: Session, fraction: float, message: str) -> bool:
+        return crud.heartbeat(session, self.run_id, self.attempt, fraction, message)
 
     def _fetch(self, dataset: str, problem_of: Callable[[str, str], tuple[str, str] | None],
                ) -> tuple[Dataset, list[Path]]:
@@ -99,3 +101,18 @@ class WorkerContext:
         # Checked at upload and read again here: a run never trusts stored bytes blindly.
         return DistributionSample(read_distribution(paths[0], file["name"]), record.name,
                                   file["sha256"])
+
+
+class ChunkContext(WorkerContext):
+    """The context of one chunk of a run split across workers: its progress is the chunk's
+    (the run shows the sum over its chunks), and it stops when the run is cancelled or has
+    failed, or this attempt lost the chunk."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, run_id: str,
+                 device: str, attempt: int, index: int) -> None:
+        super().__init__(sessions, store, run_id, device, attempt)
+        self.index = index
+
+    def _write_progress(self, session: Session, fraction: float, message: str) -> bool:
+        return crud.chunk_heartbeat(session, self.run_id, self.index, self.attempt, fraction,
+                                    message)

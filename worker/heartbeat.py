@@ -8,12 +8,16 @@ on this attempt, and it puts the run back on the queue at once instead of leavin
 stale-heartbeat watchdog. When the task ends the attempt itself (succeeded, failed,
 cancelled, handed back) it closes the pipe first, and the same check finds nothing to do.
 
-Usage (by the task): ``python -m syngeo.worker.heartbeat RUN_ID ATTEMPT WORKER``.
+The same for one chunk of a run split across workers: its heartbeat, and on the worker's
+death the chunk (not the run) goes back on the queue.
+
+Usage (by the task): ``python -m syngeo.worker.heartbeat RUN_ID ATTEMPT WORKER [CHUNK]``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -28,11 +32,12 @@ from syngeo.store.db import session_factory
 log = logging.getLogger("syngeo.worker.heartbeat")
 
 
-def start(run_id: str, attempt: int, worker: str) -> subprocess.Popen:
+def start(run_id: str, attempt: int, worker: str, chunk: int | None = None) -> subprocess.Popen:
     # Its own session: a Ctrl-C or SIGTERM meant for the worker's process group must not
     # stop the one process that requeues the run if the worker dies of it.
+    extra = [] if chunk is None else [str(chunk)]
     return subprocess.Popen(
-        [sys.executable, "-m", "syngeo.worker.heartbeat", run_id, str(attempt), worker],
+        [sys.executable, "-m", "syngeo.worker.heartbeat", run_id, str(attempt), worker, *extra],
         stdin=subprocess.PIPE, start_new_session=True)
 
 
@@ -46,21 +51,27 @@ def stop(beater: subprocess.Popen) -> None:
 
 def main(argv: list[str]) -> int:
     run_id, attempt, worker = argv[0], int(argv[1]), argv[2]
-    logging.basicConfig(level=logging.INFO, format=f"[heartbeat {run_id}] %(message)s")
+    chunk = int(argv[3]) if len(argv) > 3 else None
+    what = run_id if chunk is None else f"{run_id} chunk {chunk}"
+    logging.basicConfig(level=logging.INFO, format=f"[heartbeat {what}] %(message)s")
     settings = get_settings()
     sessions = session_factory(settings.resolved_database_url)
 
     parent_gone = threading.Event()
 
     def watch_parent() -> None:
-        sys.stdin.buffer.read()  # returns at end-of-file: the task closed it, or died
+        # Unbuffered reads until end-of-file (the task closed it, or died): a buffered read
+        # would hold stdin's lock and abort the interpreter when the beater exits first.
+        while os.read(0, 4096):
+            pass
         parent_gone.set()
 
     threading.Thread(target=watch_parent, daemon=True).start()
     while not parent_gone.wait(settings.heartbeat_s):
         try:
             with sessions.begin() as session:
-                alive = crud.heartbeat(session, run_id, attempt)
+                alive = (crud.heartbeat(session, run_id, attempt) if chunk is None else
+                         crud.chunk_heartbeat(session, run_id, chunk, attempt))
                 crud.touch_worker(session, worker)
         except SQLAlchemyError as exc:  # the database is restarting: keep trying
             log.warning("cannot reach the database: %s", exc.__class__.__name__)
@@ -72,8 +83,11 @@ def main(argv: list[str]) -> int:
     while True:
         try:
             with sessions.begin() as session:
-                status = crud.release_run(session, run_id, attempt, lost=True,
-                                          max_attempts=settings.max_attempts)
+                status = (crud.release_run(session, run_id, attempt, lost=True,
+                                           max_attempts=settings.max_attempts)
+                          if chunk is None else
+                          crud.release_chunk(session, run_id, chunk, attempt, lost=True,
+                                             max_attempts=settings.max_attempts))
             break
         except SQLAlchemyError:
             if time.monotonic() > deadline:  # the watchdog requeues it once it is stale
@@ -81,7 +95,8 @@ def main(argv: list[str]) -> int:
             time.sleep(1)
     if status is None:
         return 0
-    log.warning("worker %s died during attempt %d; the run is now %s", worker, attempt, status)
+    log.warning("worker %s died during attempt %d; %s is now %s", worker, attempt,
+                "the run" if chunk is None else "the chunk", status)
     if status == "queued":
         from syngeo.worker.app import enqueue
 

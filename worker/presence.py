@@ -51,6 +51,15 @@ class Presence:
     def _hand_back(self) -> None:
         with self.sessions.begin() as session:
             running = crud.set_worker_stopping(session, self.name)
+            chunks = crud.chunks_of_worker(session, self.name)
+        for run_id, index, attempt in chunks:
+            with self.sessions.begin() as session:
+                status = crud.release_chunk(session, run_id, index, attempt, lost=False,
+                                            max_attempts=self.settings.max_attempts)
+            if status == "queued":
+                log.warning("run %s: chunk %d handed back to the queue (worker %s is "
+                            "stopping)", run_id, index, self.name)
+                send(self.enqueue, run_id)
         for run_id, attempt in running:
             with self.sessions.begin() as session:
                 status = crud.release_run(session, run_id, attempt, lost=False,

@@ -3,10 +3,13 @@
 Every worker's main process and every API process run it every few seconds (so detection
 never waits for somebody to read a run). Each pass
 
-- puts back on the queue the running runs whose heartbeat is stale (their worker, or its
-  machine, died without anyone noticing; a run lost too often fails), and
-- sends again the message of runs that have waited in the queue although a worker was idle
-  (the broker lost it, e.g. Redis restarted without persistence).
+- puts back on the queue the running runs, and the chunks of runs split across workers,
+  whose heartbeat is stale (their worker, or its machine, died without anyone noticing; a
+  run or chunk lost too often fails the run), and
+- sends again the message of runs (or chunks) that have waited in the queue although a
+  worker was idle (the broker lost it, e.g. Redis restarted without persistence), and of
+  split runs whose chunks are all done but whose result never came (the worker assembling
+  it died).
 
 Passes in several processes at once are safe: every change is conditional on the run's
 current state, and a duplicate message for a run is skipped by the worker that gets it.
@@ -47,7 +50,21 @@ def recover(sessions: sessionmaker[Session], settings: Settings,
         if status == "queued":
             send(enqueue, run_id)
     with sessions.begin() as session:
+        stale_chunks = crud.stale_chunks(session, settings.stale_after_s)
+    for run_id, index, attempt in stale_chunks:
+        with sessions.begin() as session:
+            status = crud.release_chunk(session, run_id, index, attempt, lost=True,
+                                        max_attempts=settings.max_attempts)
+        if status is not None:
+            log.warning("run %s: no heartbeat for %d s from chunk %d, attempt %d; the chunk "
+                        "is now %s", run_id, settings.stale_after_s, index, attempt, status)
+        if status == "queued":
+            send(enqueue, run_id)
+    with sessions.begin() as session:
         lost = crud.runs_to_resend(session, settings.resend_after_s, live_after_s(settings))
+        if crud.idle_workers(session, live_after_s(settings)):
+            lost += crud.split_runs_to_resend(session, settings.resend_after_s,
+                                              settings.stale_after_s)
         crud.forget_dead_workers(session, older_than_s=24 * 3600)
     for run_id in lost:
         log.warning("run %s: still queued while a worker is idle; sending its message again",

@@ -148,6 +148,53 @@ class KindResult:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One independent piece of a run that any worker may compute: ``work`` (JSON) says what
+    (e.g. which grid cells), ``cost`` its share of the run's time (progress is summed by it).
+    Its random numbers must derive from the run's seed and its position in the run (see
+    syngeo.engine.seeding), so the result does not depend on how many workers ran it."""
+
+    work: dict[str, Any]
+    cost: float = 1.0
+
+
+#: A split run has at most this many chunks (one Celery task message each).
+MAX_CHUNKS = 64
+
+
+def pack_chunks(costs: dict[Any, float], target_seconds: float) -> list[tuple[list[Any], float]]:
+    """Group independent pieces of work (``costs``: piece → seconds) into chunks of about
+    ``target_seconds`` each (at most MAX_CHUNKS, at least one), balanced by cost: the
+    longest piece first into the emptiest chunk. Each chunk lists its pieces in their
+    original order, with its cost."""
+    total = sum(costs.values())
+    n = max(1, min(len(costs), MAX_CHUNKS,
+                   round(total / target_seconds) if target_seconds > 0 else len(costs)))
+    bins: list[tuple[list[Any], float]] = [([], 0.0) for _ in range(n)]
+    for piece in sorted(costs, key=lambda k: -costs[k]):
+        i = min(range(n), key=lambda b: bins[b][1])
+        bins[i] = (bins[i][0] + [piece], bins[i][1] + costs[piece])
+    order = {piece: i for i, piece in enumerate(costs)}
+    return sorted(((sorted(p, key=order.__getitem__), c) for p, c in bins if p),
+                  key=lambda b: order[b[0][0]])
+
+
+class _ChunkProgress:
+    """A chunk's view of an in-process run context: its progress is a slice of the run's."""
+
+    def __init__(self, ctx: RunContext, start: float, share: float, label: str) -> None:
+        self.ctx, self.start, self.share, self.label = ctx, start, share, label
+        self.device = ctx.device
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.ctx.progress(self.start + self.share * min(max(fraction, 0.0), 1.0),
+                          message or self.label)
+
+    def __getattr__(self, name: str) -> Any:  # load_weights, load_distribution, …
+        return getattr(self.ctx, name)
+
+
 class ExperimentKind(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
@@ -191,6 +238,36 @@ class ExperimentKind(ABC):
         the dataset it reads (weight pairs per layer, or the number of values of a
         distribution), empty when it reads none. Kept free of torch: the API checks every
         spec against its limits before queueing it."""
+
+    def chunks(self, spec: BaseModel) -> list[Chunk]:
+        """The independent pieces a server run is split into, each a task any worker takes
+        (more than one: :meth:`run_chunk` and :meth:`assemble` must be defined); empty: one
+        task runs :meth:`run`."""
+        return []
+
+    def run_chunk(self, spec: BaseModel, chunk: Chunk, ctx: RunContext) -> KindResult:
+        """Compute one chunk: a partial result that :meth:`assemble` combines."""
+        raise NotImplementedError(f"{self.name} is not split into chunks")
+
+    def assemble(self, spec: BaseModel, parts: list[tuple[Chunk, KindResult]]) -> KindResult:
+        """The run's result from every chunk's partial result, in chunk order."""
+        raise NotImplementedError(f"{self.name} is not split into chunks")
+
+    def run_chunks(self, spec: BaseModel, ctx: RunContext) -> KindResult:
+        """Run every chunk here, one after the other, and assemble them: a split kind's
+        :meth:`run` (in-process, and on a worker when it is not split). Gives the same
+        result as the chunks spread over workers."""
+        chunks = self.chunks(spec)
+        total = sum(c.cost for c in chunks) or 1.0
+        done, parts = 0.0, []
+        for i, chunk in enumerate(chunks):
+            view = _ChunkProgress(ctx, done / total, chunk.cost / total,
+                                  f"Part {i + 1} of {len(chunks)}")
+            parts.append((chunk, self.run_chunk(spec, chunk, view)))
+            done += chunk.cost
+        result = self.assemble(spec, parts)
+        ctx.progress(1.0, "Done")
+        return result
 
     def datasets(self, spec: BaseModel) -> list[str]:
         """Dataset ids this spec reads (recorded in the run for provenance)."""

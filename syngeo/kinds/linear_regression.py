@@ -20,6 +20,7 @@ from syngeo import figures
 from syngeo.formatting import and_list, format_number, plural
 from syngeo.kinds.base import (
     SPEC_CONFIG,
+    Chunk,
     Column,
     CostEstimate,
     Device,
@@ -27,6 +28,7 @@ from syngeo.kinds.base import (
     KindResult,
     RunContext,
     device_field,
+    pack_chunks,
     potential_words,
 )
 from syngeo.kinds.geometry import potential_key
@@ -258,6 +260,20 @@ def chunk_seconds(spec: LinearRegressionSpec, n: int, d: int, seeds: int, search
     return seconds + steps * _SECONDS_PER_STEP
 
 
+def _potentials(spec: LinearRegressionSpec) -> list[Any]:
+    from syngeo.engine.geometry.potentials import parse_potential
+
+    return [parse_potential(k) for k in spec.potentials]
+
+
+def _training(spec: LinearRegressionSpec) -> Any:
+    from syngeo.engine.geometry.linear_regression import TrainingConfig
+
+    return TrainingConfig(lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
+                          epochs=spec.epochs, epochs_step=spec.epochs_step,
+                          max_epochs=spec.max_epochs, mse_target=spec.mse_target)
+
+
 class LinearRegressionKind(ExperimentKind):
     name: ClassVar[str] = "linear_regression"
     title: ClassVar[str] = "Linear regression across widths"
@@ -268,21 +284,51 @@ class LinearRegressionKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = LinearRegressionSpec
 
     def run(self, spec: LinearRegressionSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.geometry.linear_regression import TrainingConfig, run_linear_regression
-        from syngeo.engine.geometry.potentials import parse_potential
+        return self.run_chunks(spec, ctx)
+
+    def chunks(self, spec: LinearRegressionSpec) -> list[Chunk]:
+        """Blocks of (c, a, width) cells of about SYNGEO_CHUNK_SECONDS each."""
+        from syngeo.settings import get_settings
+
+        widths = spec.widths()
+        costs = {}
+        for ci in range(len(spec.c_values)):
+            for ai, a in enumerate(spec.n_exponents):
+                for di, d in enumerate(widths):
+                    n = _n(d, a)
+                    costs[(ci, ai, di)] = len(spec.potentials) * chunk_seconds(
+                        spec, n, d, spec.seeds, spec.solver == "training")
+        return [Chunk(work={"cells": [list(cell) for cell in cells]}, cost=cost)
+                for cells, cost in pack_chunks(costs, get_settings().chunk_seconds)]
+
+    def run_chunk(self, spec: LinearRegressionSpec, chunk: Chunk, ctx: RunContext
+                  ) -> KindResult:
+        from syngeo.engine.geometry.linear_regression import run_linear_regression
 
         ctx.progress(0.0, "Solving")
-        training = TrainingConfig(
-            lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
-            epochs=spec.epochs, epochs_step=spec.epochs_step, max_epochs=spec.max_epochs,
-            mse_target=spec.mse_target)
         result = run_linear_regression(
-            [parse_potential(k) for k in spec.potentials], spec.c_values, spec.n_exponents,
-            spec.widths(), spec.seeds, solver=spec.solver, seed=spec.seed or 0,
-            training=training, device=ctx.device if spec.device == "auto" else spec.device,
+            _potentials(spec), spec.c_values, spec.n_exponents, spec.widths(), spec.seeds,
+            solver=spec.solver, seed=spec.seed or 0, training=_training(spec),
+            device=ctx.device if spec.device == "auto" else spec.device,
             progress=lambda f, m="": ctx.progress(0.01 + 0.98 * f, m),
-            chunk_cost=lambda *chunk: chunk_seconds(spec, *chunk))
-        ctx.progress(1.0, "Done")
+            chunk_cost=lambda *part: chunk_seconds(spec, *part),
+            cells=[tuple(cell) for cell in chunk.work["cells"]])
+        return KindResult(summary={"seconds": result.seconds}, arrays=result.to_arrays())
+
+    def assemble(self, spec: LinearRegressionSpec, parts: list[tuple[Chunk, KindResult]]
+                 ) -> KindResult:
+        from syngeo.engine.geometry.linear_regression import (
+            LinearRegressionResult,
+            merge_cell_arrays,
+        )
+
+        arrays = merge_cell_arrays([([tuple(c) for c in chunk.work["cells"]], part.arrays)
+                                    for chunk, part in parts])
+        result = LinearRegressionResult.from_arrays(
+            arrays, potentials=_potentials(spec), c_values=spec.c_values,
+            n_exponents=spec.n_exponents, seeds=spec.seeds, solver=spec.solver,
+            seed=spec.seed or 0, training=_training(spec),
+            seconds=sum(part.summary.get("seconds", 0.0) for _, part in parts))
         return KindResult(summary=result.to_summary(), arrays=result.to_arrays())
 
     def estimate(self, spec: LinearRegressionSpec, inputs: list[int]) -> CostEstimate:

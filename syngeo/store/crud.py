@@ -22,6 +22,7 @@ from syngeo.store.models import (
     Dataset,
     Result,
     Run,
+    RunChunk,
     ShareLink,
     Worker,
     utcnow,
@@ -135,13 +136,15 @@ def active_runs_reading(session: Session, dataset_id: str) -> list[Run]:
 
 
 def delete_run(session: Session, store: ArtifactStore, run: Run) -> None:
-    """Remove a finished run, its result (and arrays) and its share links."""
+    """Remove a finished run, its result (and arrays), its chunks and its share links."""
     result = session.get(Result, run.id)
-    key = result.arrays_artifact if result is not None else None
+    keys = [result.arrays_artifact] if result is not None else []
+    keys += chunk_artifacts(session, run.id)
     session.delete(run)
     session.flush()
-    if key:
-        store.delete(session, key)
+    for key in keys:
+        if key:
+            store.delete(session, key)
 
 
 def cancel_run(session: Session, run: Run) -> bool:
@@ -208,7 +211,7 @@ def release_run(session: Session, run_id: str, attempt: int, *, lost: bool,
     stopped gracefully. A run lost ``max_attempts`` times fails instead. Returns the new
     status, or None when that attempt had already ended; the caller sends the message."""
     run = lock_attempt(session, run_id, attempt)
-    if run is None:
+    if run is None or run.n_chunks:  # split into chunks: they are released one by one
         return None
     reason = WORKER_LOST if lost else WORKER_STOPPED
     lost_count = sum(entry.get("reason") == WORKER_LOST for entry in run.history) + lost
@@ -231,7 +234,7 @@ def stale_attempts(session: Session, stale_after_s: float) -> list[tuple[str, in
     """(run id, attempt) of running runs whose heartbeat is older than ``stale_after_s``."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     return [(run_id, attempt) for run_id, attempt in session.execute(
-        select(Run.id, Run.attempts).where(Run.status == "running", or_(
+        select(Run.id, Run.attempts).where(Run.status == "running", Run.n_chunks == 0, or_(
             Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None))))]
 
 
@@ -259,6 +262,179 @@ def resend_soon(session: Session, run_id: str) -> None:
                     .values(queued_at=None))
 
 
+# --- runs split into chunks ------------------------------------------------------------------
+# A run split into chunks is claimed once (to create its chunks) and then stays "running"
+# while any worker that gets the run's task message claims its next queued chunk. Chunks are
+# fenced by attempts like runs; the run's own row carries the summed progress; the task that
+# finishes the last chunk assembles the result.
+
+def create_chunks(session: Session, run: Run, chunks: list[tuple[dict[str, Any], float]]
+                  ) -> None:
+    """Split a claimed run into ``chunks`` ((work, cost) each), all queued."""
+    now = utcnow()
+    for index, (work, cost) in enumerate(chunks):
+        session.add(RunChunk(run_id=run.id, index=index, status="queued", work=work,
+                             cost=float(cost), progress=0.0, attempts=0, lost=0,
+                             queued_at=now))
+    run.n_chunks = len(chunks)
+    run.message = f"Split into {len(chunks)} chunks"
+
+
+def claim_chunk(session: Session, run_id: str, worker: str) -> RunChunk | None:
+    """Start the next attempt of the run's costliest queued chunk on ``worker`` (longest
+    first keeps the last worker from starting a long chunk when the others are done), while
+    the run is running; None when there is none (all taken or done, or the run ended)."""
+    if not session.scalar(select(Run.id).where(Run.id == run_id, Run.status == "running")):
+        return None
+    for index in session.scalars(select(RunChunk.index).where(
+            RunChunk.run_id == run_id, RunChunk.status == "queued")
+            .order_by(RunChunk.cost.desc(), RunChunk.index)):
+        now = utcnow()
+        claimed = session.execute(update(RunChunk).where(
+            RunChunk.run_id == run_id, RunChunk.index == index, RunChunk.status == "queued")
+            .values(status="running", attempts=RunChunk.attempts + 1, worker=worker,
+                    heartbeat_at=now, progress=0.0)).rowcount
+        if claimed:  # else another worker took it between the read and the update
+            session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=now))
+            return session.get(RunChunk, (run_id, index), populate_existing=True)
+    return None
+
+
+def chunk_heartbeat(session: Session, run_id: str, index: int, attempt: int,
+                    progress: float | None = None, message: str | None = None) -> bool:
+    """Record that ``attempt`` of a chunk is alive (and its progress, summed into the run's).
+    False when the chunk is no longer on that attempt or the run no longer runs: stop."""
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if progress is not None:
+        values["progress"] = progress
+    alive = session.execute(update(RunChunk).where(
+        RunChunk.run_id == run_id, RunChunk.index == index, RunChunk.status == "running",
+        RunChunk.attempts == attempt).values(**values)).rowcount
+    run_values: dict[str, Any] = {"heartbeat_at": now}
+    if progress is not None:
+        done = select(func.sum(RunChunk.cost * RunChunk.progress) / func.sum(RunChunk.cost)) \
+            .where(RunChunk.run_id == run_id).scalar_subquery()
+        run_values["progress"] = func.coalesce(done, 0.0)
+    if message is not None:
+        run_values["message"] = message
+    running = session.execute(update(Run).where(Run.id == run_id, Run.status == "running")
+                              .values(**run_values)).rowcount
+    return bool(alive and running)
+
+
+def finish_chunk(session: Session, store: ArtifactStore, run_id: str, index: int,
+                 attempt: int, summary: dict[str, Any], arrays: dict[str, np.ndarray]
+                 ) -> bool | None:
+    """Store a chunk's partial result and mark it done. Returns whether every chunk of the
+    run is now done (the caller then assembles), or None when that attempt no longer owns
+    the chunk or the run has ended (a duplicate, a lost or a cancelled attempt: nothing is
+    written). The run's row is locked first, so of two chunks finishing together exactly
+    one sees the run complete."""
+    if not session.execute(update(Run).where(Run.id == run_id, Run.status == "running")
+                           .values(heartbeat_at=utcnow())).rowcount:
+        return None
+    chunk = session.get(RunChunk, (run_id, index), populate_existing=True)
+    if chunk is None or chunk.status != "running" or chunk.attempts != attempt:
+        return None
+    key = f"chunks/{run_id}/{index}.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        save_arrays(session, store, key, arrays, Path(tmp))
+    chunk.summary, chunk.arrays_artifact = summary, key
+    chunk.status, chunk.progress = "done", 1.0
+    session.flush()
+    return not session.scalar(select(func.count()).where(
+        RunChunk.run_id == run_id, RunChunk.status != "done"))
+
+
+def release_chunk(session: Session, run_id: str, index: int, attempt: int, *, lost: bool,
+                  max_attempts: int) -> str | None:
+    """Put ``attempt`` of a running chunk back on the queue (its worker died or stopped).
+    A chunk lost ``max_attempts`` times fails its run. Returns "queued" or "failed", or
+    None when that attempt had already ended; the caller sends the run's message."""
+    run = session.get(Run, run_id, populate_existing=True, with_for_update=True)
+    chunk = session.get(RunChunk, (run_id, index), populate_existing=True)
+    if chunk is None or chunk.status != "running" or chunk.attempts != attempt:
+        return None
+    if run is None or run.status != "running":  # cancelled or failed: nothing to redo
+        chunk.status = "stopped"
+        return None
+    if lost:
+        chunk.lost += 1
+    if lost and chunk.lost >= max_attempts:
+        chunk.status = "failed"
+        set_status(run, "failed", "Failed: a worker died", reason=WORKER_LOST)
+        run.error = (f"The worker running part {index + 1} of {run.n_chunks} of this run "
+                     f"died {chunk.lost} times (killed, out of memory, or its machine "
+                     "stopped), so it is not tried again. Lower the work the spec asks for "
+                     "and submit it again, or ask the administrator to check the workers' "
+                     f"logs for run {run_id}.")
+        return "failed"
+    chunk.status, chunk.progress, chunk.worker, chunk.queued_at = "queued", 0.0, None, utcnow()
+    return "queued"
+
+
+def stale_chunks(session: Session, stale_after_s: float) -> list[tuple[str, int, int]]:
+    """(run id, index, attempt) of running chunks whose heartbeat is older than
+    ``stale_after_s``."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    return [tuple(row) for row in session.execute(
+        select(RunChunk.run_id, RunChunk.index, RunChunk.attempts).where(
+            RunChunk.status == "running",
+            or_(RunChunk.heartbeat_at < cutoff, RunChunk.heartbeat_at.is_(None))))]
+
+
+def split_runs_to_resend(session: Session, resend_after_s: float, stale_after_s: float,
+                         ) -> list[str]:
+    """Running split runs whose message must go out again: a chunk has waited in the queue
+    longer than ``resend_after_s`` (the message taking it was lost), or every chunk is done
+    but no result came for ``stale_after_s`` (the worker assembling it died). Marks the
+    queued chunks sent now."""
+    now = utcnow()
+    waiting = list(session.scalars(select(RunChunk.run_id).join(Run).where(
+        Run.status == "running", RunChunk.status == "queued",
+        or_(RunChunk.queued_at < now - timedelta(seconds=resend_after_s),
+            RunChunk.queued_at.is_(None))).distinct()))
+    if waiting:
+        session.execute(update(RunChunk).where(RunChunk.run_id.in_(waiting),
+                                               RunChunk.status == "queued")
+                        .values(queued_at=now))
+    unfinished = select(func.count()).where(RunChunk.run_id == Run.id,
+                                            RunChunk.status != "done").scalar_subquery()
+    stuck = list(session.scalars(select(Run.id).where(
+        Run.status == "running", Run.n_chunks > 0, unfinished == 0,
+        Run.heartbeat_at < now - timedelta(seconds=stale_after_s))))
+    if stuck:  # one resend per stale period
+        session.execute(update(Run).where(Run.id.in_(stuck)).values(heartbeat_at=now))
+    return waiting + stuck
+
+
+def chunk_parts(session: Session, store: ArtifactStore, run_id: str
+                ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]]:
+    """Every chunk's (work, summary, arrays), in chunk order, once all are done."""
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunk in session.scalars(select(RunChunk).where(RunChunk.run_id == run_id)
+                                     .order_by(RunChunk.index)):
+            arrays = (load_arrays(session, store, chunk.arrays_artifact, Path(tmp))
+                      if chunk.arrays_artifact else {})
+            parts.append((chunk.work, chunk.summary or {}, arrays))
+    return parts
+
+
+def chunk_artifacts(session: Session, run_id: str) -> list[str]:
+    return [key for key in session.scalars(select(RunChunk.arrays_artifact).where(
+        RunChunk.run_id == run_id)) if key]
+
+
+def drop_chunk_results(session: Session, store: ArtifactStore, run_id: str) -> None:
+    """Once assembled, the chunks' partial results are no longer needed."""
+    for key in chunk_artifacts(session, run_id):
+        store.delete(session, key)
+    session.execute(update(RunChunk).where(RunChunk.run_id == run_id)
+                    .values(arrays_artifact=None, summary=None))
+
+
 # --- workers -------------------------------------------------------------------------------
 
 def worker_seen(session: Session, name: str, *, pid: int, slots: int) -> None:
@@ -279,7 +455,15 @@ def set_worker_stopping(session: Session, name: str) -> list[tuple[str, int]]:
     runs it is running, to hand back."""
     session.execute(update(Worker).where(Worker.name == name).values(stopping=True))
     return [(run_id, attempt) for run_id, attempt in session.execute(
-        select(Run.id, Run.attempts).where(Run.status == "running", Run.worker == name))]
+        select(Run.id, Run.attempts).where(Run.status == "running", Run.n_chunks == 0,
+                                           Run.worker == name))]
+
+
+def chunks_of_worker(session: Session, name: str) -> list[tuple[str, int, int]]:
+    """(run id, chunk index, attempt) of the chunks ``name`` is running."""
+    return [tuple(row) for row in session.execute(
+        select(RunChunk.run_id, RunChunk.index, RunChunk.attempts).where(
+            RunChunk.status == "running", RunChunk.worker == name))]
 
 
 def worker_stopping(session: Session, name: str) -> bool:
@@ -298,8 +482,10 @@ def live_workers(session: Session, live_after_s: float) -> list[Worker]:
 
 def idle_workers(session: Session, live_after_s: float) -> int:
     """How many live workers that are not stopping have a free slot."""
-    busy = select(func.count()).where(Run.status == "running", Run.worker == Worker.name) \
-        .scalar_subquery()
+    busy = (select(func.count()).where(Run.status == "running", Run.n_chunks == 0,
+                                       Run.worker == Worker.name).scalar_subquery()
+            + select(func.count()).where(RunChunk.status == "running",
+                                         RunChunk.worker == Worker.name).scalar_subquery())
     cutoff = utcnow() - timedelta(seconds=live_after_s)
     return session.scalar(select(func.count()).select_from(Worker).where(
         Worker.seen_at >= cutoff, Worker.stopping.is_(False), busy < Worker.slots)) or 0

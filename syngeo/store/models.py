@@ -1,4 +1,5 @@
-"""Database records: datasets, runs, results, share links and artifact chunks (SQLAlchemy 2)."""
+"""Database records: datasets, runs and their chunks, results, share links and artifact
+chunks (SQLAlchemy 2)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,31 @@ class Run(Base):
     #: When its task message was last sent to the broker (the watchdog re-sends lost ones).
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime(),
                                                        default=utcnow)
+    #: A run split into chunks (RunChunk) that any worker takes: their number, else 0.
+    n_chunks: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RunChunk(Base):
+    """One independent piece of a run split across workers (e.g. a block of grid cells ×
+    seeds). Claimed, beaten and released like a run, with attempts of its own; its partial
+    result (a small summary here, arrays in an artifact) waits until the run assembles."""
+
+    __tablename__ = "run_chunks"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    work: Mapped[dict[str, Any]] = mapped_column()  # what the kind computes in it
+    cost: Mapped[float] = mapped_column(Float, default=1.0)  # its weight in the progress
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lost: Mapped[int] = mapped_column(Integer, default=0)  # attempts whose worker died
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=utcnow)
+    summary: Mapped[dict[str, Any] | None] = mapped_column()
+    arrays_artifact: Mapped[str | None] = mapped_column(String(255))
 
 
 class Result(Base):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -43,6 +43,7 @@ from syngeo.engine.geometry.delta_cdf import delta_cdf_of_change
 from syngeo.engine.geometry.implicit_bias import input_gram, seeds_per_chunk, solve_implicit_bias
 from syngeo.engine.geometry.mirror_descent import MirrorDescent
 from syngeo.engine.geometry.potentials import Potential
+from syngeo.engine.seeding import derived_seeds
 
 __all__ = [
     "MAX_CURVE_POINTS",
@@ -128,12 +129,9 @@ def problem_seeds(seed: int, cell: tuple[int, int, int], n_seeds: int) -> tuple[
                                                                                 list[int]]:
     """Generator seeds for the inputs and for (labels, w⁰) of every seed of one (c, a, D)
     cell: independent across cells and streams, reproducible from ``seed``."""
-    words = np.random.SeedSequence(seed, spawn_key=cell).generate_state(2 * n_seeds,
-                                                                        dtype=np.uint64)
-    # 63 bits: torch.Generator.manual_seed takes any non-negative int below 2^64.
-    values = [int(w) >> 1 for w in words]
-    # Interleaved (x, labels) pairs: generate_state is prefix-stable, so the first k seeds
-    # of a cell are the same problems whatever the seed count.
+    # Interleaved (x, labels) pairs: prefix-stable, so the first k seeds of a cell are the
+    # same problems whatever the seed count.
+    values = derived_seeds(seed, cell, 2 * n_seeds)
     return values[0::2], values[1::2]
 
 
@@ -317,6 +315,30 @@ class LinearRegressionResult:
     curves: dict[str, np.ndarray] | None = None
     search: dict[str, np.ndarray] | None = None
 
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], *, potentials: Sequence[Potential],
+                    c_values: Sequence[float], n_exponents: Sequence[float], seeds: int,
+                    solver: Solver, seed: int, training: TrainingConfig | None = None,
+                    seconds: float = 0.0) -> LinearRegressionResult:
+        """The result whose :meth:`to_arrays` gave ``arrays``, with the grid it was run on."""
+        curves = search = None
+        if "curve_epoch" in arrays:
+            curves = {"epoch": arrays["curve_epoch"],
+                      **{k: arrays[f"curve_mse_{k}"] for k in ("median", "p5", "p95",
+                                                                 "seed0")}}
+        if "search_mse" in arrays:
+            search = {"learning_rates": arrays["search_lr"],
+                      "round_epochs": arrays["search_epochs"], "mse": arrays["search_mse"]}
+        return cls(
+            potentials=list(potentials), c_values=[float(c) for c in c_values],
+            n_exponents=[float(a) for a in n_exponents],
+            widths=[int(d) for d in arrays["widths"]], n_samples=arrays["n_samples"],
+            seeds=seeds, solver=solver, seed=seed, delta_cdf=arrays["delta_cdf"],
+            dphi=arrays["dphi"], converged=arrays["converged"].astype(bool),
+            final_mse=arrays["final_mse"], learning_rate=arrays["learning_rate"],
+            epochs=arrays["epochs"], seconds=seconds, training=training or TrainingConfig(),
+            curves=curves, search=search)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The result's arrays by name; training adds ``curve_epoch``, ``curve_mse_median``,
         ``curve_mse_p5``, ``curve_mse_p95``, ``curve_mse_seed0`` (``curves``) and
@@ -411,6 +433,7 @@ def run_linear_regression(
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     chunk_cost: ChunkCost = _default_chunk_cost,
+    cells: Collection[tuple[int, int, int]] | None = None,
 ) -> LinearRegressionResult:
     """Score w∞ for every potential, c, a, width and seed (Fig. 6 grid, §4.1).
 
@@ -420,6 +443,11 @@ def run_linear_regression(
     may raise to cancel; the exception propagates). Exact solves that miss ``rtol`` are kept
     (last iterate) and flagged in ``converged``; training rows whose final MSE exceeds the
     target likewise.
+
+    ``cells``: only these (c, a, width) index triples are computed (the others stay NaN):
+    one chunk of a run split across workers. A cell's problems derive from the run's seed
+    and the cell's indices, so the cells computed apart equal the cells computed together
+    (:func:`merge_cell_arrays` combines them).
     """
     training = training or TrainingConfig()
     dev = resolve_device(device)
@@ -445,15 +473,19 @@ def run_linear_regression(
     def trained(key: tuple[int, int, int, int]) -> tuple[int, list[int]]:
         return searches[key].epochs, searches[key].round_epochs
 
-    total = len(pots) * len(c_values) * sum(
-        chunk_cost(int(n_table[ai, di]), d, hi - lo, search and lo == 0, None)
-        for ai in range(len(n_exponents)) for di, d in enumerate(widths)
-        for lo, hi in chunks(int(n_table[ai, di]), d))
+    wanted = ({(int(ci), int(ai), int(di)) for ci, ai, di in cells} if cells is not None else
+              {(ci, ai, di) for ci in range(len(c_values)) for ai in range(len(n_exponents))
+               for di in range(len(widths))})
+    total = len(pots) * sum(
+        chunk_cost(int(n_table[ai, di]), widths[di], hi - lo, search and lo == 0, None)
+        for ci, ai, di in wanted for lo, hi in chunks(int(n_table[ai, di]), widths[di])) or 1.0
     done = 0.0
     t0 = time.perf_counter()
     for ci, c in enumerate(c_values):
         for ai in range(len(n_exponents)):
             for di, d in enumerate(widths):
+                if (ci, ai, di) not in wanted:
+                    continue
                 n = int(n_table[ai, di])
                 x_seeds, l_seeds = problem_seeds(seed, (ci, ai, di), seeds)
                 curve_parts: dict[int, list[np.ndarray]] = {p: [] for p in range(len(pots))}
@@ -519,6 +551,37 @@ def run_linear_regression(
         epochs=epochs_chosen, seconds=time.perf_counter() - t0, training=training,
         curves=curves, search=search,
     )
+
+
+#: Arrays of a result with one entry per (potential, c, a, width) cell (and more axes after).
+CELL_ARRAYS = ("delta_cdf", "dphi", "converged", "final_mse", "learning_rate", "epochs",
+               "curve_epoch", "curve_mse_median", "curve_mse_p5", "curve_mse_p95",
+               "curve_mse_seed0", "search_mse")
+
+
+def merge_cell_arrays(parts: Sequence[tuple[Collection[tuple[int, int, int]],
+                                            dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """The arrays of a whole grid (:meth:`LinearRegressionResult.to_arrays`) from parts
+    that each computed some (c, a, width) cells. Per-cell arrays are taken from the part
+    that computed the cell; loss curves and search rounds are padded to the longest (−1 /
+    NaN, as in a single run); the rest is the same in every part."""
+    first = parts[0][1]
+    out = {k: v for k, v in first.items() if k not in CELL_ARRAYS}
+    if "search_epochs" in first:
+        out["search_epochs"] = max((a["search_epochs"] for _, a in parts), key=len)
+    for name in CELL_ARRAYS:
+        if name not in first:
+            continue
+        # The longest trailing shape over the parts (curve points K, search rounds R).
+        shape = tuple(max(a[name].shape[i] for _, a in parts) for i in range(first[name].ndim))
+        fill = {"curve_epoch": -1, "converged": False, "epochs": 0}.get(name, np.nan)
+        merged = np.full(shape, fill, dtype=first[name].dtype)
+        for cells, arrays in parts:
+            for ci, ai, di in cells:
+                block = arrays[name][:, ci, ai, di]
+                merged[(slice(None), ci, ai, di, *map(slice, block.shape[1:]))] = block
+        out[name] = merged
+    return out
 
 
 def _curve_arrays(cells: tuple[int, ...], cell_curves: dict[tuple[int, int, int, int],
