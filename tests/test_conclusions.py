@@ -27,7 +27,9 @@ def conclude(kind: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def test_every_kind_states_a_conclusion() -> None:
     assert all("conclusion" in type(kind).__dict__ for kind in KINDS.values())
     assert set(KINDS) == {"geometry", "linear_regression", "robustness", "finetuning",
-                          "spine_fit", "power"}  # a new kind needs its tests here
+                          "spine_fit", "power", "curl_phase_diagram",
+                          "curl_order_parameter",
+                          "curl_stability"}  # a new kind needs its tests here
 
 
 # --- geometry: the verdict's headline ---------------------------------------------------------
@@ -179,3 +181,80 @@ def test_finetuning_says_when_the_training_potential_was_not_scored() -> None:
                                       ["ne", "p3"], "evaluation_potentials": ["ne", "p2"]})
     assert "in 1 of 1 network × potential pairs" in text or "in 0 of 1" in text
     assert "p = 3 was not scored" in text
+
+
+# --- curl descent: simulations against the analytical boundary ---------------------------------
+
+def _phase_summary(stable_learned: int, unstable_learned: int) -> dict:
+    return {"layer": "hidden", "activation": "linear", "seeds": 10, "learned_below": 1e-3,
+            "overflowed": 0, "regions": {
+                "stable": {"cells": 10, "learned": stable_learned, "median_error": 1e-12},
+                "unstable": {"cells": 10, "learned": unstable_learned, "median_error": 0.4}}}
+
+
+def test_curl_phase_diagram_conclusion() -> None:
+    from syngeo.kinds.curl.phase_diagram import conclusion
+
+    follows = conclusion(_phase_summary(10, 0))
+    assert follows == (
+        "With hidden-layer flips in linear networks (10 seeds), the simulations follow the "
+        "analytical boundary: inside the stable region 10 of 10 cells reach a mean final test "
+        "error below 0.001 (median 1.00e-12); beyond it 0 of 10 cells reach a mean final test "
+        "error below 0.001 (median 0.400).")
+    assert "students learn beyond the boundary too" in conclusion(_phase_summary(10, 8))
+    assert "do not follow the analytical boundary" in conclusion(_phase_summary(3, 0))
+    one_sided = _phase_summary(10, 0)
+    one_sided["regions"]["unstable"]["cells"] = 0
+    assert "cannot test the boundary" in conclusion(one_sided)
+
+
+def test_curl_order_parameter_conclusion() -> None:
+    from syngeo.kinds.curl.order_parameter import conclusion
+
+    def summary(alpha_sides: tuple[int, int], c_sides: tuple[int, int]) -> dict:
+        def sides(settled: tuple[int, int]) -> dict:
+            return {"stable": {"points": 4, "settled": settled[0], "median_q": 1e-14},
+                    "unstable": {"points": 4, "settled": settled[1], "median_q": 0.5}}
+        return {"layer": "hidden", "activation": "linear", "seeds": 10, "c_fixed": 0.8,
+                "alpha_fixed": 0.6, "settled_below": 1e-3, "overflowed": 0,
+                "sweeps": {"along_alpha": sides(alpha_sides), "along_c": sides(c_sides)}}
+
+    assert "keep moving beyond the analytical transition" in conclusion(summary((4, 0), (4, 1)))
+    assert "follows the analytical transition along α_h at c = 0.800 only" in \
+        conclusion(summary((4, 0), (4, 4)))
+    assert "q does not follow the analytical transition" in conclusion(summary((1, 0), (4, 4)))
+
+
+# --- curl_stability: the analytical boundaries and how many finite-size checks agree -------
+
+STABILITY = dict(diagrams=["hidden"], hidden_c_min=0.1, hidden_c_max=10, check_c_points=2,
+                 check_alpha_points=5, check_alpha_min=0.1, check_alpha_max=0.9,
+                 curve_points=20, m_total=300, seeds=2, seed=0)
+
+
+def test_curl_stability_conclusion() -> None:
+    # c = 0.1 and 10 lie far on either side of c*(α_h) ∈ [0.25, 0.67]: every check agrees.
+    text, summary = conclude("curl_stability", STABILITY)
+    assert text == ("Hidden-layer flips destabilise the solution manifold from c ≈ "
+                    f"{format_number(summary['hidden_c_star'][0])} (α_h = 0.1) down to c = "
+                    "0.250 (α_h = 1); 10 of 10 finite-size checks (M + N = 300, 2 seeds per "
+                    "point) agree with the large-network theory.")
+
+    # Tiny networks (M + N = 40, one seed) near the readout boundary: some land on the wrong
+    # side, and the sentence names them, nearest the boundary first.
+    text, summary = conclude("curl_stability", {
+        **STABILITY, "diagrams": ["readout"], "readout_c_min": 0.1, "readout_c_max": 1,
+        "check_c_points": 3, "check_alpha_min": 0.05, "check_alpha_max": 0.25, "m_total": 40,
+        "seeds": 1})
+    wrong = sorted((row for row in summary["checks"] if not row["agree"]),
+                   key=lambda row: abs(row["limit_margin"]))
+    assert wrong, "tiny networks no longer disagree with the theory anywhere"
+    assert text.startswith(f"Readout flips tolerate up to α_r ≈ "
+                           f"{format_number(summary['readout_alpha_star'][0])} at c = 0.1 but "
+                           "only ")
+    assert (f"; {15 - len(wrong)} of 15 finite-size checks (M + N = 40, 1 seed per point) "
+            "agree with the large-network theory; they disagree for readout flips at c = "
+            f"{format_number(wrong[0]['c'])}, α_r = {format_number(wrong[0]['alpha'])} (finite "
+            f"networks: {wrong[0]['observed']}, margin {format_number(wrong[0]['mean_margin'])};"
+            f" large networks: {wrong[0]['predicted']}, margin "
+            f"{format_number(wrong[0]['limit_margin'])})") in text

@@ -9,6 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.curl.order_parameter import OrderParameterKind
+from syngeo.kinds.curl.phase_diagram import PhaseDiagramKind
+from syngeo.kinds.curl.stability import CurlStabilityKind
 from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
 from syngeo.kinds.linear_regression import LinearRegressionKind
@@ -19,7 +22,8 @@ from syngeo.kinds.spine_fit import SpineFitKind
 KINDS: dict[str, ExperimentKind] = {
     kind.name: kind
     for kind in (GeometryKind(), LinearRegressionKind(), RobustnessKind(), FinetuningKind(),
-                 SpineFitKind(), PowerKind())
+                 SpineFitKind(), PowerKind(), PhaseDiagramKind(), OrderParameterKind(),
+                 CurlStabilityKind())
 }
 
 

@@ -1,0 +1,150 @@
+"""Speed of the batched curl-descent simulator (paper §5, linear networks, n_total = 220).
+
+(a) Simulation-epochs per second of the batched simulator (one c, 21 α_h × ``--seeds``
+    seeds, compiled epochs) against a loop that runs the same simulations one at a time
+    through the same code (eager, as a single simulation would run; and compiled), measured
+    in the same run.
+(b) The paper's whole linear Fig. 3a grid (20 c on logspace(−1, 2), 21 α_h, 10 seeds, 10⁵
+    epochs). By default an EXTRAPOLATION: every c is run with ``--slice-seeds`` seeds for
+    ``--slice-epochs`` epochs (after a short call that pays the compilation), and the wall
+    time of the full grid is projected from the measured per-c seconds per epoch and seed,
+    plus the measured compile time. ``--full`` runs the real grid instead.
+
+    .venv/bin/python bench/bench_curl_simulator.py              # a few minutes on 2 cores
+    .venv/bin/python bench/bench_curl_simulator.py --full       # the whole grid
+
+Writes a JSON to bench/results/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from syngeo.engine.curl.protocol import CurlConfig, estimate_seconds, layer_sizes
+from syngeo.engine.curl.simulator import simulate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAPER_CS = np.logspace(-1, 2, 20)
+PAPER_ALPHAS = np.linspace(0, 1, 21)
+PAPER_SEEDS = 10
+PAPER_EPOCHS = 100_000
+
+
+def timed(config: CurlConfig, cs, alphas, seeds) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = simulate(config, cs, alphas, [0.0], seeds, run_seed=0)
+    return time.perf_counter() - start, result
+
+
+def warm_up(config: CurlConfig) -> CurlConfig:
+    """A short run whose epochs go through the compiled multi-epoch step (records only at
+    0 and the end), so that the timed run that follows pays no compilation."""
+    return replace(config, epochs=50, record_points=2)
+
+
+def part_a(c: float, seeds: int, epochs: int, workers: int) -> dict[str, Any]:
+    base = CurlConfig(epochs=epochs, record_points=20, workers=workers)
+    sims = len(PAPER_ALPHAS) * seeds
+    timed(warm_up(replace(base, compile="always")), [c], PAPER_ALPHAS, range(seeds))
+    t_batched, _ = timed(replace(base, compile="always"), [c], PAPER_ALPHAS, range(seeds))
+    rates = {"batched_compiled": sims * epochs / t_batched}
+    one = replace(base, workers=1)
+    for mode in ("never", "always"):
+        cfg = replace(one, compile=mode)
+        timed(warm_up(cfg), [c], [PAPER_ALPHAS[0]], [0])
+        n_one = 3                                                         # α's timed
+        start = time.perf_counter()
+        for alpha in PAPER_ALPHAS[:n_one]:
+            simulate(cfg, [c], [alpha], [0.0], [0], run_seed=0)
+        rates[f"one_at_a_time_{'eager' if mode == 'never' else 'compiled'}"] = (
+            n_one * epochs / (time.perf_counter() - start))
+    n, m = layer_sizes(220, c)
+    return {"c": c, "N": n, "M": m, "simulations": sims, "epochs": epochs, "workers": workers,
+            "sim_epochs_per_s": rates,
+            "ratio_vs_one_at_a_time_eager": rates["batched_compiled"]
+            / rates["one_at_a_time_eager"],
+            "ratio_vs_one_at_a_time_compiled": rates["batched_compiled"]
+            / rates["one_at_a_time_compiled"]}
+
+
+def part_b(seeds: int, epochs: int, workers: int, full: bool) -> dict[str, Any]:
+    base = CurlConfig(workers=workers, compile="always")
+    if full:
+        seconds, result = timed(base, PAPER_CS, PAPER_ALPHAS, range(PAPER_SEEDS))
+        return {"measured_full_grid_seconds": seconds, "extrapolated": False,
+                "overflowed": int(result.overflowed.sum())}
+    per_c = []
+    for c in PAPER_CS:
+        t_compile, _ = timed(warm_up(base), [c], PAPER_ALPHAS, range(seeds))
+        t_run, _ = timed(replace(base, epochs=epochs), [c], PAPER_ALPHAS, range(seeds))
+        per_epoch = t_run / epochs
+        projected = per_epoch * PAPER_EPOCHS * PAPER_SEEDS / seeds
+        n, m = layer_sizes(220, c)
+        per_c.append({"c": c, "N": n, "M": m, "first_call_seconds": t_compile,
+                      "seconds_per_epoch_of_slice": per_epoch,
+                      "projected_seconds_10_seeds_1e5_epochs": projected})
+        print(f"    c = {c:7.3f} (N = {n:3d}, M = {m:3d}): {per_epoch * 1e3:.2f} ms/epoch for "
+              f"{21 * seeds} sims → {projected:.0f} s projected (first call {t_compile:.1f} s)",
+              flush=True)
+    run_seconds = sum(r["projected_seconds_10_seeds_1e5_epochs"] for r in per_c)
+    compile_seconds = sum(r["first_call_seconds"] for r in per_c)
+    return {"extrapolated": True, "slice_seeds": seeds, "slice_epochs": epochs,
+            "per_c": per_c, "projected_run_seconds": run_seconds,
+            "compile_seconds": compile_seconds,
+            "projected_full_grid_seconds": run_seconds + compile_seconds,
+            "cost_model_one_core_seconds": estimate_seconds(
+                CurlConfig(), PAPER_CS, len(PAPER_ALPHAS), PAPER_SEEDS)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--c", type=float, default=1.0, help="c of part (a)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of part (a)")
+    parser.add_argument("--epochs", type=int, default=2000, help="epochs of part (a)")
+    parser.add_argument("--slice-seeds", type=int, default=2)
+    parser.add_argument("--slice-epochs", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--full", action="store_true", help="run the whole Fig. 3a grid")
+    parser.add_argument("--skip-a", action="store_true")
+    parser.add_argument("--skip-b", action="store_true")
+    args = parser.parse_args()
+
+    record: dict[str, Any] = {
+        "created": dt.datetime.now(dt.UTC).isoformat(),
+        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(),
+    }
+    if not args.skip_a:
+        print(f"(a) batched vs one at a time, c = {args.c}, {args.epochs} epochs", flush=True)
+        record["a"] = part_a(args.c, args.seeds, args.epochs, args.workers)
+        rates = record["a"]["sim_epochs_per_s"]
+        print("    " + ", ".join(f"{k}: {v:,.0f}/s" for k, v in rates.items()), flush=True)
+        a = record["a"]
+        print(f"    ratio vs one at a time: eager {a['ratio_vs_one_at_a_time_eager']:.1f}×, "
+              f"compiled {a['ratio_vs_one_at_a_time_compiled']:.1f}×", flush=True)
+    if not args.skip_b:
+        print("(b) Fig. 3a grid" + (" (full)" if args.full else " (extrapolated)"), flush=True)
+        record["b"] = part_b(args.slice_seeds, args.slice_epochs, args.workers, args.full)
+        key = "measured_full_grid_seconds" if args.full else "projected_full_grid_seconds"
+        print(f"    {key}: {record['b'][key]:.0f} s", flush=True)
+    record["load_average_after"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"bench_curl_simulator_{stamp}.json"
+    path.write_text(json.dumps(record, indent=2, default=float))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
