@@ -262,9 +262,14 @@ def test_serve_restarted_mid_run_and_its_worker_killed(tmp_path: Path) -> None:
     assert _embedded_worker(serve) is None
 
 
-#: A linear-regression grid of a few seconds on one worker, split into 11 chunks.
-SPLIT = {"c_values": [1.0, 2.0], "n_exponents": [0.5, 0.75], "d_min": 200, "d_max": 3000,
-         "n_widths": 4, "seeds": 8, "seed": 3}
+#: Grids of a few seconds on one worker, split into about ten chunks: linear regression
+#: (c, a, width cells) and a curl phase diagram ((c, seed) pieces).
+SPLIT = {  # kind: (spec, SYNGEO_CHUNK_SECONDS)
+    "linear_regression": ({"c_values": [1.0, 2.0], "n_exponents": [0.5, 0.75], "d_min": 200,
+                           "d_max": 3000, "n_widths": 4, "seeds": 8, "seed": 3}, "0.3"),
+    "curl_phase_diagram": ({"n_total": 80, "c_min": 0.1, "c_max": 10.0, "n_c": 5,
+                            "n_alpha": 5, "seeds": 2, "epochs": 10000, "seed": 3}, "0"),
+}
 
 
 def chunk_workers(env: dict, run_id: str) -> list[str]:
@@ -279,20 +284,21 @@ def chunk_workers(env: dict, run_id: str) -> list[str]:
         engine.dispose()
 
 
+@pytest.mark.parametrize("kind", list(SPLIT))
 def test_a_split_run_survives_a_killed_worker_and_equals_a_one_worker_run(
-        stack, api_server_factory, celery_worker_factory) -> None:
+        kind: str, stack, api_server_factory, celery_worker_factory) -> None:
     import io
 
     import numpy as np
 
     # Single-threaded workers, as a deployment runs one per core.
-    env = {**stack["env"], "SYNGEO_CHUNK_SECONDS": "0.3", "OMP_NUM_THREADS": "1"}
+    spec, chunk_seconds = SPLIT[kind]
+    env = {**stack["env"], "SYNGEO_CHUNK_SECONDS": chunk_seconds, "OMP_NUM_THREADS": "1"}
     api = Api(api_server_factory(env).url)
     workers = [celery_worker_factory(env), celery_worker_factory(env)]
 
     def submit() -> str:
-        response = api.client.post("/api/runs", json={"kind": "linear_regression",
-                                                      "spec": SPLIT})
+        response = api.client.post("/api/runs", json={"kind": kind, "spec": spec})
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
