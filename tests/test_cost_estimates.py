@@ -41,16 +41,26 @@ def estimate(kind: str, spec: dict[str, Any], inputs: list[int] | None = None):
 # ------------------------------------------------------------------ estimates from specs
 
 
+#: Kinds whose defaults are the paper's whole grid, longer than the default one-hour limit on
+#: one CPU worker (the curl phase diagram of Fig. 3a: about 2.6 h by the measured cost model);
+#: a deployment raises SYNGEO_MAX_RUN_SECONDS or spreads it over workers.
+OVER_THE_DEFAULT_LIMIT = {"curl_phase_diagram"}
+
+
 def test_every_kind_has_an_estimate_for_its_defaults() -> None:
+    settings = get_settings()
     for name in KINDS:
         spec = {"dataset": "ds"} if name == "geometry" else {}
         cost = estimate(name, spec, [EXAMPLE_PAIRS] if name == "geometry" else [])
-        assert 0 < cost.seconds < 3600 and 0 < cost.memory_bytes < 4e9, (name, cost)
+        assert 0 < cost.seconds and 0 < cost.memory_bytes < 4e9, (name, cost)
         assert cost.work and cost.lower_time and cost.lower_memory
         assert cost.text().endswith("on one CPU worker")
-        # The kind's defaults are within the default limits.
-        settings = get_settings()
-        assert not cost.problems(settings.max_run_seconds, settings.max_run_memory_bytes), name
+        problems = cost.problems(settings.max_run_seconds, settings.max_run_memory_bytes)
+        if name in OVER_THE_DEFAULT_LIMIT:
+            # Refused with what to lower, as any run over the limit is.
+            assert len(problems) == 1 and "Lower epochs" in problems[0][1], (name, problems)
+        else:  # the kind's defaults are within the default limits
+            assert cost.seconds < 3600 and not problems, (name, cost)
 
 
 # (kind, spec, inputs, field, larger value, which cost grows)

@@ -20,13 +20,18 @@ CHECK_EVERY = 250             # epochs between progress/cancel checks
 BLOCK_BYTES = 1_500_000       # W1 of one block: fits this CPU's 2 MiB L2 with the rest
 AUTO_COMPILE_MIN_WORK = 5e10  # flops of a c before "auto" pays a few seconds of compiling
 
-# Cost model (seconds on one CPU core), from bench/bench_curl_simulator.py: compiled linear
-# epochs run at ~LINEAR_FLOPS_PER_S on 8NM + 2M² flops a simulation, eager ones ~4× slower;
-# nonlinear full-batch epochs at ~NONLINEAR_FLOPS_PER_S on 4NMP + 12NP.
-LINEAR_FLOPS_PER_S = 1.5e10
+# Cost model (seconds on one CPU core). A compiled linear full-batch epoch of one simulation
+# costs LINEAR_EPOCH_S + LINEAR_EPOCH_S_PER_NM·N·M + LINEAR_EPOCH_S_PER_MM·M²: fitted (±25%)
+# to the steady rates of all 20 values of c of the Fig. 3a grid, 42 simulations each, by
+# bench/bench_curl_simulator.py on a quiet 2-core CPU (2026-12-06, bench/README.md); at these
+# sizes the fixed cost per simulation matters as much as the arithmetic. Eager epochs run
+# ~EAGER_SLOWDOWN× slower; nonlinear full-batch epochs at ~NONLINEAR_FLOPS_PER_S on 4NMP + 12NP.
+LINEAR_EPOCH_S = 3.4e-6
+LINEAR_EPOCH_S_PER_NM = 2.9e-9
+LINEAR_EPOCH_S_PER_MM = 3.3e-11
 EAGER_SLOWDOWN = 4.0
 NONLINEAR_FLOPS_PER_S = 1.0e10
-COMPILE_SECONDS_PER_C = 8.0
+COMPILE_SECONDS_PER_C = 8.0  # a worker's first compilation of a shape (cached ones: ~0.5 s)
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,15 @@ def estimate_seconds(config: CurlConfig, cs: Sequence[float], n_alpha: int,
     flops = estimate_flops(config, cs, n_alpha, n_seeds)
     if config.activation == "linear" and config.batch_size is None:
         compiled = _use_compile(config, flops / max(len(cs), 1))
-        rate = LINEAR_FLOPS_PER_S / (1.0 if compiled else EAGER_SLOWDOWN)
-        return flops / rate + (COMPILE_SECONDS_PER_C * len(cs) if compiled else 0.0)
+        per_sim_epoch = 0.0
+        for c in cs:
+            n_hidden, n_input = layer_sizes(config.n_total, c)
+            per_sim_epoch += (LINEAR_EPOCH_S + LINEAR_EPOCH_S_PER_NM * n_hidden * n_input
+                              + LINEAR_EPOCH_S_PER_MM * n_input * n_input)
+        seconds = per_sim_epoch * n_alpha * n_seeds * config.epochs
+        if compiled:
+            return seconds + COMPILE_SECONDS_PER_C * len(cs)
+        return seconds * EAGER_SLOWDOWN
     return flops / NONLINEAR_FLOPS_PER_S
 
 
