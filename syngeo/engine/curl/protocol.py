@@ -97,12 +97,19 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
 
 
+def split_neurons(n_total: int, c: float) -> tuple[int, int]:
+    """(N hidden, M input) for M + N ≈ n_total at c = M/N, as the authors' scripts split it
+    (N = int(n/(1+c)), M = int(n/(1+1/c))); either may be 0 at extreme c."""
+    return int(n_total / (1 + c)), int(n_total / (1 + 1 / c))
+
+
 def layer_sizes(n_total: int, c: float) -> tuple[int, int]:
-    """(N hidden, M input) neurons for compression ratio c = M/N, as the authors' scripts."""
+    """(N hidden, M input) neurons for compression ratio c = M/N (:func:`split_neurons`),
+    refusing a c that leaves a layer empty."""
     c = float(c)
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"compression ratio c must be a positive finite number, got {c!r}")
-    n_hidden, n_input = int(n_total / (1 + c)), int(n_total / (1 + 1 / c))
+    n_hidden, n_input = split_neurons(n_total, c)
     if n_hidden < 1 or n_input < 1:
         lo, hi = 1 / (n_total - 1), n_total - 1
         layer = "hidden (N)" if n_hidden < 1 else "input (M)"

@@ -89,6 +89,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from syngeo.engine.curl.protocol import layer_sizes
 from syngeo.engine.device import resolve_device, single_cpu_thread
 from syngeo.engine.seeding import derived_seeds, generator
 
@@ -188,10 +189,7 @@ def manifold_margin(w1: Tensor, w2: Tensor, d1: Tensor, d2: Tensor) -> Tensor:
 
 def _paper_sizes(m_total: int, c: float) -> tuple[int, int]:
     """(M, N) for M + N ≈ m_total at ratio c, split as the authors' scripts do."""
-    n_hidden, n_input = int(m_total / (1 + c)), int(m_total / (1 + 1 / c))
-    if n_hidden < 1 or n_input < 1:
-        raise ValueError(f"m_total = {m_total} leaves an empty layer at c = {c:g}; "
-                         "use a larger m_total")
+    n_hidden, n_input = layer_sizes(m_total, c)
     return n_input, n_hidden
 
 

@@ -19,18 +19,17 @@ from pydantic import BaseModel, Field, model_validator
 from syngeo import figures
 from syngeo.formatting import format_number, plural
 from syngeo.kinds.base import Chunk, Column, CostEstimate, ExperimentKind, KindResult, RunContext
-from syngeo.kinds.curl.phase_diagram import C_RANGE
 from syngeo.kinds.curl.simulations import (
     ACTIVATION_WORDS,
     FOLLOWS_BEYOND,
     FOLLOWS_INSIDE,
     LAYER_SYMBOL,
     LAYER_WORDS,
-    CurlSimulationSpec,
+    CurlGridSpec,
     Sweep,
     assemble_sweeps,
     check_sizes,
-    log_grid,
+    finite_or_none,
     run_pieces,
     sweep_chunks,
     sweep_cost,
@@ -42,13 +41,7 @@ _ALPHA_SWEEP_KEY = 10_000
 SETTLED = 1e-3
 
 
-class OrderParameterSpec(CurlSimulationSpec):
-    layer: Literal["hidden", "readout"] = Field(
-        "hidden", title="Flipped layer",
-        description="hidden: flipped fraction α_h of the hidden layer's input synapses (D1, "
-        "Fig. 3b); readout: α_r of the readout synapses (D2).",
-        json_schema_extra={"x-enum-labels": {"hidden": "hidden layer (α_h)",
-                                             "readout": "readout (α_r)"}})
+class OrderParameterSpec(CurlGridSpec):
     c_fixed: float = Field(0.8, gt=0, le=1000, title="c of the sweep along α",
                            description="The compression ratio at which α varies (the "
                            "paper's example of chaos: c = 0.8).")
@@ -57,14 +50,6 @@ class OrderParameterSpec(CurlSimulationSpec):
                                "paper's example: α_h = 0.6).")
     n_alpha: int = Field(21, ge=1, le=101, title="Values of α",
                          description="Evenly spaced from 0 to 1. Paper: 21.")
-    c_min: float | None = Field(
-        None, gt=0, le=1000, title="Smallest c of the sweep along c",
-        description="Empty: 0.1 for hidden-layer flips, 0.01 for readout flips.")
-    c_max: float | None = Field(
-        None, gt=0, le=1000, title="Largest c of the sweep along c",
-        description="Empty: 100 for hidden-layer flips, 10 for readout flips.")
-    n_c: int = Field(20, ge=1, le=100, title="Values of c",
-                     description="Log-spaced. Paper: 20.")
     q_window: int = Field(1000, ge=2, le=1_000_000, title="Epochs q is measured over",
                           description="The last epochs of each run (eq. 15's time averages). "
                           "Paper: 1,000.")
@@ -79,25 +64,16 @@ class OrderParameterSpec(CurlSimulationSpec):
         json_schema_extra={"x-enum-labels": {"manifold": "on the solution manifold"}})
 
     @model_validator(mode="after")
-    def _grid(self) -> OrderParameterSpec:
-        lo, hi = self.c_range()
-        if lo > hi:
-            raise ValueError(f"c_min ({lo:g}) must not exceed c_max ({hi:g})")
-        check_sizes(self.n_total, [lo, hi], "c_min/c_max")
+    def _sweeps(self) -> OrderParameterSpec:
         check_sizes(self.n_total, [self.c_fixed], "c_fixed")
         if self.q_window > self.epochs:
             raise ValueError(f"q_window ({self.q_window}) must not exceed epochs "
                              f"({self.epochs})")
         return self
 
-    def c_range(self) -> tuple[float, float]:
-        lo, hi = C_RANGE[self.layer]
-        return (self.c_min if self.c_min is not None else lo,
-                self.c_max if self.c_max is not None else hi)
-
     def sweeps(self) -> list[Sweep]:
         alphas = [float(a) for a in np.linspace(0.0, 1.0, self.n_alpha)]
-        cs = log_grid(*self.c_range(), self.n_c)
+        cs = self.c_values()
         if self.layer == "hidden":
             return [Sweep("along_alpha", [self.c_fixed], alphas, [0.0], _ALPHA_SWEEP_KEY),
                     Sweep("along_c", cs, [self.alpha_fixed], [0.0])]
@@ -184,12 +160,13 @@ class OrderParameterKind(ExperimentKind):
                 ("along_alpha", along_alpha, stable_alpha), ("along_c", along_c, stable_c))}
         summary["overflowed"] = int(sum(arrays[f"{s.name}_overflowed"].sum() for s in sweeps))
         summary["points"] = (
-            [{"sweep": "along α", "c": spec.c_fixed, "alpha": float(a), "q": _float(v),
-              "q_sem": _float(e), "predicted_stable": bool(st)}
+            [{"sweep": "along α", "c": spec.c_fixed, "alpha": float(a), "q": finite_or_none(v),
+              "q_sem": finite_or_none(e), "predicted_stable": bool(st)}
              for a, v, e, st in zip(alphas, along_alpha, arrays["along_alpha_q_sem"][0],
                                     stable_alpha, strict=True)]
-            + [{"sweep": "along c", "c": float(c), "alpha": spec.alpha_fixed, "q": _float(v),
-                "q_sem": _float(e), "predicted_stable": bool(st)}
+            + [{"sweep": "along c", "c": float(c), "alpha": spec.alpha_fixed,
+                "q": finite_or_none(v), "q_sem": finite_or_none(e),
+                "predicted_stable": bool(st)}
                for c, v, e, st in zip(cs, along_c, arrays["along_c_q_sem"][:, 0], stable_c,
                                       strict=True)])
         return KindResult(summary=summary, arrays=arrays)
@@ -209,10 +186,6 @@ class OrderParameterKind(ExperimentKind):
                 Column("alpha", f"Flipped fraction {symbol}"),
                 Column("q", "q, mean ± s.e.m. over seeds", spread="q_sem"),
                 Column("predicted_stable", "Manifold stable (theory)")]
-
-
-def _float(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def _sides(values: np.ndarray, stable: np.ndarray) -> dict[str, Any]:

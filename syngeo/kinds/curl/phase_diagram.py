@@ -14,9 +14,10 @@ import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from syngeo import figures
+from syngeo.engine.curl.protocol import layer_sizes
 from syngeo.formatting import format_number, plural
 from syngeo.kinds.base import Chunk, Column, CostEstimate, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.curl.simulations import (
@@ -25,39 +26,20 @@ from syngeo.kinds.curl.simulations import (
     FOLLOWS_INSIDE,
     LAYER_SYMBOL,
     LAYER_WORDS,
-    CurlSimulationSpec,
+    CurlGridSpec,
     Sweep,
     assemble_sweeps,
-    check_sizes,
-    log_grid,
+    finite_or_none,
     run_pieces,
     sweep_chunks,
     sweep_cost,
 )
 
-#: The paper's c grids (the authors' scripts: hidden logspace(−1, 2, 20), readout
-#: logspace(−2, 1, 20)).
-C_RANGE = {"hidden": (0.1, 100.0), "readout": (0.01, 10.0)}
 #: A cell "learned" when its mean final test error is below this (the error starts near 1).
 LEARNED = 1e-3
 
 
-class PhaseDiagramSpec(CurlSimulationSpec):
-    layer: Literal["hidden", "readout"] = Field(
-        "hidden", title="Flipped layer",
-        description="hidden: a fraction α_h of the input neurons' synapses onto the hidden "
-        "layer follow the flipped rule (D1, Fig. 3a); readout: a fraction α_r of the hidden "
-        "neurons' synapses onto the output (D2, Fig. 4a).",
-        json_schema_extra={"x-enum-labels": {"hidden": "hidden layer (α_h)",
-                                             "readout": "readout (α_r)"}})
-    c_min: float | None = Field(
-        None, gt=0, le=1000, title="Smallest compression ratio c = M/N",
-        description="Empty: the paper's 0.1 for hidden-layer flips, 0.01 for readout flips.")
-    c_max: float | None = Field(
-        None, gt=0, le=1000, title="Largest compression ratio c",
-        description="Empty: the paper's 100 for hidden-layer flips, 10 for readout flips.")
-    n_c: int = Field(20, ge=1, le=100, title="Values of c",
-                     description="Log-spaced from the smallest to the largest. Paper: 20.")
+class PhaseDiagramSpec(CurlGridSpec):
     n_alpha: int = Field(21, ge=1, le=101, title="Values of the flipped fraction α",
                          description="Evenly spaced from 0 to 1. Paper: 21.")
     start: Literal["random", "manifold"] = Field(
@@ -72,21 +54,8 @@ class PhaseDiagramSpec(CurlSimulationSpec):
         description="Relative size of the random offset from the teacher's weights. "
         "Paper: 10⁻¹⁵.", json_schema_extra={"x-applies-when": {"start": ["manifold"]}})
 
-    @model_validator(mode="after")
-    def _grid(self) -> PhaseDiagramSpec:
-        lo, hi = self.c_range()
-        if lo > hi:
-            raise ValueError(f"c_min ({lo:g}) must not exceed c_max ({hi:g})")
-        check_sizes(self.n_total, [lo, hi], "c_min/c_max")
-        return self
-
-    def c_range(self) -> tuple[float, float]:
-        lo, hi = C_RANGE[self.layer]
-        return (self.c_min if self.c_min is not None else lo,
-                self.c_max if self.c_max is not None else hi)
-
     def sweep(self) -> Sweep:
-        cs = log_grid(*self.c_range(), self.n_c)
+        cs = self.c_values()
         alphas = [float(a) for a in np.linspace(0.0, 1.0, self.n_alpha)]
         if self.layer == "hidden":
             return Sweep("grid", cs, alphas, [0.0])
@@ -183,14 +152,14 @@ class PhaseDiagramKind(ExperimentKind):
 def _summary(spec: PhaseDiagramSpec, sweep: Sweep, mean_final: np.ndarray, max_peak: np.ndarray,
              stable: np.ndarray, overflowed: np.ndarray) -> dict[str, Any]:
     alphas = sweep.alphas_hidden if spec.layer == "hidden" else sweep.alphas_readout
-    sizes = [(int(spec.n_total / (1 + c)), int(spec.n_total / (1 + 1 / c))) for c in sweep.cs]
+    sizes = [layer_sizes(spec.n_total, c) for c in sweep.cs]
     cells = []
     for ci, c in enumerate(sweep.cs):
         for ai, a in enumerate(alphas):
             cells.append({
                 "c": c, "N": sizes[ci][0], "M": sizes[ci][1], "alpha": a,
-                "mean_final_test_error": _float(mean_final[ci, ai]),
-                "max_peak_test_error": _float(max_peak[ci, ai]),
+                "mean_final_test_error": finite_or_none(mean_final[ci, ai]),
+                "max_peak_test_error": finite_or_none(max_peak[ci, ai]),
                 "overflowed": int(overflowed[ci, ai].sum()),
                 "predicted_stable": bool(stable[ci, ai]),
             })
@@ -207,10 +176,6 @@ def _summary(spec: PhaseDiagramSpec, sweep: Sweep, mean_final: np.ndarray, max_p
         "c_values": sweep.cs, "alphas": list(alphas), "learned_below": LEARNED,
         "regions": counts, "overflowed": int(overflowed.sum()), "cells": cells,
     }
-
-
-def _float(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def conclusion(summary: dict[str, Any]) -> str:

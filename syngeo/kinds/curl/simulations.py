@@ -114,6 +114,52 @@ class CurlSimulationSpec(BaseModel):
         return CurlConfig(**{**fields, **extra})
 
 
+#: The paper's c grids (the authors' scripts: hidden logspace(−1, 2, 20), readout
+#: logspace(−2, 1, 20)).
+C_RANGE = {"hidden": (0.1, 100.0), "readout": (0.01, 10.0)}
+
+
+class CurlGridSpec(CurlSimulationSpec):
+    """A simulated kind over the compression ratio c, with one layer's rule flipped."""
+
+    layer: Literal["hidden", "readout"] = Field(
+        "hidden", title="Flipped layer",
+        description="hidden: a fraction α_h of the input neurons' synapses onto the hidden "
+        "layer follow the flipped rule (D1, Fig. 3); readout: a fraction α_r of the hidden "
+        "neurons' synapses onto the output (D2, Fig. 4).",
+        json_schema_extra={"x-enum-labels": {"hidden": "hidden layer (α_h)",
+                                             "readout": "readout (α_r)"}})
+    c_min: float | None = Field(
+        None, gt=0, le=1000, title="Smallest compression ratio c = M/N",
+        description="Empty: the paper's 0.1 for hidden-layer flips, 0.01 for readout flips.")
+    c_max: float | None = Field(
+        None, gt=0, le=1000, title="Largest compression ratio c",
+        description="Empty: the paper's 100 for hidden-layer flips, 10 for readout flips.")
+    n_c: int = Field(20, ge=1, le=100, title="Values of c",
+                     description="Log-spaced from the smallest to the largest. Paper: 20.")
+
+    @model_validator(mode="after")
+    def _c_grid(self) -> CurlGridSpec:
+        lo, hi = self.c_range()
+        if lo > hi:
+            raise ValueError(f"c_min ({lo:g}) must not exceed c_max ({hi:g})")
+        check_sizes(self.n_total, [lo, hi], "c_min/c_max")
+        return self
+
+    def c_range(self) -> tuple[float, float]:
+        lo, hi = C_RANGE[self.layer]
+        return (self.c_min if self.c_min is not None else lo,
+                self.c_max if self.c_max is not None else hi)
+
+    def c_values(self) -> list[float]:
+        return log_grid(*self.c_range(), self.n_c)
+
+
+def finite_or_none(value: float) -> float | None:
+    """A value for a JSON summary: None for NaN and ±inf."""
+    return float(value) if np.isfinite(value) else None
+
+
 def log_grid(lo: float, hi: float, n: int) -> list[float]:
     """n log-spaced values from lo to hi (the paper's c grids: np.logspace)."""
     if n == 1:

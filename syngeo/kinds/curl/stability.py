@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from syngeo import figures
+from syngeo.engine.curl.protocol import split_neurons
 from syngeo.formatting import and_list, format_number, format_pm, plural
 from syngeo.kinds.base import (
     SPEC_CONFIG,
@@ -77,9 +78,9 @@ _UNSTABLE = figures.BEST
 
 
 def split_sizes(m_total: int, c: float) -> tuple[int, int]:
-    """(M, N) for M + N ≈ m_total at ratio c = M/N, as the authors' scripts split it (the
-    engine's rule, repeated here so the spec is checked without torch)."""
-    return int(m_total / (1 + 1 / c)), int(m_total / (1 + c))
+    """(M, N) for M + N ≈ m_total at ratio c = M/N, as the authors' scripts split it."""
+    n_hidden, n_input = split_neurons(m_total, c)
+    return n_input, n_hidden
 
 
 def check_grid(spec: CurlStabilitySpec, layer: str) -> tuple[np.ndarray, np.ndarray]:
