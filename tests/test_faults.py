@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A few seconds of bootstrap on two cores, with many progress steps to be stopped at.
 SLOW = {"potentials": ["ne", "p1.5", "p2"], "bootstrap": 3000}
 QUICK = {"potentials": ["ne"], "bootstrap": 0}
+#: Many times longer than a serve shutdown, even on a loaded machine: a run that finished
+#: before its worker was told to stop would prove nothing about handing it back.
+LONG = {"bootstrap": 3000}  # every default potential
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 120) -> object:
@@ -238,7 +241,7 @@ def test_serve_restarted_mid_run_and_its_worker_killed(tmp_path: Path) -> None:
     try:
         api = Api(serve.url)
         dataset = api.upload()
-        run_id = api.submit(dataset, SLOW)
+        run_id = api.submit(dataset, LONG)
         api.running(run_id)
         # A normal restart: the worker hands the run back, serve exits, the run waits.
         serve.proc.send_signal(signal.SIGTERM)
