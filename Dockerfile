@@ -12,6 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# A C++ compiler: the curl simulator builds its CPU kernel on first use (and torch.compile
+# needs one on CPUs too).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, in its own layer: it is large and changes far less often than the code.
 RUN if [ "$TORCH" = "cpu" ]; then \
         pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the project on a Debian 12 machine: .venv, torch (CUDA build when a GPU answers,
 # else the CPU build), then the package. With --test also the servers the tests start
-# (PostgreSQL, Redis) and headless Chromium, installed with apt when missing (needs root).
+# (PostgreSQL, Redis), headless Chromium and a C++ compiler, installed with apt when missing
+# (needs root).
 # Idempotent: a repeat run with nothing to do takes a few seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,6 +26,11 @@ if [[ $TEST == 1 ]]; then
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  # the curl simulator's CPU kernel is compiled on first use: a C++ compiler, Python headers
+  command -v g++ >/dev/null || missing+=(g++)
+  python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || missing+=(python3-dev)
   if (( ${#missing[@]} )); then
     if [[ $EUID -eq 0 ]]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
       say "missing ${missing[*]}; run this script as root to install them with apt-get"; exit 1

@@ -15,23 +15,24 @@ RULES = ("gradient", "curl", "feedback_alignment")
 STARTS = ("random", "manifold")
 COMPILE_MODES = ("auto", "always", "never")
 
-EPOCHS_PER_CALL = 10          # epochs unrolled in one compiled call
+EPOCHS_PER_CALL = 10          # epochs unrolled in one torch.compile'd call (CUDA)
 CHECK_EVERY = 250             # epochs between progress/cancel checks
 BLOCK_BYTES = 1_500_000       # W1 of one block: fits this CPU's 2 MiB L2 with the rest
-AUTO_COMPILE_MIN_WORK = 5e10  # flops of a c before "auto" pays a few seconds of compiling
+AUTO_COMPILE_MIN_WORK = 5e10  # flops of a c before "auto" runs compiled epochs (~10 s eager;
+                              # the CPU kernel's one-time build on a machine takes 20-60 s)
 
-# Cost model (seconds on one CPU core). A compiled linear full-batch epoch of one simulation
-# costs LINEAR_EPOCH_S + LINEAR_EPOCH_S_PER_NM·N·M + LINEAR_EPOCH_S_PER_MM·M²: fitted (±25%)
-# to the steady rates of all 20 values of c of the Fig. 3a grid, 42 simulations each, by
-# bench/bench_curl_simulator.py on a quiet 2-core CPU (2026-12-06, bench/README.md); at these
-# sizes the fixed cost per simulation matters as much as the arithmetic. Eager epochs run
-# ~EAGER_SLOWDOWN× slower; nonlinear full-batch epochs at ~NONLINEAR_FLOPS_PER_S on 4NMP + 12NP.
-LINEAR_EPOCH_S = 3.4e-6
-LINEAR_EPOCH_S_PER_NM = 2.9e-9
-LINEAR_EPOCH_S_PER_MM = 3.3e-11
-EAGER_SLOWDOWN = 4.0
+# Cost model (seconds on one CPU core). A linear full-batch epoch of one simulation in the
+# CPU kernel costs LINEAR_EPOCH_S_PER_N·N + LINEAR_EPOCH_S_PER_NM·N·M + LINEAR_EPOCH_S_PER_MM·M²
+# (per row of W1, per weight, per entry of Σ̂): fitted to the steady single-thread rates of
+# all 20 values of c of the Fig. 3a grid, 42 simulations each, on a quiet 2-core CPU
+# (2026-12-06; within ±25% except c = 0.14, M = 27, which runs 1.7× its estimate). Eager
+# epochs run ~EAGER_SLOWDOWN× slower (4.4-8× measured); nonlinear full-batch epochs at
+# ~NONLINEAR_FLOPS_PER_S on 4NMP + 12NP.
+LINEAR_EPOCH_S_PER_N = 1.0e-8
+LINEAR_EPOCH_S_PER_NM = 1.9e-10
+LINEAR_EPOCH_S_PER_MM = 1.15e-11
+EAGER_SLOWDOWN = 6.0
 NONLINEAR_FLOPS_PER_S = 1.0e10
-COMPILE_SECONDS_PER_C = 8.0  # a worker's first compilation of a shape (cached ones: ~0.5 s)
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,11 @@ def estimate_seconds(config: CurlConfig, cs: Sequence[float], n_alpha: int,
         per_sim_epoch = 0.0
         for c in cs:
             n_hidden, n_input = layer_sizes(config.n_total, c)
-            per_sim_epoch += (LINEAR_EPOCH_S + LINEAR_EPOCH_S_PER_NM * n_hidden * n_input
+            per_sim_epoch += (LINEAR_EPOCH_S_PER_N * n_hidden
+                              + LINEAR_EPOCH_S_PER_NM * n_hidden * n_input
                               + LINEAR_EPOCH_S_PER_MM * n_input * n_input)
         seconds = per_sim_epoch * n_alpha * n_seeds * config.epochs
-        if compiled:
-            return seconds + COMPILE_SECONDS_PER_C * len(cs)
-        return seconds * EAGER_SLOWDOWN
+        return seconds if compiled else seconds * EAGER_SLOWDOWN
     return flops / NONLINEAR_FLOPS_PER_S
 
 

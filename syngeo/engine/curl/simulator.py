@@ -26,9 +26,10 @@ Performance: the grid c × α_h × α_r × seeds is run per c (same shapes), in 
 costs O(NM + M²) per simulation through Σ̂: g = uΣ̂ for all α of one seed is one GEMM, and
 ΔW1 = −η W2ᵀ (g⊙d1), ΔW2 = −η (W1 gᵀ)ᵀ⊙d2. The renormalised W1 is written in the same pass as
 its update because ‖W1 − η W2ᵀy‖² = ‖W1‖² − 2η (W2W1)·y + η²‖W2‖²‖y‖² is known beforehand.
-The multi-epoch step is compiled with ``torch.compile`` (C++ kernels, ~4× faster than eager
-on a CPU, a few seconds to compile per shape) when the work amortises it; ``compile="never"``
-gives the eager version of the same function, which tests check to be equal.
+When the work pays for it (``compile="auto"``, or ``"always"``) the epochs run compiled: on a
+CPU in a C++ kernel (``linear_kernel.cpp``, one pass over W1 per epoch, built once per
+machine), on CUDA through ``torch.compile``; ``compile="never"`` runs the eager torch epoch
+below, the reference that tests compare both with.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from syngeo.engine.curl.kernel import kernel_loaded, linear_kernel
 from syngeo.engine.curl.protocol import (
     BLOCK_BYTES,
     CHECK_EVERY,
@@ -121,14 +123,17 @@ def _linear_epoch(w1, w2, feedback, sigma, s_sigma, s, d1, d2, target1, target2,
     else:
         norm1 = w1_step.square().sum((-1, -2))
     norm2 = w2_step.square().sum(-1)
-    ok = (alive & torch.isfinite(norm1) & torch.isfinite(norm2)
-          & (norm1 < (bound * target1) ** 2) & (norm2 < (bound * target2) ** 2))
+    # A layer whose step overflows keeps its weights and the simulation stops; a W1 step
+    # that is fine is taken even when W2's is not (as the C++ kernel, which writes W1 before
+    # it knows W2's step).
+    ok1 = alive & torch.isfinite(norm1) & (norm1 < (bound * target1) ** 2)
+    ok = ok1 & torch.isfinite(norm2) & (norm2 < (bound * target2) ** 2)
     if renormalize:
-        scale1 = torch.where(ok, target1 * torch.rsqrt(norm1.clamp_min(1e-30)), 1.0)
+        scale1 = torch.where(ok1, target1 * torch.rsqrt(norm1.clamp_min(1e-30)), 1.0)
         scale2 = torch.where(ok, target2 * torch.rsqrt(norm2.clamp_min(1e-30)), 1.0)
         w1_step = w1_step * scale1[..., None, None]
         w2_step = w2_step * scale2[..., None]
-    w1 = torch.where(ok[..., None, None], w1_step, w1)           # overflowed: frozen
+    w1 = torch.where(ok1[..., None, None], w1_step, w1)
     w2 = torch.where(ok[..., None], w2_step, w2)
     return w1, w2, ok, peak
 
@@ -326,7 +331,10 @@ class _Run:
 
 
 def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, compiled: bool,
-               run: _Run, label: str, work_per_epoch: float) -> dict[str, np.ndarray]:
+               run: _Run, label: str, work_per_epoch: float,
+               kernel: Any = None) -> dict[str, np.ndarray]:
+    """``kernel``: the C++ module running linear full-batch CPU epochs (else torch runs them,
+    compiled with ``torch.compile`` when ``compiled``)."""
     g_, a_, n_, m_ = grp.w1.shape
     dev, dtype = grp.w1.device, grp.w1.dtype
     linear_full = config.activation == "linear" and config.batch_size is None
@@ -344,11 +352,26 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
         sigma = grp.x_train @ grp.x_train.transpose(-1, -2) / config.n_train
         s = (grp.teacher2.unsqueeze(-2) @ grp.teacher1)                 # (G, 1, M)
         s_sigma = s @ sigma
-        step_many = _compiled_linear_epochs() if compiled else _linear_epochs
+        step_many = _compiled_linear_epochs() if compiled and kernel is None else _linear_epochs
         lin_args = dict(feedback=grp.feedback, sigma=sigma, s_sigma=s_sigma, s=s, d1=grp.d1,
                         d2=grp.d2, target1=grp.target1, target2=grp.target2, lr=lr,
                         bound=config.overflow_bound, input_variance=config.input_variance,
                         renormalize=config.renormalize, feedback_is_w2=feedback_is_w2)
+        if kernel is not None:
+            # The kernel updates w1, w2, alive and peak in place (flat views of the block) and
+            # carries W2W1, (feedback)W1 and ‖W1‖² from one call to the next.
+            sims = g_ * a_
+            v = (w2.unsqueeze(-1) * w1).sum(-2).reshape(sims, m_)
+            feedback_w1 = (v.clone() if feedback_is_w2 else
+                           (grp.feedback.unsqueeze(-1) * w1).sum(-2).reshape(sims, m_))
+            kernel_args = (
+                w1.view(sims, n_, m_), w2.view(sims, n_), grp.feedback.reshape(sims, n_),
+                feedback_is_w2, v, feedback_w1,
+                w1.double().square().sum((-1, -2)).reshape(sims), sigma.contiguous(),
+                s.reshape(g_, m_).contiguous(), grp.d1.reshape(sims, m_),
+                grp.d2.reshape(sims, n_), grp.target1.reshape(sims), grp.target2.reshape(sims),
+                alive.view(sims), peak.view(sims), lr, config.overflow_bound,
+                config.input_variance, config.renormalize)
 
     def errors() -> tuple[torch.Tensor, torch.Tensor]:
         if linear_full:
@@ -377,13 +400,16 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
                                            alive, lr, config.overflow_bound,
                                            config.activation, config.renormalize)
 
-    def advance(count: int, fused: bool) -> None:
+    def advance(count: int) -> None:
         nonlocal w1, w2, alive, peak, step_many
         if not linear_full:
             for _ in range(count):
                 sample_epoch()
             return
-        if fused:
+        if kernel is not None:
+            kernel.linear_epochs(*kernel_args, count)
+            return
+        if compiled:
             for _ in range(count // EPOCHS_PER_CALL):
                 try:
                     w1, w2, alive, peak = step_many(w1, w2, alive=alive, peak=peak, **lin_args)
@@ -407,14 +433,16 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
                 chunk = q_start - epoch
             if config.q_window and epoch >= q_start:
                 for _ in range(chunk):                     # one epoch at a time: accumulate q
-                    advance(1, fused=False)
+                    advance(1)
                     w_all = torch.cat([w1.flatten(-2), w2], -1).to(torch.float64)
-                    if sums is None:
+                    if sums is None:  # sums of w − w_ref: no cancellation when q is tiny
+                        w_ref = w_all
                         sums = [torch.zeros_like(w_all), torch.zeros_like(w_all)]
-                    sums[0] += w_all
-                    sums[1] += w_all.square()
+                    shifted = w_all - w_ref
+                    sums[0] += shifted
+                    sums[1] += shifted.square()
             else:
-                advance(chunk, fused=True)
+                advance(chunk)
             epoch += chunk
             run.advance(chunk * work_per_epoch, f"{label}: epoch {epoch:,}/{config.epochs:,}")
         tr, te = errors()
@@ -432,8 +460,9 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
     peak_np[dead] = np.nan
     q = np.full((g_, a_), np.nan)
     if sums is not None:
-        mean = sums[0] / config.q_window
-        fluct = (sums[1] / config.q_window - mean.square()).clamp_min(0).mean(-1)
+        shift = sums[0] / config.q_window
+        mean = w_ref + shift
+        fluct = (sums[1] / config.q_window - shift.square()).clamp_min(0).mean(-1)
         q = (fluct / mean.var(-1, unbiased=False)).cpu().numpy()
         q[dead] = np.nan
     return {"train": train, "test": test, "final": test[:, :, -1].copy(), "peak": peak_np,
@@ -452,11 +481,23 @@ def _simulate_c(config: CurlConfig, ci: int, c_key: int, c: float, size: tuple[i
     n_hidden, n_input = size
     bytes_per_group = len(alphas_h) * len(alphas_r) * torch.finfo(config.torch_dtype).bits // 8
     compiled = _use_compile(config, work * len(seed_list) * config.epochs)
+    kernel = None
+    if compiled and dev.type == "cpu":
+        if not kernel_loaded():
+            run.advance(0.0, "loading the compiled CPU kernel (its first build on a machine "
+                        "takes up to a minute)")
+        kernel = linear_kernel()
+    if compiled and dev.type == "cpu" and kernel is None:
+        if config.compile == "always":
+            raise RuntimeError("compile='always' needs the curl CPU kernel, which could not be "
+                               "built here (a C++ compiler and Python headers are needed); "
+                               "use compile='auto' or 'never' to run eager epochs")
+        compiled = False
     per_block = max(1, BLOCK_BYTES // (bytes_per_group * n_hidden * n_input))
-    if dev.type != "cpu":
-        per_block = len(seed_list)                  # a GPU wants everything at once
-    blocks = [list(range(lo, min(lo + per_block, len(seed_list))))
-              for lo in range(0, len(seed_list), per_block)]
+    n_blocks = 1                                    # a GPU wants everything at once
+    if dev.type == "cpu":  # blocks that fit the cache, at least one per thread, even sizes
+        n_blocks = min(len(seed_list), max(-(-len(seed_list) // per_block), config.workers))
+    blocks = [part.tolist() for part in np.array_split(np.arange(len(seed_list)), n_blocks)]
     label = f"c = {c:.3g} (N = {n_hidden}, M = {n_input})"
 
     def run_one(block: list[int]) -> tuple[list[int], dict[str, np.ndarray]]:
@@ -468,16 +509,12 @@ def _simulate_c(config: CurlConfig, ci: int, c_key: int, c: float, size: tuple[i
                               [seed_list[i] for i in block], alphas_h, alphas_r,
                               run_seed, start, dev)
             res = _run_block(config, grp, epochs_recorded, compiled, run, label,
-                             work * len(block))
+                             work * len(block), kernel)
         return block, res
 
     if config.workers > 1 and dev.type == "cpu" and len(blocks) > 1:
-        # compiling is not thread-safe: the first and a smaller last block (each a
-        # shape of its own) run here, the rest on the threads
-        first = [blocks[0]] + ([blocks[-1]] if len(blocks[-1]) != len(blocks[0]) else [])
-        finished = [run_one(b) for b in first]
         with ThreadPoolExecutor(config.workers) as pool:
-            finished += list(pool.map(run_one, [b for b in blocks if b not in first]))
+            finished = list(pool.map(run_one, blocks))
     else:
         finished = [run_one(b) for b in blocks]
     for block, res in finished:
