@@ -10,6 +10,9 @@
     pays any compilation); the difference gives the steady seconds per epoch, the shorter
     run's remainder the fixed cost (draws, recorded errors), and the full grid is projected
     as Σ_c (fixed + 10⁵ × per epoch) × 10 / seeds. ``--full`` runs the real grid instead.
+(calibration) ``--calibrate``: the single-thread steady cost per simulation-epoch at every c
+    of the grid, compiled and eager, and the least-squares fit of the cost model in
+    syngeo/engine/curl/protocol.py (a·N + b·N·M + c·M² per simulation-epoch).
 
     .venv/bin/python bench/bench_curl_simulator.py              # a few minutes on 2 cores
     .venv/bin/python bench/bench_curl_simulator.py --full       # the whole grid
@@ -110,6 +113,38 @@ def part_b(seeds: int, epochs: int, workers: int, full: bool) -> dict[str, Any]:
                 CurlConfig(), PAPER_CS, len(PAPER_ALPHAS), PAPER_SEEDS)}
 
 
+def calibrate(seeds: int = 2) -> dict[str, Any]:
+    from scipy.optimize import nnls
+
+    rows = []
+    for c in PAPER_CS:
+        n, m = layer_sizes(220, c)
+        row: dict[str, Any] = {"c": c, "N": n, "M": m}
+        for mode, short, long in (("always", 1000, 5000), ("never", 200, 1000)):
+            cfg = CurlConfig(workers=1, compile=mode)
+            timed(replace(cfg, epochs=short // 2), [c], PAPER_ALPHAS, range(seeds))
+            t_short, _ = timed(replace(cfg, epochs=short), [c], PAPER_ALPHAS, range(seeds))
+            t_long, _ = timed(replace(cfg, epochs=long), [c], PAPER_ALPHAS, range(seeds))
+            row["compiled" if mode == "always" else "eager"] = (
+                (t_long - t_short) / (long - short) / (len(PAPER_ALPHAS) * seeds))
+        rows.append(row)
+        print(f"    c = {c:7.3f} (N = {n:3d}, M = {m:3d}): {row['compiled'] * 1e6:.2f} µs "
+              f"compiled, {row['eager'] * 1e6:.2f} µs eager per simulation-epoch", flush=True)
+    n, m = (np.array([r[k] for r in rows], float) for k in ("N", "M"))
+    seconds = np.array([r["compiled"] for r in rows])
+    design = np.stack([n, n * m, m * m], axis=1)
+    weights = 1 / seconds                                  # fit relative errors
+    coef, _ = nnls(design * weights[:, None], seconds * weights)
+    ratio = design @ coef / seconds
+    slowdown = np.array([r["eager"] / r["compiled"] for r in rows])
+    print(f"    fit: {coef[0]:.3g}·N + {coef[1]:.3g}·N·M + {coef[2]:.3g}·M² s; estimate/measured "
+          f"{ratio.min():.2f}–{ratio.max():.2f}; eager/compiled {slowdown.min():.1f}–"
+          f"{slowdown.max():.1f}×", flush=True)
+    return {"per_c": rows, "fit_seconds_per_N_NM_MM": coef.tolist(),
+            "fit_ratio_range": [ratio.min(), ratio.max()],
+            "eager_slowdown_range": [slowdown.min(), slowdown.max()]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--c", type=float, default=1.0, help="c of part (a)")
@@ -121,6 +156,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="run the whole Fig. 3a grid")
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also fit the cost model (single thread, a few minutes)")
     args = parser.parse_args()
 
     record: dict[str, Any] = {
@@ -141,6 +178,9 @@ def main() -> None:
         record["b"] = part_b(args.slice_seeds, args.slice_epochs, args.workers, args.full)
         key = "measured_full_grid_seconds" if args.full else "projected_full_grid_seconds"
         print(f"    {key}: {record['b'][key]:.0f} s", flush=True)
+    if args.calibrate:
+        print("(calibration) single-thread cost per simulation-epoch", flush=True)
+        record["calibration"] = calibrate()
     record["load_average_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -338,3 +338,19 @@ def test_bad_parameters_are_named():
         st.hidden_boundary([0.2, 1.2])
     with pytest.raises(ValueError, match="positive"):
         st.readout_boundary([-1.0])
+
+
+@pytest.mark.parametrize(("layer", "alpha"), [("hidden", 0.3), ("readout", 0.2)])
+def test_finite_size_spectra_have_the_mean_of_the_trace(layer: str, alpha: float) -> None:
+    """tr X = ‖W2‖² tr D1 + Σ_n (D2)_nn ‖row n of W1‖², so the mean eigenvalue of X is
+    (1 − 2α_h) + (1 − 2α_r)/c in expectation (E‖W2‖² = 1, rows of W1 of squared norm ≈ 1;
+    over 24 seeds its s.e. is about 0.013);
+    the margin is minus the smallest eigenvalue."""
+    m, n = 400, 500
+    spectra = st.finite_size_spectra(None, alpha, layer, sizes=(m, n), seeds=24, seed=2)
+    assert spectra.shape == (24, m) and (np.diff(spectra, axis=1) >= 0).all()
+    alpha_h, alpha_r = (alpha, 0.0) if layer == "hidden" else (0.0, alpha)
+    expected = (1 - 2 * alpha_h) + (1 - 2 * alpha_r) * n / m
+    assert spectra.mean() == pytest.approx(expected, abs=0.05)
+    margins = st.finite_size_margin(None, alpha, layer, sizes=(m, n), seeds=24, seed=2)
+    np.testing.assert_array_equal(margins, -spectra[:, 0])

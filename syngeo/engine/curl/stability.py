@@ -201,12 +201,12 @@ def _flips(count: int, flipped: int, gen: torch.Generator, device: torch.device)
     return signs
 
 
-def finite_size_margin(c: float | None, alpha: float, layer: Layer, *,
-                       m_total: int | None = None, sizes: tuple[int, int] | None = None,
-                       seeds: int = 4, seed: int = 0,
-                       device: str | torch.device = "cpu") -> np.ndarray:
-    """Stability margins of sampled finite networks, one per seed: the largest eigenvalue
-    of −X (eq. 12) with W1 ~ N(0, 1/M), W2 ~ N(0, 1/N) (eq. 102, ‖W2‖² sampled too) and
+def finite_size_spectra(c: float | None, alpha: float, layer: Layer, *,
+                        m_total: int | None = None, sizes: tuple[int, int] | None = None,
+                        seeds: int = 4, seed: int = 0,
+                        device: str | torch.device = "cpu") -> np.ndarray:
+    """Eigenvalues of X = ‖W2‖²D1 + W1ᵀD2W1 (eq. 12) of sampled finite networks, ascending,
+    shape (seeds, M): W1 ~ N(0, 1/M), W2 ~ N(0, 1/N) (eq. 102, ‖W2‖² sampled too) and
     round(α·M) flipped inputs (``layer="hidden"``: D1, D2 = I) or round(α·N) flipped hidden
     neurons (``"readout"``: D2, D1 = I), at random positions (round half up).
 
@@ -248,8 +248,14 @@ def finite_size_margin(c: float | None, alpha: float, layer: Layer, *,
             d2 = _flips(n_hidden, flipped, gen, dev)
         matrices.append(manifold_matrix(w1, w2, d1, d2))
     with single_cpu_thread(dev):
-        smallest = torch.linalg.eigvalsh(torch.stack(matrices))[:, 0]
-    return -smallest.cpu().numpy()
+        return torch.linalg.eigvalsh(torch.stack(matrices)).cpu().numpy()
+
+
+def finite_size_margin(c: float | None, alpha: float, layer: Layer, **kwargs) -> np.ndarray:
+    """Stability margins of sampled finite networks, one per seed: the largest eigenvalue of
+    −X, i.e. −(smallest eigenvalue of X); the networks and arguments of
+    ``finite_size_spectra``."""
+    return -finite_size_spectra(c, alpha, layer, **kwargs)[:, 0]
 
 
 # ------------------------------------------------------------------ large networks (B.4)

@@ -436,33 +436,17 @@ def _spectrum_points(spec: CurlStabilitySpec, arrays: dict[str, np.ndarray]) -> 
 def _spectra(points: dict[str, Any], spec: CurlStabilitySpec, seed: int,
              device: str) -> dict[str, np.ndarray]:
     """Limiting density of X and a histogram of the eigenvalues of ``spec.seeds`` sampled
-    networks (the statistics of the checks: W1 ~ N(0, 1/M), W2 ~ N(0, 1/N), round(α·M) or
-    round(α·N) flips at random) at both points."""
-    import torch
-
+    networks (the engine's finite-size check networks) at both points."""
     from syngeo.engine.curl import stability as theory
-    from syngeo.engine.device import resolve_device, single_cpu_thread
-    from syngeo.engine.seeding import derived_seed, generator
+    from syngeo.engine.seeding import derived_seed
 
-    dev = resolve_device(device)
     layer = points["layer"]
-    eigenvalues = []
-    for side, (alpha, (m, n)) in enumerate(zip(points["alpha"], points["sizes"],
-                                               strict=True)):
-        gen = generator(derived_seed(seed, _SPECTRUM_KEY, side), dev)
-        matrices = []
-        for _ in range(spec.seeds):
-            w1 = torch.randn(n, m, generator=gen, dtype=torch.float64, device=dev) / math.sqrt(m)
-            w2 = torch.randn(n, generator=gen, dtype=torch.float64, device=dev) / math.sqrt(n)
-            count = m if layer == "hidden" else n
-            signs = torch.ones(count, dtype=torch.float64, device=dev)
-            signs[torch.randperm(count, generator=gen, device=dev)[:math.floor(alpha * count
-                                                                                 + 0.5)]] = -1
-            ones = torch.ones(m if layer == "readout" else n, dtype=torch.float64, device=dev)
-            d1, d2 = (signs, ones) if layer == "hidden" else (ones, signs)
-            matrices.append(theory.manifold_matrix(w1, w2, d1, d2))
-        with single_cpu_thread(dev):
-            eigenvalues.append(torch.linalg.eigvalsh(torch.stack(matrices)).cpu().numpy().ravel())
+    eigenvalues = [
+        theory.finite_size_spectra(None, alpha, layer, sizes=tuple(size), seeds=spec.seeds,
+                                   seed=derived_seed(seed, _SPECTRUM_KEY, side),
+                                   device=device).ravel()
+        for side, (alpha, size) in enumerate(zip(points["alpha"], points["sizes"],
+                                                 strict=True))]
     lo = min(min(float(e.min()) for e in eigenvalues),
              min(s.lowest for s in (theory.support(layer, c, a)
                                     for c, a in zip(points["c"], points["alpha"], strict=True))))
