@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from syngeo.engine.curl import simulator
 from syngeo.engine.curl.kernel import linear_kernel
 from syngeo.engine.curl.protocol import CurlConfig, estimate_seconds, layer_sizes
-from syngeo.engine.curl import simulator
 from syngeo.engine.curl.simulator import SimulationCancelled, _draw_block, simulate
 
 
@@ -227,3 +227,48 @@ def test_minibatches_and_cost_estimate() -> None:
     paper = CurlConfig()
     seconds = estimate_seconds(paper, np.logspace(-1, 2, 20), 21, 10)
     assert 60 < seconds < 10 * 3600
+
+
+def test_one_cell_of_a_grid_runs_again_alone() -> None:
+    """A phase-diagram cell (its c, α and seed positions given) reproduces the grid's
+    simulation, as the single-run view needs: the same draws, to round-off (a batch of
+    another size rounds its matrix products differently)."""
+    config = CurlConfig(n_total=24, epochs=80, learning_rate=0.5, dtype="float64",
+                        compile="never")
+    grid = simulate(config, [0.5, 2.0], [0.0, 0.4, 0.8], [0.0, 0.5], [0, 1, 2], run_seed=4)
+    alone = simulate(config, [2.0], [0.8], [0.5], [2], run_seed=4, c_indices=[1],
+                     alpha_indices=([2], [1]))
+    np.testing.assert_allclose(alone.test_error[0, 0, 0, 0], grid.test_error[1, 2, 1, 2],
+                               rtol=1e-12)
+    elsewhere = simulate(config, [2.0], [0.8], [0.5], [2], run_seed=4, c_indices=[1])
+    assert not np.allclose(elsewhere.test_error, alone.test_error, rtol=1e-3)  # other flips
+    with pytest.raises(ValueError, match="alpha_indices"):
+        simulate(config, [2.0], [0.8], [0.5], [2], run_seed=4, alpha_indices=([0, 1], [0]))
+
+
+@pytest.mark.parametrize("compile_mode", ["never", "always"])
+def test_snapshots_hold_the_weights_behind_the_recorded_errors(compile_mode: str) -> None:
+    config = CurlConfig(n_total=30, epochs=120, record_points=10, learning_rate=0.5,
+                        dtype="float64", compile=compile_mode)
+    if compile_mode == "always" and linear_kernel() is None:
+        pytest.skip("no C++ compiler: the kernel cannot be built here")
+    epochs = [0, 7, 60, 120]
+    result = simulate(config, [1.5], [0.3], [0.0], [1], run_seed=6, snapshot_epochs=epochs)
+    n_hidden, n_input = layer_sizes(30, 1.5)
+    draws = _draw_block(config, 0, n_hidden, n_input, [1], np.array([0.3]), np.array([0.0]),
+                        6, "random", torch.device("cpu"))
+    s = (draws.teacher2[0] @ draws.teacher1[0]).numpy()
+    snaps = result.snapshots[0, 0, 0, 0]
+    assert result.snapshot_epochs.tolist() == epochs
+    assert snaps.shape == (4, n_hidden * n_input + n_hidden)
+    np.testing.assert_array_equal(snaps[0, :n_hidden * n_input],
+                                  draws.w1[0, 0].numpy().ravel())
+    for k, epoch in enumerate(epochs):
+        w1 = snaps[k, :n_hidden * n_input].reshape(n_hidden, n_input)
+        w2 = snaps[k, n_hidden * n_input:]
+        error = config.input_variance * float(np.sum((w2 @ w1 - s) ** 2))
+        if epoch in result.record_epochs:
+            recorded = result.test_error[0, 0, 0, 0, list(result.record_epochs).index(epoch)]
+            assert error == pytest.approx(recorded, rel=1e-10)
+    with pytest.raises(ValueError, match="single c"):
+        simulate(config, [1.0, 2.0], [0.0], [0.0], [0], 0, snapshot_epochs=[5])

@@ -97,6 +97,10 @@ class CurlResult:
     q: np.ndarray                    # (c, α_h, α_r, seed); NaN when q_window = 0
     overflowed: np.ndarray           # (c, α_h, α_r, seed) bool
     compiled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (c,) per c
+    # Weights (W1 row by row, then W2) at ``snapshot_epochs``: (c, α_h, α_r, seed, T, NM + N),
+    # NaN after an overflow; only when asked for (and only for one c: sizes differ per c).
+    snapshot_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    snapshots: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ the linear epoch
@@ -247,7 +251,8 @@ def _flip_signs(size: int, alpha: float, gen: torch.Generator) -> torch.Tensor:
 
 def _draw_block(config: CurlConfig, c_index: int, n_hidden: int, n_input: int,
                 seed_indices: Sequence[int], alphas_h: np.ndarray, alphas_r: np.ndarray,
-                run_seed: int, start: str, dev: torch.device) -> _Group:
+                run_seed: int, start: str, dev: torch.device,
+                alpha_keys: tuple[Sequence[int], Sequence[int]] | None = None) -> _Group:
     """Every draw in float64 on the CPU from seeds keyed by the grid position, so the numbers
     do not depend on the block, the device or the dtype."""
     act = config.activation
@@ -277,10 +282,11 @@ def _draw_block(config: CurlConfig, c_index: int, n_hidden: int, n_input: int,
         parts["ytr"].append((t2 @ _phi(t1 @ xtr, act)).unsqueeze(0))
         parts["yte"].append((t2 @ _phi(t1 @ xte, act)).unsqueeze(0))
         flips1, flips2 = [], []
-        for ah_index, alpha_h in enumerate(alphas_h):
-            for ar_index, alpha_r in enumerate(alphas_r):
-                fgen = generator(derived_seed(run_seed, _FLIP_STREAM, c_index, ah_index,
-                                              ar_index, seed_index))
+        ah_keys, ar_keys = alpha_keys or (range(len(alphas_h)), range(len(alphas_r)))
+        for ah_key, alpha_h in zip(ah_keys, alphas_h, strict=True):
+            for ar_key, alpha_r in zip(ar_keys, alphas_r, strict=True):
+                fgen = generator(derived_seed(run_seed, _FLIP_STREAM, c_index, ah_key,
+                                              ar_key, seed_index))
                 flips1.append(_flip_signs(n_input, float(alpha_h), fgen))
                 flips2.append(_flip_signs(n_hidden, float(alpha_r), fgen))
         parts["d1"].append(torch.stack(flips1))
@@ -331,10 +337,11 @@ class _Run:
 
 
 def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, compiled: bool,
-               run: _Run, label: str, work_per_epoch: float,
-               kernel: Any = None) -> dict[str, np.ndarray]:
+               run: _Run, label: str, work_per_epoch: float, kernel: Any = None,
+               snapshot_epochs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``kernel``: the C++ module running linear full-batch CPU epochs (else torch runs them,
-    compiled with ``torch.compile`` when ``compiled``)."""
+    compiled with ``torch.compile`` when ``compiled``). ``snapshot_epochs``: epochs at which
+    to keep every weight."""
     g_, a_, n_, m_ = grp.w1.shape
     dev, dtype = grp.w1.device, grp.w1.dtype
     linear_full = config.activation == "linear" and config.batch_size is None
@@ -426,7 +433,12 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
     q_start = config.epochs - config.q_window
     sums = None
     epoch = 0
-    for k, target_epoch in enumerate(epochs_recorded):
+    snapshot_epochs = np.zeros(0, np.int64) if snapshot_epochs is None else snapshot_epochs
+    snapshots = np.full((g_, a_, len(snapshot_epochs), n_ * m_ + n_), np.nan,
+                        dtype=np.float64 if dtype == torch.float64 else np.float32)
+    recorded_at = {int(e): k for k, e in enumerate(epochs_recorded)}
+    snapshot_at = {int(e): k for k, e in enumerate(snapshot_epochs)}
+    for target_epoch in np.union1d(epochs_recorded, snapshot_epochs):
         while epoch < target_epoch:
             chunk = min(int(target_epoch) - epoch, CHECK_EVERY)
             if config.q_window and epoch < q_start < epoch + chunk:
@@ -445,6 +457,13 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
                 advance(chunk)
             epoch += chunk
             run.advance(chunk * work_per_epoch, f"{label}: epoch {epoch:,}/{config.epochs:,}")
+        if epoch in snapshot_at:
+            weights = torch.cat([w1.flatten(-2), w2], -1).cpu().numpy()
+            weights[~alive.cpu().numpy()] = np.nan
+            snapshots[:, :, snapshot_at[epoch]] = weights
+        if epoch not in recorded_at:
+            continue
+        k = recorded_at[epoch]
         tr, te = errors()
         train[:, :, k] = tr.double().cpu().numpy()
         test[:, :, k] = te.double().cpu().numpy()
@@ -466,7 +485,7 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
         q = (fluct / mean.var(-1, unbiased=False)).cpu().numpy()
         q[dead] = np.nan
     return {"train": train, "test": test, "final": test[:, :, -1].copy(), "peak": peak_np,
-            "q": q, "overflowed": dead}
+            "q": q, "overflowed": dead, "snapshots": snapshots}
 
 
 # ------------------------------------------------------------------ one c
@@ -474,7 +493,9 @@ def _run_block(config: CurlConfig, grp: _Group, epochs_recorded: np.ndarray, com
 def _simulate_c(config: CurlConfig, ci: int, c_key: int, c: float, size: tuple[int, int],
                 alphas_h: np.ndarray, alphas_r: np.ndarray, seed_list: list[int],
                 run_seed: int, start: str, dev: torch.device, epochs_recorded: np.ndarray,
-                work: float, run: _Run, out: dict[str, np.ndarray]) -> bool:
+                work: float, run: _Run, out: dict[str, np.ndarray],
+                alpha_keys: tuple[Sequence[int], Sequence[int]] | None,
+                snapshot_epochs: np.ndarray) -> bool:
     """Every simulation of one c, block by block, into ``out`` at ``ci``; whether it was
     compiled. ``c_key``: the c's position in the whole grid, which its random draws derive
     from. ``work``: flops of one epoch of one seed's simulations."""
@@ -507,9 +528,9 @@ def _simulate_c(config: CurlConfig, ci: int, c_key: int, c: float, size: tuple[i
         with torch.no_grad():
             grp = _draw_block(config, c_key, n_hidden, n_input,
                               [seed_list[i] for i in block], alphas_h, alphas_r,
-                              run_seed, start, dev)
+                              run_seed, start, dev, alpha_keys)
             res = _run_block(config, grp, epochs_recorded, compiled, run, label,
-                             work * len(block), kernel)
+                             work * len(block), kernel, snapshot_epochs)
         return block, res
 
     if config.workers > 1 and dev.type == "cpu" and len(blocks) > 1:
@@ -517,7 +538,13 @@ def _simulate_c(config: CurlConfig, ci: int, c_key: int, c: float, size: tuple[i
             finished = list(pool.map(run_one, blocks))
     else:
         finished = [run_one(b) for b in blocks]
+    if len(snapshot_epochs):
+        out["snapshots"] = np.full((1, len(alphas_h), len(alphas_r), len(seed_list),
+                                    len(snapshot_epochs), n_hidden * n_input + n_hidden), np.nan,
+                                   dtype=finished[0][1]["snapshots"].dtype)
     for block, res in finished:
+        if not len(snapshot_epochs):
+            res.pop("snapshots")
         for key, value in res.items():
             # (G, A, …) → (α_h, α_r, G, …)
             arr = value.reshape(len(block), len(alphas_h), len(alphas_r), *value.shape[2:])
@@ -532,17 +559,21 @@ def simulate(config: CurlConfig, cs: Sequence[float], alphas_hidden: Sequence[fl
              start: str = "random", progress: ProgressCallback | None = None,
              cancelled: CancelCheck | None = None,
              cancel_error: type[BaseException] = SimulationCancelled,
-             c_indices: Sequence[int] | None = None) -> CurlResult:
+             c_indices: Sequence[int] | None = None,
+             alpha_indices: tuple[Sequence[int], Sequence[int]] | None = None,
+             snapshot_epochs: Sequence[int] | None = None) -> CurlResult:
     """Run the grid c × α_h × α_r × seeds (seeds: the seed indices to run).
 
     Teacher, student and inputs of a simulation come from a seed derived from (``run_seed``,
     c index, seed index), so every α of one (c, seed) shares them; the flip pattern from
     (c index, α_h index, α_r index, seed index). Splitting ``seeds`` over calls gives the
     same numbers per simulation; so does splitting ``cs`` when ``c_indices`` gives each c's
-    position in the whole grid (default: its position in ``cs``). ``progress(fraction,
-    message)`` is called every few hundred
-    epochs in units of arithmetic done; ``cancelled()`` is checked as often and its True
-    raises ``cancel_error``."""
+    position in the whole grid (default: its position in ``cs``), and ``alpha_indices`` the
+    α_h's and α_r's positions (so one cell of a grid can be run again alone).
+    ``snapshot_epochs``: epochs (0 … epochs) at which every weight is kept, for one c only.
+    ``progress(fraction, message)`` is called every few hundred epochs in units of
+    arithmetic done; ``cancelled()`` is checked as often and its True raises
+    ``cancel_error``."""
     _check_choice("start", start, STARTS)
     cs_arr = np.asarray([float(c) for c in cs], dtype=float)
     if cs_arr.size == 0:
@@ -556,6 +587,20 @@ def simulate(config: CurlConfig, cs: Sequence[float], alphas_hidden: Sequence[fl
     if config.rule == "gradient" and (alphas_h.any() or alphas_r.any()):
         raise ValueError("rule='gradient' flips no synapse: use alphas of 0.0, or "
                          "rule='curl' for flipped fractions")
+    alpha_keys = None
+    if alpha_indices is not None:
+        alpha_keys = tuple([int(k) for k in keys] for keys in alpha_indices)
+        for keys, alphas, name in zip(alpha_keys, (alphas_h, alphas_r),
+                                      ("alphas_hidden", "alphas_readout"), strict=True):
+            if len(keys) != len(alphas) or len(set(keys)) != len(keys) or min(keys) < 0:
+                raise ValueError(f"alpha_indices must give one distinct non-negative grid "
+                                 f"position per value of {name}")
+    snapshots_at = np.unique(np.asarray([] if snapshot_epochs is None else snapshot_epochs,
+                                        dtype=np.int64))
+    if len(snapshots_at) and (len(cs_arr) != 1 or snapshots_at[0] < 0
+                              or snapshots_at[-1] > config.epochs):
+        raise ValueError("snapshot_epochs need a single c and epochs within 0 … "
+                         f"{config.epochs:,}")
     seed_list = [int(s) for s in seeds]
     if not seed_list or min(seed_list) < 0 or len(set(seed_list)) != len(seed_list):
         raise ValueError("seeds must be distinct non-negative seed indices, e.g. range(10)")
@@ -584,7 +629,8 @@ def simulate(config: CurlConfig, cs: Sequence[float], alphas_hidden: Sequence[fl
         for ci, c in enumerate(cs_arr):
             compiled_flags[ci] = _simulate_c(config, ci, c_keys[ci], c, sizes[ci], alphas_h,
                                              alphas_r, seed_list, run_seed, start, dev,
-                                             epochs_recorded, per_c_work[ci], run, out)
+                                             epochs_recorded, per_c_work[ci], run, out,
+                                             alpha_keys, snapshots_at)
     if progress is not None:
         progress(1.0, "done")
     return CurlResult(
@@ -593,4 +639,4 @@ def simulate(config: CurlConfig, cs: Sequence[float], alphas_hidden: Sequence[fl
         M=np.array([m for _, m in sizes]), record_epochs=epochs_recorded,
         train_error=out["train"], test_error=out["test"], final_test_error=out["final"],
         peak_test_error=out["peak"], q=out["q"], overflowed=out["overflowed"],
-        compiled=compiled_flags)
+        compiled=compiled_flags, snapshot_epochs=snapshots_at, snapshots=out.get("snapshots"))
