@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from syngeo.formatting import format_number
+from syngeo.formatting import format_number, format_pm
 from syngeo.kinds import KINDS, get_kind
 from syngeo.runner import run_local
 from tests.test_api import csv_bytes, ne_pairs
@@ -29,7 +29,8 @@ def test_every_kind_states_a_conclusion() -> None:
     assert set(KINDS) == {"geometry", "linear_regression", "robustness", "finetuning",
                           "spine_fit", "power", "curl_phase_diagram",
                           "curl_order_parameter",
-                          "curl_stability"}  # a new kind needs its tests here
+                          "curl_stability", "curl_spectrum", "curl_two_neuron",
+                          "curl_single_run"}  # a new kind needs its tests here
 
 
 # --- geometry: the verdict's headline ---------------------------------------------------------
@@ -258,3 +259,57 @@ def test_curl_stability_conclusion() -> None:
             f"networks: {wrong[0]['observed']}, margin {format_number(wrong[0]['mean_margin'])};"
             f" large networks: {wrong[0]['predicted']}, margin "
             f"{format_number(wrong[0]['limit_margin'])})") in text
+
+
+# --- curl_spectrum: the smallest eigenvalue of X against the theory's edge and density -----
+
+def test_curl_spectrum_conclusion() -> None:
+    text, summary = conclude("curl_spectrum", {"c": 0.3, "alpha_hidden": 0.3, "m_total": 2000,
+                                               "seeds": 2, "seed": 0})
+    theory = summary["theory"]
+    assert text == (f"At c = 0.300, α_h = 0.3 (M = {summary['m']:,}, N = {summary['n']:,}) the "
+                    "solution manifold is stable: the smallest eigenvalue of X is "
+                    f"{format_pm(summary['smallest_mean'], summary['smallest_sd'])} over 2 "
+                    f"networks against the large-network edge "
+                    f"{format_number(theory['lower_edge'])} (stable in large networks); the "
+                    f"spectrum matches the theory (KS distance {format_number(theory['ks'])}).")
+    text, _ = conclude("curl_spectrum", {"c": 0.5, "alpha_hidden": 0.3, "alpha_readout": 0.3,
+                                         "m_total": 300, "seeds": 2, "seed": 0})
+    assert "no large-network theory covers flips in both layers at once" in text
+
+
+# --- curl_two_neuron: the origin's eigenvalues and each start's fate under both flows -------
+
+def test_curl_two_neuron_conclusion() -> None:
+    # Inside w1² + w2² = 2s curl flow oscillates; outside it converges (tests/test_curl_toy.py
+    # covers the other outcomes).
+    text, summary = conclude("curl_two_neuron", {"starts": [[0.5, 0.9], [1.6, -0.4]],
+                                                 "heatmap_points": 41, "arrow_points": 5})
+    assert text == ("Under curl flow the origin is a centre (eigenvalues ±1.00i); 1 of 2 "
+                    "starts converges to the stable half of the solution manifold (|w2| > "
+                    "|w1|) and 1 of 2 starts, inside w1² + w2² = 2s, keeps oscillating; "
+                    "gradient flow converges to the solution manifold from both.")
+    assert summary["curl_outcomes"] == {"converged": 1, "oscillating": 1}
+
+
+# --- curl_single_run: learned or not, settled or not; a manifold start's rise and fall ------
+
+def test_curl_single_run_conclusion() -> None:
+    text, summary = conclude("curl_single_run", {"n_total": 100, "c": 0.8, "alpha_hidden": 0.6,
+                                                 "epochs": 3000, "q_window": 500,
+                                                 "snapshots": 100, "seed": 4})
+    assert text == ("At c = 0.800, α_h = 0.600 (linear, N = 55, M = 44) the student did not "
+                    "learn the teacher: test error "
+                    f"{format_number(summary['final_test_error'])} at epoch 3,000 and the "
+                    f"weights keep fluctuating (q = {format_number(summary['q'])}).")
+    text, summary = conclude("curl_single_run", {"n_total": 60, "c": 1.0, "alpha_hidden": 0.0,
+                                                 "alpha_readout": 0.6, "start": "manifold",
+                                                 "epochs": 10_000, "q_window": 500,
+                                                 "snapshots": 100, "seed": 0})
+    assert text == (
+        "Started 1.00e-15 off the solution manifold at c = 1.00, α_r = 0.600 (linear, N = 30, "
+        f"M = 30), the test error rose to {format_number(summary['peak_test_error'])} (epoch "
+        f"{summary['peak_epoch']:,}) and fell again to "
+        f"{format_number(summary['final_test_error'])} by epoch 10,000: the manifold is "
+        "unstable here, yet learning re-descends and the weights have settled (q = "
+        f"{format_number(summary['q'])}).")

@@ -72,6 +72,7 @@ GROWS = [
     ("spine_fit", {}, [], "potentials", ["ne", "p1.5", "p2", "p2.5", "p3", "p4"], "seconds"),
     ("power", {}, [], "replicates", 200, "seconds"),
     ("power", {}, [], "n_values", [100, 10**6], "memory"),
+    ("curl_two_neuron", {}, [], "t_max", 300.0, "seconds"),
 ]
 
 
@@ -168,6 +169,8 @@ OVER = [
      {"dataset": "example"}, "memory", "point_mass_lognormal"),
     ("power", {"n_values": [1000, 100_000], "noise_levels": [0.01], "replicates": 500,
                "calibration": 1000}, {"replicates": 5}, "time", "replicates"),
+    ("curl_spectrum", {"c": 1.0, "m_total": 20_000, "seeds": 10}, {"m_total": 300}, "time",
+     "m_total"),
 ]
 
 

@@ -347,7 +347,8 @@ def test_finite_size_spectra_have_the_mean_of_the_trace(layer: str, alpha: float
     over 24 seeds its s.e. is about 0.013);
     the margin is minus the smallest eigenvalue."""
     m, n = 400, 500
-    spectra = st.finite_size_spectra(None, alpha, layer, sizes=(m, n), seeds=24, seed=2)
+    spectra = st.finite_size_spectra(None, *st.layer_fractions(layer, alpha), sizes=(m, n),
+                                     seeds=24, seed=2)
     assert spectra.shape == (24, m) and (np.diff(spectra, axis=1) >= 0).all()
     alpha_h, alpha_r = (alpha, 0.0) if layer == "hidden" else (0.0, alpha)
     expected = (1 - 2 * alpha_h) + (1 - 2 * alpha_r) * n / m

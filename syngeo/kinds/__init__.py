@@ -11,7 +11,10 @@ from pydantic import BaseModel, ValidationError
 from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
 from syngeo.kinds.curl.order_parameter import OrderParameterKind
 from syngeo.kinds.curl.phase_diagram import PhaseDiagramKind
+from syngeo.kinds.curl.single_run import SingleRunKind
+from syngeo.kinds.curl.spectrum import CurlSpectrumKind
 from syngeo.kinds.curl.stability import CurlStabilityKind
+from syngeo.kinds.curl.two_neuron import TwoNeuronKind
 from syngeo.kinds.finetuning import FinetuningKind
 from syngeo.kinds.geometry import GeometryKind
 from syngeo.kinds.linear_regression import LinearRegressionKind
@@ -23,7 +26,7 @@ KINDS: dict[str, ExperimentKind] = {
     kind.name: kind
     for kind in (GeometryKind(), LinearRegressionKind(), RobustnessKind(), FinetuningKind(),
                  SpineFitKind(), PowerKind(), PhaseDiagramKind(), OrderParameterKind(),
-                 CurlStabilityKind())
+                 CurlStabilityKind(), TwoNeuronKind(), CurlSpectrumKind(), SingleRunKind())
 }
 
 

@@ -186,6 +186,14 @@ function drawFigure(div, fig, { selectId, controls, controlLabel = "Potential" }
     controls.hidden = false;
   }
   window.Plotly.newPlot(div, data, layout, PLOT_CONFIG);
+  // A figure whose cells open a run (layout.meta.cell_link + the cell's customdata query).
+  const link = layout.meta && layout.meta.cell_link;
+  if (link && typeof div.on === "function") {
+    div.on("plotly_click", (event) => {
+      const query = event && event.points && event.points[0] && event.points[0].customdata;
+      if (typeof query === "string") location.assign(`${link}&${query}`);
+    });
+  }
 }
 
 /**

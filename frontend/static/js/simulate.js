@@ -179,11 +179,38 @@ async function offerDatasets() {
   }
 }
 
-/** ?from={run id}: start from an earlier run's parameters; ?dataset={id}: use that dataset. */
+/** A query value as the form wants it: a number or JSON value where it parses, else text. */
+function queryValue(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * ?from={run id}: start from an earlier run's parameters; ?dataset={id}: use that dataset;
+ * ?spec={JSON} and ?{field}={value}: these values (a phase-diagram cell opens its run so).
+ */
 async function prefill() {
   const params = new URL(location.href).searchParams;
   const dataset = params.get("dataset");
   if (dataset && form.field("dataset")) form.field("dataset").set(dataset);
+  const given = {};
+  if (params.get("spec")) {
+    try {
+      Object.assign(given, JSON.parse(params.get("spec")));
+    } catch {
+      showError($("page-error"), new Error("The link's spec parameter is not valid JSON."), "Could not fill in the form.");
+    }
+  }
+  for (const [key, value] of params) {
+    if (!["spec", "from", "dataset"].includes(key) && form.field(key)) given[key] = queryValue(value);
+  }
+  if (Object.keys(given).length) {
+    form.setValues(given);
+    $("submit-status").textContent = "Filled in from the link (same seed and grid positions: the same simulation).";
+  }
   const from = params.get("from");
   if (!from) return;
   const status = $("submit-status");

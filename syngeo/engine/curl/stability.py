@@ -18,7 +18,9 @@ Three levels of the theory:
   X = ‖W2‖² D1 + W1ᵀ D2 W1, whose eigenvalues are minus the M nonzero eigenvalues of the
   Jacobian (eq. 12, 98): the manifold is stable while all eigenvalues of X are > 0;
 * finite random networks: X sampled with the statistics of eq. 102 (W1 ~ N(0, 1/M),
-  W2 ~ N(0, 1/N)) and its smallest eigenvalue, per seed;
+  W2 ~ N(0, 1/N)), flips in either layer or both, its eigenvalues and smallest eigenvalue
+  per seed, and (small networks) the full Jacobian's complex eigenvalues at the sampled
+  point of the solution manifold;
 * large networks (M, N → ∞, c fixed, ‖W2‖² → 1): the limiting spectrum of X by free
   probability — its support, atoms and density — and the stability boundaries c*(α_h)
   (hidden flips, appendix B.4.1) and α_r*(c) (readout flips, B.4.2, derived below).
@@ -77,11 +79,18 @@ c = logspace(−1, 2, 20), where the whole band lies between two neighbouring co
 α_r > α_r*(c), with α_r* < 1/2 for every c and → 1/2 only as c → 0. Each boundary is found
 by bisection on the lowest edge, vectorised over the grid (a 200-point curve took ≈ 0.04 s
 on a busy two-core CPU).
+
+Finite against large networks: the large-network CDF integrates the density over the
+support plus the atoms' masses (:func:`spectrum_cdf`, which must reach 1), and
+:func:`compare_spectra` states the Kolmogorov–Smirnov distance of finite-size eigenvalues
+from it. The theory exists for one flipped layer at a time (B.4.1, B.4.2): with both
+flipped there is none (:func:`theory_layer` returns None).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,21 +103,39 @@ from syngeo.engine.device import resolve_device, single_cpu_thread
 from syngeo.engine.seeding import derived_seeds, generator
 
 __all__ = [
+    "MAX_JACOBIAN_STATE",
+    "JacobianSpectrum",
     "Layer",
+    "Network",
     "SpectralSupport",
+    "SpectrumCDF",
+    "SpectrumComparison",
     "atoms",
+    "compare_spectra",
     "density",
     "finite_size_margin",
+    "finite_size_spectra",
+    "flipped_counts",
     "flow",
     "hidden_boundary",
     "is_stable",
     "jacobian",
+    "jacobian_state_size",
+    "layer_fractions",
     "lower_edge",
     "manifold_margin",
     "manifold_matrix",
+    "network_sizes",
+    "iter_networks",
+    "network_spectra",
+    "network_spectrum",
     "origin_eigenvalues",
     "readout_boundary",
+    "sample_networks",
+    "solution_jacobian_spectrum",
+    "spectrum_cdf",
     "support",
+    "theory_layer",
 ]
 
 Layer = Literal["hidden", "readout"]
@@ -187,35 +214,44 @@ def manifold_margin(w1: Tensor, w2: Tensor, d1: Tensor, d2: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------ finite random networks
 
+#: Largest state (N·M + N weights) whose full Jacobian ``solution_jacobian_spectra`` builds:
+#: a dense (NM+N)² matrix (32 MB at the bound) and a nonsymmetric eigensolve of ~25·(NM+N)³
+#: flops (about 2–4 s per network on one core at the bound).
+MAX_JACOBIAN_STATE = 2000
+
+
+@dataclass(frozen=True)
+class Network:
+    """One sampled network on the solution manifold (student = teacher, eq. 102): weights
+    W1 (N, M) ~ N(0, 1/M) and W2 (N,) ~ N(0, 1/N), flips d1 (M,) and d2 (N,) of ±1."""
+
+    w1: Tensor
+    w2: Tensor
+    d1: Tensor
+    d2: Tensor
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """(M, N)."""
+        n, m = self.w1.shape
+        return m, n
+
+    @property
+    def teacher(self) -> Tensor:
+        """s = W2 W1 (M,): the target that puts this network on its solution manifold."""
+        return self.w2 @ self.w1
+
+
 def _paper_sizes(m_total: int, c: float) -> tuple[int, int]:
     """(M, N) for M + N ≈ m_total at ratio c, split as the authors' scripts do."""
     n_hidden, n_input = layer_sizes(m_total, c)
     return n_input, n_hidden
 
 
-def _flips(count: int, flipped: int, gen: torch.Generator, device: torch.device) -> Tensor:
-    """A ±1 diagonal with ``flipped`` entries −1 at random positions."""
-    signs = torch.ones(count, dtype=_F64, device=device)
-    order = torch.randperm(count, generator=gen, device=device)
-    signs[order[:flipped]] = -1.0
-    return signs
-
-
-def finite_size_spectra(c: float | None, alpha: float, layer: Layer, *,
-                        m_total: int | None = None, sizes: tuple[int, int] | None = None,
-                        seeds: int = 4, seed: int = 0,
-                        device: str | torch.device = "cpu") -> np.ndarray:
-    """Eigenvalues of X = ‖W2‖²D1 + W1ᵀD2W1 (eq. 12) of sampled finite networks, ascending,
-    shape (seeds, M): W1 ~ N(0, 1/M), W2 ~ N(0, 1/N) (eq. 102, ‖W2‖² sampled too) and
-    round(α·M) flipped inputs (``layer="hidden"``: D1, D2 = I) or round(α·N) flipped hidden
-    neurons (``"readout"``: D2, D1 = I), at random positions (round half up).
-
-    Sizes: ``sizes=(M, N)``, or ``m_total`` = M + N split at ratio c as the authors'
-    scripts (N = int(m_total/(1+c)), M = int(m_total/(1+1/c))). Seed k draws from
-    ``derived_seeds(seed, (), seeds)[k]``, so the first seeds do not depend on ``seeds``.
-    """
-    _check_layer(layer)
-    alpha = _check_fraction("alpha", alpha)
+def network_sizes(c: float | None, *, m_total: int | None = None,
+                  sizes: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(M, N) from ``sizes=(M, N)`` or from ``m_total`` = M + N split at ratio c as the
+    authors' scripts (N = int(m_total/(1+c)), M = int(m_total/(1+1/c)))."""
     if (m_total is None) == (sizes is None):
         raise ValueError("give exactly one of m_total (M + N, split at ratio c) or "
                          "sizes=(M, N)")
@@ -226,15 +262,45 @@ def finite_size_spectra(c: float | None, alpha: float, layer: Layer, *,
         if c is not None and not math.isclose(float(c), n_input / n_hidden, rel_tol=1e-9):
             raise ValueError(f"c = {c!r} disagrees with sizes (M/N = {n_input / n_hidden:g});"
                              " pass c=None with sizes")
-    else:
-        if c is None:
-            raise ValueError("m_total needs the ratio c = M/N")
-        n_input, n_hidden = _paper_sizes(int(m_total), _check_ratio(c))
+        return n_input, n_hidden
+    if c is None:
+        raise ValueError("m_total needs the ratio c = M/N")
+    return _paper_sizes(int(m_total), _check_ratio(c))
+
+
+def flipped_counts(m: int, n: int, alpha_hidden: float, alpha_readout: float) -> tuple[int, int]:
+    """(flipped inputs, flipped hidden neurons): round(α_h·M) and round(α_r·N), half up
+    (eq. 10 read backwards)."""
+    return (math.floor(alpha_hidden * m + 0.5), math.floor(alpha_readout * n + 0.5))
+
+
+def _flips(count: int, flipped: int, gen: torch.Generator, device: torch.device) -> Tensor:
+    """A ±1 diagonal with ``flipped`` entries −1 at random positions."""
+    signs = torch.ones(count, dtype=_F64, device=device)
+    order = torch.randperm(count, generator=gen, device=device)
+    signs[order[:flipped]] = -1.0
+    return signs
+
+
+def iter_networks(c: float | None, alpha_hidden: float = 0.0, alpha_readout: float = 0.0,
+                  *, m_total: int | None = None, sizes: tuple[int, int] | None = None,
+                  seeds: int = 4, seed: int = 0,
+                  device: str | torch.device = "cpu") -> Iterator[Network]:
+    """Random networks on their solution manifold with the statistics of eq. 102: W1 ~
+    N(0, 1/M), W2 ~ N(0, 1/N) (‖W2‖² sampled too, not set to its limit 1), round(α_h·M)
+    flipped inputs in D1 and round(α_r·N) flipped hidden neurons in D2 at random positions
+    (both layers may be flipped at once). Sizes as :func:`network_sizes`.
+
+    Network k draws from ``derived_seeds(seed, (), seeds)[k]`` in the order W1, W2, the D1
+    flips (only when α_h > 0), the D2 flips (only when α_r > 0): the first networks do not
+    depend on ``seeds``, and one flipped layer draws what it always drew."""
+    alpha_hidden = _check_fraction("alpha_hidden", alpha_hidden)
+    alpha_readout = _check_fraction("alpha_readout", alpha_readout)
+    n_input, n_hidden = network_sizes(c, m_total=m_total, sizes=sizes)
     if seeds < 1:
         raise ValueError(f"seeds must be ≥ 1, got {seeds!r}")
     dev = resolve_device(device)
-    flipped = math.floor(alpha * (n_input if layer == "hidden" else n_hidden) + 0.5)
-    matrices = []
+    flipped_in, flipped_hid = flipped_counts(n_input, n_hidden, alpha_hidden, alpha_readout)
     for piece_seed in derived_seeds(seed, (), seeds):
         gen = generator(piece_seed, dev)
         w1 = torch.randn(n_hidden, n_input, generator=gen, dtype=_F64, device=dev)
@@ -242,20 +308,93 @@ def finite_size_spectra(c: float | None, alpha: float, layer: Layer, *,
         w2 = torch.randn(n_hidden, generator=gen, dtype=_F64, device=dev) / math.sqrt(n_hidden)
         d1 = torch.ones(n_input, dtype=_F64, device=dev)
         d2 = torch.ones(n_hidden, dtype=_F64, device=dev)
-        if layer == "hidden":
-            d1 = _flips(n_input, flipped, gen, dev)
-        else:
-            d2 = _flips(n_hidden, flipped, gen, dev)
-        matrices.append(manifold_matrix(w1, w2, d1, d2))
-    with single_cpu_thread(dev):
-        return torch.linalg.eigvalsh(torch.stack(matrices)).cpu().numpy()
+        if alpha_hidden > 0:
+            d1 = _flips(n_input, flipped_in, gen, dev)
+        if alpha_readout > 0:
+            d2 = _flips(n_hidden, flipped_hid, gen, dev)
+        yield Network(w1, w2, d1, d2)
+
+
+def sample_networks(c: float | None, alpha_hidden: float = 0.0, alpha_readout: float = 0.0,
+                    **kwargs) -> list[Network]:
+    """The networks of :func:`iter_networks`, all at once."""
+    return list(iter_networks(c, alpha_hidden, alpha_readout, **kwargs))
+
+
+def network_spectrum(net: Network) -> np.ndarray:
+    """Eigenvalues of X = ‖W2‖²D1 + W1ᵀD2W1 (eq. 12) of one network, ascending, (M,)."""
+    x = manifold_matrix(net.w1, net.w2, net.d1, net.d2)
+    with single_cpu_thread(x.device):
+        return torch.linalg.eigvalsh(x).cpu().numpy()
+
+
+def network_spectra(networks: Iterable[Network]) -> np.ndarray:
+    """:func:`network_spectrum` of each network, (S, M); one X in memory at a time."""
+    return np.stack([network_spectrum(net) for net in networks])
+
+
+def finite_size_spectra(c: float | None, alpha_hidden: float = 0.0,
+                        alpha_readout: float = 0.0, **kwargs) -> np.ndarray:
+    """Eigenvalues of X = ‖W2‖²D1 + W1ᵀD2W1 (eq. 12) of sampled finite networks, ascending,
+    shape (seeds, M): the networks of :func:`sample_networks` (same arguments)."""
+    return network_spectra(iter_networks(c, alpha_hidden, alpha_readout, **kwargs))
+
+
+def layer_fractions(layer: Layer, alpha: float) -> tuple[float, float]:
+    """(α_h, α_r) for a fraction α flipped in one layer."""
+    _check_layer(layer)
+    return (alpha, 0.0) if layer == "hidden" else (0.0, alpha)
 
 
 def finite_size_margin(c: float | None, alpha: float, layer: Layer, **kwargs) -> np.ndarray:
-    """Stability margins of sampled finite networks, one per seed: the largest eigenvalue of
-    −X, i.e. −(smallest eigenvalue of X); the networks and arguments of
-    ``finite_size_spectra``."""
-    return -finite_size_spectra(c, alpha, layer, **kwargs)[:, 0]
+    """Stability margins of sampled finite networks with one flipped layer, one per seed:
+    the largest eigenvalue of −X, i.e. −(smallest eigenvalue of X); the networks and
+    arguments of :func:`sample_networks`."""
+    return -finite_size_spectra(c, *layer_fractions(layer, alpha), **kwargs)[:, 0]
+
+
+def jacobian_state_size(m: int, n: int) -> int:
+    """N·M + N: the number of weights, the side of the full Jacobian (eq. 48)."""
+    return n * m + n
+
+
+@dataclass(frozen=True)
+class JacobianSpectrum:
+    """Eigenvalues of the full Jacobian (eq. 48–60) at a point of the solution manifold.
+
+    ``eigenvalues`` (NM+N,) complex, sorted by decreasing modulus. Eq. 98 gives exactly
+    NM + N − M zero eigenvalues (the directions along the solution manifold, which has that
+    dimension: W2W1 = s is M equations; J vanishes on them, so the zero eigenvalue is
+    semisimple) and M others, the eigenvalues of −X. Numerically the zeros come out at
+    rounding size: they are counted as the NM + N − M eigenvalues of smallest modulus
+    (``zero_modes``), ``zero_size`` is the largest modulus among them, and ``margin`` the
+    largest real part of the other M — the stability margin, −λ_min(X)."""
+
+    eigenvalues: np.ndarray
+    zero_modes: int
+    zero_size: float
+    margin: float
+
+
+def solution_jacobian_spectrum(net: Network) -> JacobianSpectrum:
+    """The full Jacobian of the linear curl flow (eq. 46–47, :func:`jacobian`) at the
+    network's point of the solution manifold (student = teacher: s = W2W1, so E = 0), and
+    its complex eigenvalues. Refuses a state larger than MAX_JACOBIAN_STATE."""
+    m, n = net.sizes
+    state = jacobian_state_size(m, n)
+    if state > MAX_JACOBIAN_STATE:
+        raise ValueError(f"the full Jacobian of a network with M = {m}, N = {n} is "
+                         f"{state:,} × {state:,} (N·M + N weights), above the bound "
+                         f"{MAX_JACOBIAN_STATE:,}; use a smaller network "
+                         f"(N·M + N ≤ {MAX_JACOBIAN_STATE:,}) or only the spectrum of X")
+    full = jacobian(net.w1, net.w2, net.teacher, net.d1, net.d2)
+    with single_cpu_thread(full.device):
+        values = torch.linalg.eigvals(full).cpu().numpy()
+    values = values[np.argsort(-np.abs(values), kind="stable")]
+    zeros = state - m
+    return JacobianSpectrum(eigenvalues=values, zero_modes=zeros,
+                            zero_size=float(np.abs(values[m:]).max()) if zeros else 0.0,
+                            margin=float(values[:m].real.max()))
 
 
 # ------------------------------------------------------------------ large networks (B.4)
@@ -503,6 +642,148 @@ def density(layer: Layer, c: float | np.ndarray, alpha: float | np.ndarray,
     imaginary = np.nan_to_num(np.abs(roots.imag), nan=0.0).max(axis=-1)
     inside = _discriminant(layer, cs, alphas, xs) < 0
     return np.where(inside, imaginary / np.pi, 0.0)
+
+
+# ------------------------------------------------------------------ finite vs large networks
+
+@dataclass(frozen=True)
+class SpectrumCDF:
+    """The large-network distribution of the eigenvalues of X (B.4): its continuous part
+    tabulated from :func:`density` and its atoms. Call it on eigenvalues for the CDF."""
+
+    layer: str
+    c: float
+    alpha: float
+    support: SpectralSupport
+    x: np.ndarray           #: grid over the support's intervals (ascending)
+    continuous: np.ndarray  #: ∫ density up to x: the continuous part's CDF, unnormalised
+
+    @property
+    def continuous_mass(self) -> float:
+        """The density's integral over the support: 1 − (atoms' mass) when the tabulation
+        is right."""
+        return float(self.continuous[-1]) if self.x.size else 0.0
+
+    @property
+    def total_mass(self) -> float:
+        """Continuous mass plus the atoms': 1 for a probability distribution."""
+        return self.continuous_mass + self.support.atom_mass
+
+    def continuous_cdf(self, x: np.ndarray | float) -> np.ndarray:
+        """The continuous part's CDF, normalised to 1 (nan when there is no continuous
+        part)."""
+        mass = self.continuous_mass
+        if mass <= 0:
+            return np.full(np.shape(x), np.nan)
+        return np.interp(x, self.x, self.continuous, left=0.0, right=mass) / mass
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        total = (np.interp(x, self.x, self.continuous, left=0.0, right=self.continuous_mass)
+                 if self.x.size else np.zeros(x.shape))
+        for location, mass in self.support.atoms:
+            total = total + mass * (x >= location)
+        return total
+
+
+def spectrum_cdf(layer: Layer, c: float, alpha: float, points: int = 4001) -> SpectrumCDF:
+    """Integrate the large-network density (:func:`density`) over each interval of the
+    support. The density vanishes like a square root at the edges and may diverge at ±1
+    (readout flips at c = 1, x = 1), so each interval is cut at ±1 and each piece is
+    integrated on a cosine grid x = a + (b − a)(1 − cos θ)/2, dense at both of its ends
+    (trapezoids in θ, where the integrand is smooth at square-root edges)."""
+    spectral = support(layer, c, alpha)
+    grids, cumulative, total = [], [], 0.0
+    for lo, hi in spectral.intervals:
+        cuts = [lo, *[p for p in (-1.0, 1.0) if lo < p < hi], hi]
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            theta = np.linspace(0.0, np.pi, points)
+            x = a + (b - a) * (1 - np.cos(theta)) / 2
+            x[0], x[-1] = a, b
+            weight = density(layer, c, alpha, x) * (b - a) * np.sin(theta) / 2   # dx/dθ
+            steps = np.concatenate([[0.0], np.cumsum(np.diff(theta) * (weight[1:]
+                                                                       + weight[:-1]) / 2)])
+            grids.append(x)
+            cumulative.append(total + steps)
+            total += float(steps[-1])
+    x = np.concatenate(grids) if grids else np.empty(0)
+    cdf = np.concatenate(cumulative) if cumulative else np.empty(0)
+    return SpectrumCDF(layer, float(c), float(alpha), spectral, x, cdf)
+
+
+@dataclass(frozen=True)
+class SpectrumComparison:
+    """Finite-size eigenvalues of X against the large-network distribution.
+
+    ``ks``: the Kolmogorov–Smirnov distance sup|F_n − F| between the pooled finite-size
+    eigenvalues of the continuous part and the theory's continuous part (normalised);
+    ``ks_per_network``: the same for each network alone; ``ks_pvalue_iid``: scipy's
+    p-value for ``ks`` as if the pooled eigenvalues were independent draws — they are not
+    (eigenvalues of one matrix repel, and each network's ‖W2‖² shifts its spectrum as a
+    whole), so it is a rough guide, not a calibrated test. ``atom_mass_found``: the
+    fraction of finite-size eigenvalues in each atom (theory: ``atom_mass_theory``) — in a
+    finite network an atom at ±1 sits exactly at ±‖W2‖² (the null space of W1 meeting an
+    eigenspace of D1), so those eigenvalues are matched to ±‖W2‖² per network and left out
+    of the KS distance, which would otherwise measure ‖W2‖² − 1 times the atom's mass.
+    ``lower_edge_theory`` is :func:`lower_edge`."""
+
+    ks: float
+    ks_pvalue_iid: float
+    ks_per_network: np.ndarray
+    atom_locations: tuple[float, ...]
+    atom_mass_theory: tuple[float, ...]
+    atom_mass_found: tuple[float, ...]
+    total_mass: float
+    lower_edge_theory: float
+
+
+_ATOM_MATCH = 1e-8   # relative distance from ±‖W2‖² within which an eigenvalue is an atom's
+
+
+def compare_spectra(eigenvalues: np.ndarray, w2_norm2: np.ndarray, layer: Layer, c: float,
+                    alpha: float, cdf: SpectrumCDF | None = None) -> SpectrumComparison:
+    """Compare finite-size eigenvalues of X (S, M) of networks with ‖W2‖² = ``w2_norm2``
+    (S,) with the large-network law at (layer, c, α) (see :class:`SpectrumComparison`)."""
+    from scipy import stats
+
+    eigenvalues = np.atleast_2d(np.asarray(eigenvalues, dtype=float))
+    w2_norm2 = np.asarray(w2_norm2, dtype=float).reshape(-1)
+    if w2_norm2.shape[0] != eigenvalues.shape[0]:
+        raise ValueError("one ‖W2‖² per network (row of eigenvalues) is needed")
+    cdf = cdf or spectrum_cdf(layer, c, alpha)
+    atoms_ = cdf.support.atoms
+    in_atom = np.zeros(eigenvalues.shape, dtype=bool)
+    found = []
+    for location, _ in atoms_:
+        target = location * w2_norm2[:, None]
+        hit = np.abs(eigenvalues - target) <= _ATOM_MATCH * np.maximum(1.0, np.abs(target))
+        in_atom |= hit
+        found.append(float(hit.mean()))
+    rest = [row[~mask] for row, mask in zip(eigenvalues, in_atom, strict=True)]
+    pooled = np.concatenate(rest)
+    if pooled.size and cdf.continuous_mass > 0:
+        test = stats.kstest(pooled, cdf.continuous_cdf)
+        ks, pvalue = float(test.statistic), float(test.pvalue)
+        per = np.array([stats.kstest(r, cdf.continuous_cdf).statistic if r.size else np.nan
+                        for r in rest])
+    else:
+        ks, pvalue, per = math.nan, math.nan, np.full(len(rest), np.nan)
+    return SpectrumComparison(
+        ks=ks, ks_pvalue_iid=pvalue, ks_per_network=per,
+        atom_locations=tuple(x for x, _ in atoms_), atom_mass_theory=tuple(m for _, m in atoms_),
+        atom_mass_found=tuple(found), total_mass=cdf.total_mass,
+        lower_edge_theory=float(lower_edge(layer, c, alpha)))
+
+
+def theory_layer(alpha_hidden: float, alpha_readout: float) -> tuple[Layer, float] | None:
+    """The layer and fraction whose large-network theory (B.4.1 or B.4.2) describes flips
+    (α_h, α_r), or None when both layers are flipped (no theory). No flips at all is
+    gradient flow, X = ‖W2‖²I + W1ᵀW1: the hidden-layer theory at α_h = 0."""
+    if alpha_hidden > 0 and alpha_readout > 0:
+        return None
+    if alpha_readout > 0:
+        return "readout", float(alpha_readout)
+    return "hidden", float(alpha_hidden)
 
 
 # ------------------------------------------------------------------ stability boundaries

@@ -10,8 +10,10 @@ The grid (c × α × seeds) is split into chunks of (c, seed) pieces that any wo
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -27,6 +29,7 @@ from syngeo.kinds.curl.simulations import (
     LAYER_SYMBOL,
     LAYER_WORDS,
     CurlGridSpec,
+    CurlProtocolSpec,
     Sweep,
     assemble_sweeps,
     finite_or_none,
@@ -175,6 +178,9 @@ def _summary(spec: PhaseDiagramSpec, sweep: Sweep, mean_final: np.ndarray, max_p
         "seeds": spec.seeds, "epochs": spec.epochs, "n_total": spec.n_total,
         "c_values": sweep.cs, "alphas": list(alphas), "learned_below": LEARNED,
         "regions": counts, "overflowed": int(overflowed.sum()), "cells": cells,
+        # what a cell's single run (curl_single_run) needs to be the same simulation
+        "cell_run": {**spec.model_dump(mode="json", include=set(CurlProtocolSpec.model_fields)),
+                     "start": spec.start, "perturbation": spec.perturbation},
     }
 
 
@@ -225,13 +231,25 @@ def heatmap(summary: dict[str, Any], arrays: dict[str, np.ndarray], name: str,
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(values)
     symbol = LAYER_SYMBOL[summary["layer"]]
+    cell_run = summary.get("cell_run")              # results stored before it have none
+    click = "<br>click: run this cell's first seed alone" if cell_run else ""
     text = [[f"c = {format_number(c)}, {symbol} = {format_number(a)}<br>{what}: "
-             f"{format_number(values[ci, ai])}" for ci, c in enumerate(cs)]
+             f"{format_number(values[ci, ai])}{click}" for ci, c in enumerate(cs)]
             for ai, a in enumerate(alphas)]
     heat = go.Heatmap(
         x=cs.tolist(), y=alphas.tolist(), z=figures.json_safe(logs.T),
         colorscale="Viridis", colorbar=dict(title=dict(text="log₁₀ error")),
         text=text, hovertemplate="%{text}<extra></extra>", name=what)
+    meta = None
+    if cell_run:
+        # The page opens meta.cell_link + the clicked cell's customdata (query parameters).
+        flipped, other = (("alpha_hidden", "alpha_readout") if summary["layer"] == "hidden"
+                          else ("alpha_readout", "alpha_hidden"))
+        heat.customdata = [[f"c={c!r}&{flipped}={a!r}&c_index={ci}&{flipped}_index={ai}"
+                            f"&{other}=0&{other}_index=0&seed_index=0"
+                            for ci, c in enumerate(cs.tolist())]
+                           for ai, a in enumerate(alphas.tolist())]
+        meta = {"cell_link": "/new/curl_single_run?spec=" + quote(json.dumps(cell_run))}
     boundary = go.Scatter(
         x=figures.json_safe(arrays["boundary_c"]), y=figures.json_safe(arrays["boundary_alpha"]),
         mode="lines", name="analytical stability boundary",
@@ -246,6 +264,8 @@ def heatmap(summary: dict[str, Any], arrays: dict[str, np.ndarray], name: str,
         yaxis=dict(title=dict(text=f"flipped fraction {symbol}"), range=[-0.03, 1.03]),
         height=460, legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"),
         margin=dict(l=64, r=24, t=72, b=90))
+    if meta:
+        layout["meta"] = meta
     lo, hi = math.log10(cs.min()), math.log10(cs.max())
     pad = 0.5 * (hi - lo) / max(len(cs) - 1, 1) if len(cs) > 1 else 0.2
     layout["xaxis"]["range"] = [lo - pad, hi + pad]

@@ -44,8 +44,8 @@ PER_SIMULATION = ("final_test_error", "peak_test_error", "q", "overflowed", "tes
 _BASE_BYTES = 400e6
 
 
-class CurlSimulationSpec(BaseModel):
-    """The §5 protocol, shared by the simulated kinds."""
+class CurlProtocolSpec(BaseModel):
+    """The §5 protocol of one simulation, shared by the simulated kinds."""
 
     model_config = SPEC_CONFIG
 
@@ -70,9 +70,6 @@ class CurlSimulationSpec(BaseModel):
         True, title="Renormalise weights every epoch",
         description="W1 and W2 are scaled back to their initial Frobenius norms after each "
         "epoch, as in the paper, for numerical stability.")
-    seeds: int = Field(10, ge=1, le=200, title="Seeds per grid point",
-                       description="Independent teachers, students and training sets per "
-                       "(c, α); every α of one (c, seed) shares them. Paper: 10.")
     record_points: int = Field(100, ge=2, le=1000, title="Recorded epochs",
                                description="Log-spaced epochs (with 0 and the last) at which "
                                "train and test errors are kept. Paper: 100.")
@@ -90,7 +87,7 @@ class CurlSimulationSpec(BaseModel):
     device: Device = device_field()
 
     @model_validator(mode="after")
-    def _precision(self) -> CurlSimulationSpec:
+    def _precision(self) -> CurlProtocolSpec:
         # A start on the solution manifold (kinds with ``start`` and ``perturbation``) with
         # a perturbation below float32 resolution would start exactly on the teacher.
         if self.needs_double() and self.dtype == "float32":
@@ -110,8 +107,16 @@ class CurlSimulationSpec(BaseModel):
             n_total=self.n_total, activation=self.activation, rule="curl",
             n_train=self.n_train, learning_rate=self.learning_rate, epochs=self.epochs,
             renormalize=self.renormalize, record_points=self.record_points,
-            n_seeds=self.seeds, dtype=dtype, device=self.device)
+            n_seeds=getattr(self, "seeds", 1), dtype=dtype, device=self.device)
         return CurlConfig(**{**fields, **extra})
+
+
+class CurlSimulationSpec(CurlProtocolSpec):
+    """The protocol over a grid: several seeds per grid point."""
+
+    seeds: int = Field(10, ge=1, le=200, title="Seeds per grid point",
+                       description="Independent teachers, students and training sets per "
+                       "(c, α); every α of one (c, seed) shares them. Paper: 10.")
 
 
 #: The paper's c grids (the authors' scripts: hidden logspace(−1, 2, 20), readout

@@ -442,7 +442,8 @@ def _spectra(points: dict[str, Any], spec: CurlStabilitySpec, seed: int,
 
     layer = points["layer"]
     eigenvalues = [
-        theory.finite_size_spectra(None, alpha, layer, sizes=tuple(size), seeds=spec.seeds,
+        theory.finite_size_spectra(None, *theory.layer_fractions(layer, alpha),
+                                   sizes=tuple(size), seeds=spec.seeds,
                                    seed=derived_seed(seed, _SPECTRUM_KEY, side),
                                    device=device).ravel()
         for side, (alpha, size) in enumerate(zip(points["alpha"], points["sizes"],
