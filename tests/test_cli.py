@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -120,3 +121,23 @@ def test_console_script_is_installed() -> None:
     script = shutil.which("syngeo") or str(Path(__file__).parents[1] / ".venv/bin/syngeo")
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "analyze" in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["curl_two_neuron", "curl_spectrum", "curl_single_run",
+                                  "curl_convergence"])
+def test_each_curl_view_runs_again_from_its_printed_spec(kind: str, tmp_path: Path) -> None:
+    """The CLI prints the full spec (seed filled in); that spec, run again, gives the same
+    result."""
+    from syngeo.examples import QUICK_SPECS
+
+    first_file = tmp_path / "first.json"
+    first_file.write_text(json.dumps({"kind": kind, "spec": QUICK_SPECS[kind]}))
+    first = runner.invoke(app, ["run", str(first_file), "--json"])
+    assert first.exit_code == 0, first.output
+    printed = json.loads(first.stdout)
+    again_file = tmp_path / "again.json"
+    again_file.write_text(json.dumps({"kind": kind, "spec": printed["spec"]}))
+    again = runner.invoke(app, ["run", str(again_file), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["summary"] == printed["summary"]
+    assert printed["summary"]["conclusion"].endswith(".")

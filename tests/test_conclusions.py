@@ -30,7 +30,8 @@ def test_every_kind_states_a_conclusion() -> None:
                           "spine_fit", "power", "curl_phase_diagram",
                           "curl_order_parameter",
                           "curl_stability", "curl_spectrum", "curl_two_neuron",
-                          "curl_single_run"}  # a new kind needs its tests here
+                          "curl_single_run",
+                          "curl_convergence"}  # a new kind needs its tests here
 
 
 # --- geometry: the verdict's headline ---------------------------------------------------------
@@ -313,3 +314,23 @@ def test_curl_single_run_conclusion() -> None:
         f"{format_number(summary['final_test_error'])} by epoch 10,000: the manifold is "
         "unstable here, yet learning re-descends and the weights have settled (q = "
         f"{format_number(summary['q'])}).")
+
+
+# --- curl_convergence: faster, slower or undecided per swept value; runs that never converge -
+
+def test_curl_convergence_conclusion() -> None:
+    from syngeo.kinds.curl.convergence import conclusion
+
+    point = {"value": 500.0, "curl_never": 0, "gradient_never": 1, "verdict": "curl faster"}
+    summary = {"sweep": "n_train", "activation": "tanh", "seeds": 10, "epochs": 10_000,
+               "threshold": -3.0, "significant_below": 0.05,
+               "points": [point, {**point, "value": 2000.0, "verdict": "no difference shown"},
+                          {**point, "value": 250.0, "verdict": "cannot decide",
+                           "curl_never": 9, "gradient_never": 10}]}
+    assert conclusion(summary) == (
+        "In tanh networks, curl descent reached a test error of 0.00100 faster than gradient "
+        "descent at 1 of 3 values of the training-set size N_train and slower at 0 (p < "
+        "0.0500, Wilcoxon signed-rank test over 10 paired seeds, a run that never converged "
+        "counting as the slower) — faster at 500; 1 value cannot be decided (no seed "
+        "converged under either rule); 9 of 30 curl runs and 12 of 30 gradient runs never "
+        "got below 0.00100 within 10,000 epochs.")

@@ -68,6 +68,8 @@ GROWS = [
     ("robustness", {}, [], "seeds", 300, "seconds"),
     ("robustness", {"seeds": 3}, [], "n_weights", 100_000, "memory"),
     ("finetuning", {}, [], "epochs", 90, "seconds"),
+    ("curl_convergence", {}, [], "seeds", 40, "seconds"),
+    ("curl_convergence", {"sweep": "student_scale"}, [], "n_train", 20_000, "memory"),
     ("finetuning", {"networks": ["cnn"]}, [], "pretrain_batch", 2048, "memory"),
     ("spine_fit", {}, [], "potentials", ["ne", "p1.5", "p2", "p2.5", "p3", "p4"], "seconds"),
     ("power", {}, [], "replicates", 200, "seconds"),

@@ -24,6 +24,8 @@ QUICK_SPECS: dict[str, dict[str, Any]] = {
     "curl_order_parameter": {"n_total": 60, "c_min": 0.1, "c_max": 10.0, "n_c": 5,
                              "n_alpha": 5, "seeds": 2, "epochs": 2000, "q_window": 400,
                              "seed": 0},
+    "curl_convergence": {"values": [500, 1000], "seeds": 8, "epochs": 2000, "threshold": -1.0,
+                         "record_points": 40, "seed": 0},
     "curl_single_run": {"n_total": 40, "c": 0.8, "alpha_hidden": 0.6, "epochs": 3000,
                         "snapshots": 200, "q_window": 300, "seed": 0},
     "curl_stability": {"curve_points": 100, "m_total": 300, "check_c_points": 6,

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from syngeo.kinds.base import Cancelled, ExperimentKind, KindResult, RunContext
+from syngeo.kinds.curl.convergence import ConvergenceKind
 from syngeo.kinds.curl.order_parameter import OrderParameterKind
 from syngeo.kinds.curl.phase_diagram import PhaseDiagramKind
 from syngeo.kinds.curl.single_run import SingleRunKind
@@ -26,7 +27,8 @@ KINDS: dict[str, ExperimentKind] = {
     kind.name: kind
     for kind in (GeometryKind(), LinearRegressionKind(), RobustnessKind(), FinetuningKind(),
                  SpineFitKind(), PowerKind(), PhaseDiagramKind(), OrderParameterKind(),
-                 CurlStabilityKind(), TwoNeuronKind(), CurlSpectrumKind(), SingleRunKind())
+                 CurlStabilityKind(), TwoNeuronKind(), CurlSpectrumKind(), SingleRunKind(),
+                 ConvergenceKind())
 }
 
 

@@ -58,6 +58,8 @@ class CurlConfig:
     compile: str = "auto"                  # "auto", "always" or "never" (eager)
     workers: int = 1                       # CPU threads running blocks (one core each)
     overflow_bound: float = 1e6            # a layer norm above bound × its target overflows
+    student_scale: float = 1.0             # × a random start's weights (Fig. 5d; 5b-c: 2)
+    teacher_scale: float = 1.0             # × the teacher's weights (Fig. 5e)
 
     def __post_init__(self) -> None:
         _check_choice("activation", self.activation, ACTIVATIONS)
@@ -77,7 +79,8 @@ class CurlConfig:
         if not 0 <= self.q_window <= self.epochs:
             raise ValueError(f"q_window must be between 0 and epochs = {self.epochs}, "
                              f"got {self.q_window}")
-        for name in ("learning_rate", "input_variance", "overflow_bound"):
+        for name in ("learning_rate", "input_variance", "overflow_bound", "student_scale",
+                     "teacher_scale"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")

@@ -266,6 +266,9 @@ def _draw_block(config: CurlConfig, c_index: int, n_hidden: int, n_input: int,
         t2 = torch.randn(n_hidden, generator=gen, dtype=torch.float64) * sd2
         z1 = torch.randn(n_hidden, n_input, generator=gen, dtype=torch.float64) * sd1
         z2 = torch.randn(n_hidden, generator=gen, dtype=torch.float64) * sd2
+        t1, t2 = t1 * config.teacher_scale, t2 * config.teacher_scale
+        if start == "random":   # Fig. 5d: the student's weights × scale
+            z1, z2 = z1 * config.student_scale, z2 * config.student_scale
         x_std = config.input_variance ** 0.5
         xtr = torch.randn(n_input, config.n_train, generator=gen, dtype=torch.float64) * x_std
         xte = torch.randn(n_input, config.n_test, generator=gen, dtype=torch.float64) * x_std
