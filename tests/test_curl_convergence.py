@@ -66,7 +66,19 @@ def test_the_rank_test_counts_runs_that_never_converged() -> None:
     differences = [100 - 400, 120 - 80] + [c - 1001 for c in curl[2:10]]   # two ties left out
     assert (result.curl_first, result.gradient_first) == (9, 1)
     assert result.rank_p == pytest.approx(stats.wilcoxon(differences).pvalue)
-    assert result.pairs == 2 and result.rank_p < 0.05
+    assert result.pairs == 2 and result.rank_p < 0.05 and result.curl_faster
+
+
+def test_the_direction_is_the_rank_sums_not_the_count_of_wins() -> None:
+    """Curl wins four seeds by a little, gradient descent two by a lot: the rank sums favour
+    gradient descent (ranks of |Δ| written out by hand)."""
+    curl = np.array([99.0, 98, 97, 96, 900, 950])
+    gradient = np.array([100.0, 100, 100, 100, 100, 100])
+    result = compare(curl, gradient, never=1001)
+    assert (result.curl_first, result.gradient_first) == (4, 2)
+    # |Δ| = 1, 2, 3, 4, 800, 850 → ranks 1–4 to curl, 5 and 6 to gradient descent
+    assert (result.curl_rank_sum, result.gradient_rank_sum) == (10.0, 11.0)
+    assert result.curl_faster is False
 
 
 def test_curl_descent_converges_faster_at_reduced_size() -> None:
@@ -96,6 +108,8 @@ def test_curl_descent_converges_faster_at_reduced_size() -> None:
     ({"sweep": "n_train", "values": [10.5]}, "values"),
     ({"sweep": "alpha_readout", "values": [0.0]}, "values"),
     ({"threshold": 5.0}, "threshold"),
+    ({"threshold": -20.0}, "no run can reach"),
+    ({"threshold": -31.0, "dtype": "float64"}, "threshold"),
     ({"seeds": 1}, "seeds"),
     ({"c": 1000.0}, "c"),
 ])

@@ -56,6 +56,15 @@ class PairedComparison:
     curl_first: int                   # seeds where curl converged first (or alone)
     gradient_first: int
     rank_p: float | None              # Wilcoxon signed-rank over every ordered seed
+    curl_rank_sum: float              # signed-rank sums: the seeds curl won, by rank of |Δ|
+    gradient_rank_sum: float
+
+    @property
+    def curl_faster(self) -> bool | None:
+        """The rank test's direction: whether curl's rank sum is the larger (None: tied)."""
+        if self.curl_rank_sum == self.gradient_rank_sum:
+            return None
+        return self.curl_rank_sum > self.gradient_rank_sum
 
     @property
     def decided(self) -> bool:
@@ -97,9 +106,10 @@ def compare(curl: np.ndarray, gradient: np.ndarray, never: float) -> PairedCompa
         if np.nanmax(np.concatenate([curl, gradient])) >= never:
             raise ValueError("never must lie after every convergence epoch")
     curl_first, gradient_first = int((placed < 0).sum()), int((placed > 0).sum())
-    rank_p = None
-    if curl_first + gradient_first:
-        rank_p = float(stats.wilcoxon(placed[placed != 0]).pvalue)
+    rank_p, ordered = None, placed[placed != 0]
+    ranks = stats.rankdata(np.abs(ordered))
+    if ordered.size:
+        rank_p = float(stats.wilcoxon(ordered).pvalue)
     c_mean, c_sem = _mean_sem(curl)
     g_mean, g_sem = _mean_sem(gradient)
     return PairedComparison(
@@ -107,4 +117,6 @@ def compare(curl: np.ndarray, gradient: np.ndarray, never: float) -> PairedCompa
         curl_never=int((~np.isfinite(curl)).sum()),
         gradient_never=int((~np.isfinite(gradient)).sum()), pairs=int(both.sum()),
         mean_difference=float(diff.mean()) if diff.size else None, t=t, p=p,
-        curl_first=curl_first, gradient_first=gradient_first, rank_p=rank_p)
+        curl_first=curl_first, gradient_first=gradient_first, rank_p=rank_p,
+        curl_rank_sum=float(ranks[ordered < 0].sum()),
+        gradient_rank_sum=float(ranks[ordered > 0].sum()))

@@ -61,6 +61,9 @@ DEFAULT_VALUES: dict[str, list[float]] = {
     "teacher_scale": [0.5, 1, 2, 4],
     "alpha_readout": [0.1, 0.2, 0.3, 0.5, 0.7],
 }
+#: The lowest log₁₀ test error a run can reach: round-off of the outputs (relative machine
+#: epsilon ε of an output of order 1) keeps ⟨e²⟩ above about ε².
+REACHABLE = {"float32": -13.0, "float64": -30.0}
 #: A difference is called at this p-value (two-sided Wilcoxon signed-rank test).
 SIGNIFICANT = 0.05
 _BASE_BYTES = 400e6
@@ -99,9 +102,11 @@ class ConvergenceSpec(CurlProtocolSpec):
         description="Curl descent's rule-flipped hidden neurons (when not swept). Paper: "
         "one of ten, 0.1.")
     threshold: float = Field(
-        -3.0, ge=-30, le=2, title="Convergence threshold (log₁₀ test error)",
+        -2.0, ge=-30, le=2, title="Convergence threshold (log₁₀ test error)",
         description="A run converges at the first recorded epoch whose log₁₀ test error is "
-        "below this. The authors' speed sweeps: −3.")
+        "below this. The authors' scripts use −3, which full-batch tanh students of this "
+        "size do not reach here within 10⁵ epochs (they level off near 10⁻²·³ at N_train = "
+        "2,000, minibatches of 10 alike); −2 is reached by both rules.")
     seeds: int = Field(10, ge=2, le=200, title="Seeds (pairs)",
                        description="Teachers, students and training sets, each trained by "
                        "both rules. Paper: 10 (tanh), 40 (ReLU).")
@@ -109,6 +114,13 @@ class ConvergenceSpec(CurlProtocolSpec):
     @model_validator(mode="after")
     def _consistent(self) -> ConvergenceSpec:
         check_sizes(self.n_total, [self.c], "c")
+        floor = REACHABLE[self.config().dtype]
+        if self.threshold < floor:
+            raise ValueError(
+                f"threshold: no run can reach a test error of 10^{self.threshold:g} in "
+                f"{self.config().dtype} (round-off keeps ⟨e²⟩ above about 10^{floor:g}); "
+                "raise the threshold" + (" or set dtype to float64"
+                                         if self.config().dtype == "float32" else ""))
         values = self.swept_values()
         if self.sweep == "n_train" and any(v < 1 or v != int(v) or v > 100_000 for v in values):
             raise ValueError("values: training-set sizes must be whole numbers from 1 to "
@@ -236,8 +248,8 @@ class ConvergenceKind(ExperimentKind):
         for vi, value in enumerate(values):
             cmp = compare(epochs[vi, 1], epochs[vi, 0], never=float(record[-1]) + 1)
             called = cmp.decided and cmp.rank_p < SIGNIFICANT
-            faster = called and cmp.curl_first > cmp.gradient_first
-            slower = called and cmp.curl_first < cmp.gradient_first
+            faster = called and cmp.curl_faster is True
+            slower = called and cmp.curl_faster is False
             points.append({
                 "value": value, "curl_mean": cmp.curl_mean, "curl_sem": cmp.curl_sem,
                 "gradient_mean": cmp.gradient_mean, "gradient_sem": cmp.gradient_sem,
