@@ -105,8 +105,8 @@ class ConvergenceSpec(CurlProtocolSpec):
         -2.0, ge=-30, le=2, title="Convergence threshold (log₁₀ test error)",
         description="A run converges at the first recorded epoch whose log₁₀ test error is "
         "below this. The authors' scripts use −3, which full-batch tanh students of this "
-        "size do not reach here within 10⁵ epochs (they level off near 10⁻²·³ at N_train = "
-        "2,000, minibatches of 10 alike); −2 is reached by both rules.")
+        "size did not reach within 10⁵ epochs in our runs (they level off near 10⁻²·³ at "
+        "N_train = 2,000, minibatches of 10 alike); −2 is reached by both rules.")
     seeds: int = Field(10, ge=2, le=200, title="Seeds (pairs)",
                        description="Teachers, students and training sets, each trained by "
                        "both rules. Paper: 10 (tanh), 40 (ReLU).")
