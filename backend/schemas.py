@@ -31,12 +31,18 @@ class DatasetOut(BaseModel):
     created_at: datetime
     format: str = Field(description="Before/after weights: the file format (csv, tsv, npy, "
                         "npz, safetensors, torch). 'distribution': one column of positive "
-                        "values (POST /api/datasets/distribution), read by 'spine_fit'.")
+                        "values (POST /api/datasets/distribution), read by 'spine_fit'. "
+                        "'activations': samples × features matrices, one per layer (POST "
+                        "/api/datasets/activations); 'checkpoint': one model's weight "
+                        "matrices, out × in (POST /api/datasets/checkpoint).")
     sha256: str = Field(description="Hash over the files' hashes, in upload order.")
     files: list[DatasetFile]
-    n_pairs: int = Field(description="Weight pairs; for a distribution, the number of values.")
+    n_pairs: int = Field(description="Weight pairs; for a distribution, the number of values; "
+                         "for activations or a checkpoint, the number of matrix entries.")
     layers: list[dict[str, Any]] = Field(description="Per-layer summary of before/after "
-                                         "weights (empty for a distribution).")
+                                         "weights, or of the matrices of activations or a "
+                                         "checkpoint (name, shape, rows, cols, reshaped, "
+                                         "mean, std, min, max); empty for a distribution.")
     skipped: list[str]
     distribution: DistributionSummary | None = Field(
         None, description="For format 'distribution': n, range, median, mean and sd.")

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from syngeo.io.matrices import NamedMatrices, read_matrices
 from syngeo.io.weights import WeightPairs, read_weight_pairs
 from syngeo.kinds import KindResult, get_kind, prepare_spec
 from syngeo.kinds.base import DistributionSample
@@ -33,6 +34,12 @@ class LocalContext:
         from syngeo.kinds.spine_fit import read_local_distribution
 
         return read_local_distribution(dataset)
+
+    def load_matrices(self, dataset: str, want: str, *,
+                      include_all: bool = False) -> NamedMatrices:
+        """A local file of activations (``want`` = "activations") or one checkpoint
+        ("checkpoint"), read as an upload of it would be."""
+        return read_matrices([dataset], want, include_all=include_all)
 
 
 def run_local(kind_name: str, raw_spec: dict[str, Any], *, device: str = "auto",

@@ -28,3 +28,9 @@ class RecordingContext:
         from syngeo.runner import LocalContext
 
         return LocalContext().load_distribution(dataset)
+
+    def load_matrices(self, dataset: str, want: str, *, include_all: bool = False) -> Any:
+        """Local files, as for the CLI's in-process runs."""
+        from syngeo.runner import LocalContext
+
+        return LocalContext().load_matrices(dataset, want, include_all=include_all)

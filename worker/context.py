@@ -13,11 +13,13 @@ from types import TracebackType
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from syngeo.io.matrices import NamedMatrices, read_matrices
 from syngeo.io.weights import WeightDataError, WeightPairs, read_weight_pairs
 from syngeo.kinds import Cancelled
 from syngeo.kinds.base import (
     DistributionSample,
     distribution_dataset_problem,
+    matrices_dataset_problem,
     pairs_dataset_problem,
 )
 from syngeo.store import crud
@@ -101,6 +103,14 @@ class WorkerContext:
         # Checked at upload and read again here: a run never trusts stored bytes blindly.
         return DistributionSample(read_distribution(paths[0], file["name"]), record.name,
                                   file["sha256"])
+
+    def load_matrices(self, dataset: str, want: str, *,
+                      include_all: bool = False) -> NamedMatrices:
+        record, paths = self._fetch(
+            dataset, lambda id_, format: matrices_dataset_problem(id_, format, want))
+        # Checked at upload and read again here: a run never trusts stored bytes blindly.
+        return read_matrices(paths, want, [f["name"] for f in record.files],
+                             include_all=include_all)
 
 
 class ChunkContext(WorkerContext):

@@ -15,7 +15,7 @@ from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
 from syngeo.formatting import format_bytes, format_seconds
 from syngeo.kinds import ExperimentKind, UnknownKind, get_kind, prepare_spec
-from syngeo.kinds.base import CostEstimate
+from syngeo.kinds.base import MATRIX_FORMATS, CostEstimate
 from syngeo.settings import Settings
 from syngeo.store.models import Dataset
 
@@ -26,8 +26,12 @@ SpecBody = Annotated[dict[str, Any], Body(description="The kind's spec, as for P
 
 def dataset_sizes(dataset: Dataset) -> list[int]:
     """What a kind's estimate reads of a stored dataset: weight pairs per layer, or the
-    number of values of a distribution."""
+    number of values of a distribution. For matrices (formats "activations" and
+    "checkpoint") two numbers per layer, rows then columns (samples, features; or out, in):
+    kinds reading matrices read their sizes pairwise."""
     layers = (dataset.summary or {}).get("layers") or []
+    if dataset.format in MATRIX_FORMATS:
+        return [int(size) for layer in layers for size in (layer["rows"], layer["cols"])]
     if layers:
         return [int(layer["n"]) for layer in layers]
     return [int(dataset.n_pairs)]

@@ -1,5 +1,7 @@
-"""Uploads: before/after weights (``POST /api/datasets``) and single distributions of
-positive values such as spine volumes (``POST /api/datasets/distribution``)."""
+"""Uploads: before/after weights (``POST /api/datasets``), single distributions of
+positive values such as spine volumes (``POST /api/datasets/distribution``), activation
+matrices (``POST /api/datasets/activations``) and one model checkpoint's weight layers
+(``POST /api/datasets/checkpoint``)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
 from syngeo.backend.schemas import DatasetOut
 from syngeo.backend.uploads import form_flag, multipart_body, receive_files
+from syngeo.io.matrices import ACTIVATIONS, CHECKPOINT, read_matrices
 from syngeo.io.weights import example_path, needs_torch, read_weight_pairs
 from syngeo.kinds.base import DISTRIBUTION_FORMAT
 from syngeo.kinds.spine_fit import distribution_summary, read_distribution
@@ -72,15 +75,27 @@ def _describe_pairs(paths: list[Path], names: list[str], include_all: bool,
     return pairs.format, pairs.summary(), pairs.n_pairs
 
 
+def _describe_matrices(paths: list[Path], names: list[str], include_all: bool,
+                       max_uncompressed: int | None, want: str,
+                       ) -> tuple[str, dict[str, Any], int]:
+    """Read one file as activation matrices or a checkpoint's weight layers (``want``): the
+    dataset format (``want``), the matrices' summary and their number of values."""
+    matrices = read_matrices(paths, want, names, include_all=include_all,
+                             max_uncompressed=max_uncompressed)
+    return want, matrices.summary(), matrices.n_values
+
+
 def _describe_upload(files: list[crud.StoredFile], include_all: bool,
-                     max_uncompressed: int | None) -> tuple[str, dict[str, Any], int]:
-    args = ([f.path for f in files], [f.name for f in files], include_all, max_uncompressed)
+                     max_uncompressed: int | None, describe: Callable[..., Any] = _describe_pairs,
+                     *extra: Any) -> tuple[str, dict[str, Any], int]:
+    args = ([f.path for f in files], [f.name for f in files], include_all, max_uncompressed,
+            *extra)
     if not needs_torch(args[1]):
-        return _describe_pairs(*args)
+        return describe(*args)
     # PyTorch checkpoints are read in a child process: torch (~250 MB) and the pages it maps
     # never enter the API's memory, which stays flat whatever the upload.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_describe_pairs, *args).result()
+        return pool.submit(describe, *args).result()
 
 
 def _ingest(session: Session, store: ArtifactStore, files: list[crud.StoredFile], name: str,
@@ -102,6 +117,18 @@ def _ingest_distribution(session: Session, store: ArtifactStore, file: crud.Stor
                   format=DISTRIBUTION_FORMAT,
                   summary={"distribution": distribution_summary(values)},
                   n_pairs=int(values.size), combined_sha256=_combined_sha256([file]))
+
+
+def _ingest_matrices(session: Session, store: ArtifactStore, file: crud.StoredFile, name: str,
+                     want: str, include_all: bool, owner_id: str,
+                     max_uncompressed: int | None = None) -> tuple[Dataset, bool]:
+    """Validate one file of activation matrices or one checkpoint (``want``, the dataset's
+    format) with the reader runs use, and store it; the same bytes again return the stored
+    dataset. Nothing is stored unless the file reads cleanly."""
+    format, summary, n_values = _describe_upload([file], include_all, max_uncompressed,
+                                                 _describe_matrices, want)
+    return _store(session, store, [file], owner_id=owner_id, name=name, format=format,
+                  summary=summary, n_pairs=n_values, combined_sha256=_combined_sha256([file]))
 
 
 def owned_dataset(session: Session, caller: Caller, dataset_id: str) -> Dataset:
@@ -182,6 +209,79 @@ async def upload_distribution(request: Request, response: Response,
         example="curl -F files=@volumes.csv")
 
 
+_MATRICES_OUT = (
+    "Returns the dataset (format '{want}', n_pairs = the number of matrix entries, and per "
+    "layer: name, original shape, rows × cols, how it was reshaped, mean, sd, min, max; "
+    "entries left out in 'skipped'); pass its id to a kind that reads {what}. The same bytes "
+    "again return the stored dataset (200). A bad file is refused with 4xx naming the "
+    "problem and the fix; nothing is stored."
+)
+
+
+@router.post(
+    "/activations", response_model=DatasetOut, status_code=201,
+    summary="Upload activation matrices, samples × features, one per layer (one file, form "
+            "field 'files')",
+    description="One file: a .npy array (one layer, named after the file), an .npz or "
+    ".safetensors file (each named floating-point array of ≥ 2 dimensions is a layer), a "
+    "PyTorch file holding a tensor or a dict of tensors (read with weights_only=True, never "
+    "unpickled), or a .csv, .tsv or .txt table (one row per sample, one column per feature, "
+    "optional header row, '#' lines skipped). Arrays (n, C, H, W) are read as n × C·H·W. "
+    "Each layer needs at least 10 samples and 10 features, all finite. Optional form field "
+    "'name'. " + _MATRICES_OUT.format(want=ACTIVATIONS, what="activations"),
+    openapi_extra=multipart_body(
+        "One .npy, .npz, .safetensors, .pt, .pth, .bin, .ckpt, .csv, .tsv or .txt file of "
+        "activations (rows = samples, columns = features).", max_files=1))
+async def upload_activations(request: Request, response: Response,
+                             session: Session = Depends(deps.session),
+                             store: ArtifactStore = Depends(deps.store),
+                             settings: Settings = Depends(deps.settings),
+                             caller: Caller = Depends(current_user)) -> DatasetOut:
+    def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
+        name = fields.get("name") or files[0].name
+        return _ingest_matrices(session, store, files[0], name[:255], ACTIVATIONS, False,
+                                caller.id, settings.uncompressed_limit)
+
+    return await _receive_and_ingest(
+        request, response, settings, ingest, max_files=1,
+        expected="one file of activation matrices (samples × features; several layers as "
+                 "named arrays of one .npz, safetensors or PyTorch file)",
+        example="curl -F files=@activations.npz")
+
+
+@router.post(
+    "/checkpoint", response_model=DatasetOut, status_code=201,
+    summary="Upload one model checkpoint, read as its weight matrices (one file, form field "
+            "'files')",
+    description="One file: a .safetensors file, a PyTorch state dict (.pt, .pth, .bin, "
+    ".ckpt; read with weights_only=True, never unpickled) or an .npz of named arrays. The "
+    "weight layers (tensors of ≥ 2 dimensions that are not biases or normalisation "
+    "parameters; every floating-point tensor of ≥ 2 dimensions with include_all) are read as "
+    "out × in matrices, convolutions (out, in, kh, kw) as out × in·kh·kw; layers with a side "
+    "shorter than 2 are skipped. Optional form fields 'name' and 'include_all'. "
+    + _MATRICES_OUT.format(want=CHECKPOINT, what="a checkpoint's weights"),
+    openapi_extra=multipart_body(
+        "One .safetensors, .pt, .pth, .bin, .ckpt or .npz checkpoint.", max_files=1,
+        flags={"include_all": "Keep every floating-point tensor with 2 or more dimensions "
+               "(normalisation and other non-weight names included)."}))
+async def upload_checkpoint(request: Request, response: Response,
+                            session: Session = Depends(deps.session),
+                            store: ArtifactStore = Depends(deps.store),
+                            settings: Settings = Depends(deps.settings),
+                            caller: Caller = Depends(current_user)) -> DatasetOut:
+    def ingest(files: list[crud.StoredFile], fields: dict[str, str]) -> tuple[Dataset, bool]:
+        name = fields.get("name") or files[0].name
+        include_all = form_flag(fields, "include_all")
+        return _ingest_matrices(session, store, files[0], name[:255], CHECKPOINT, include_all,
+                                caller.id, settings.uncompressed_limit)
+
+    return await _receive_and_ingest(
+        request, response, settings, ingest, max_files=1,
+        expected="one model checkpoint (a safetensors file, a PyTorch state dict or an .npz "
+                 "of named weight arrays)",
+        example="curl -F files=@model.safetensors")
+
+
 @router.post("/example", response_model=DatasetOut, status_code=201,
              summary="Load the bundled example pair (generated with negative entropy)")
 def load_example(response: Response, session: Session = Depends(deps.session),
@@ -202,7 +302,8 @@ def load_example(response: Response, session: Session = Depends(deps.session),
 def list_datasets(limit: int = 50, format: str | None = None,
                   session: Session = Depends(deps.session),
                   caller: Caller = Depends(current_user)) -> list[DatasetOut]:
-    """``format=distribution`` lists only single distributions (for 'spine_fit')."""
+    """``format=distribution`` lists only single distributions (for 'spine_fit'),
+    ``format=activations`` or ``format=checkpoint`` only matrix uploads."""
     return [DatasetOut.of(d) for d in crud.list_datasets(session, caller.id,
                                                          min(max(limit, 1), 500),
                                                          format or None)]

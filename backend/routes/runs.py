@@ -95,8 +95,9 @@ def create_run(body: RunIn, request: Request, session: Session = Depends(deps.se
         if dataset is None or dataset.owner_id != caller.id:
             raise ApiError(422, f"spec.dataset: dataset {dataset_id!r} does not exist.",
                            "Upload the data first (POST /api/datasets for before/after "
-                           "weights, POST /api/datasets/distribution for one distribution) "
-                           "and use the id it returns.")
+                           "weights, POST /api/datasets/distribution for one distribution, "
+                           "/api/datasets/activations or /api/datasets/checkpoint for "
+                           "matrices) and use the id it returns.")
         problem = kind.dataset_problem(dataset_id, dataset.format)
         if problem is not None:
             raise ApiError(422, f"spec.dataset: {problem[0]}", problem[1])

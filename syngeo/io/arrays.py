@@ -132,6 +132,12 @@ class Column:
         if len(self.values) >= BLOCK:
             self.flush()
 
+    def extend(self, values: np.ndarray) -> None:
+        """Append a 1-D float64 array (e.g. one parsed row of a matrix) at once."""
+        self.values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        if len(self.values) >= BLOCK:
+            self.flush()
+
     def flush(self) -> None:
         if self.file is None:
             self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish()

@@ -260,19 +260,23 @@ def read_weight_pairs(
 
 
 def needs_torch(names: Sequence[str]) -> bool:
-    """Whether reading files of these names imports torch (PyTorch checkpoints)."""
-    return any(_family(Path(str(n)).name) == _TORCH for n in names)
+    """Whether reading files of these names imports torch (PyTorch checkpoints). Unknown
+    extensions answer False: the reader refuses them with its own message."""
+    return any(_FAMILY_BY_EXTENSION.get(Path(str(n)).suffix.lower()) == _TORCH for n in names)
 
 
-def _family(name: str) -> str:
+def _family(name: str, accepted: str = _ACCEPTED_TEXT,
+            hints: Mapping[str, str] = _EXTENSION_HINTS) -> str:
+    """The reader family of a file name; ``accepted`` and ``hints`` (per extension) are the
+    fix for an unknown extension (other uploads than before/after weights pass their own)."""
     suffix = Path(name).suffix.lower()
     family = _FAMILY_BY_EXTENSION.get(suffix)
     if family is None:
         what = f"extension {suffix!r}" if suffix else "no extension"
-        hint = _EXTENSION_HINTS.get(suffix)
+        hint = hints.get(suffix)
         raise WeightDataError(
             f"The format is not recognised ({what}).",
-            f"{_ACCEPTED_TEXT} {hint}" if hint else _ACCEPTED_TEXT,
+            f"{accepted} {hint}" if hint else accepted,
             file=name,
         )
     return family
@@ -286,25 +290,29 @@ _NPY_MAGIC = b"\x93NUMPY"
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
-def _check_container(path: Path, name: str, family: str, limit: int | None) -> None:
+_SAVEZ_PAIRS = "np.savez(path, before=w_before, after=w_after)"
+
+
+def _check_container(path: Path, name: str, family: str, limit: int | None,
+                     savez: str = _SAVEZ_PAIRS) -> None:
     """Look at the first bytes before a library does: a file that is not what its extension
-    says gets a message that says so, and an archive is checked against ``limit``."""
+    says gets a message that says so, and an archive is checked against ``limit``.
+    ``savez``: how to save the upload's arrays as an .npz, for the fix."""
     with open(path, "rb") as fp:
         head = fp.read(len(_TORCH_LEGACY_MAGIC))
     if family == _NPZ:
         if head.startswith(_NPY_MAGIC):
             raise WeightDataError(
                 "The file is a single .npy array saved under an .npz name.",
-                "Rename it to .npy, or save an archive with np.savez(path, before=..., "
-                "after=...).",
+                f"Rename it to .npy, or save an archive with {savez}.",
                 file=name,
             )
         if not head.startswith(_ZIP_MAGICS):
             raise WeightDataError(
                 "The file is not a NumPy .npz archive (the zip file np.savez writes); it is "
                 "corrupt or in another format.",
-                "Save the arrays with np.savez(path, before=w_before, after=w_after) and upload "
-                "the complete file; a single array goes in a .npy file (np.save).",
+                f"Save the arrays with {savez} and upload the complete file; a single array "
+                "goes in a .npy file (np.save).",
                 file=name,
             )
         _check_zip(path, name, _NPZ_KIND, limit)
@@ -378,7 +386,14 @@ def _check_zip(path: Path, name: str, kind: str, limit: int | None) -> None:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_finite(values: np.ndarray, what: str, file: str | None) -> None:
+_FINITE_FIX = ("Replace or remove those entries (drop the pairs where either value is missing) "
+               "and upload again.")
+
+
+def _check_finite(values: np.ndarray, what: str, file: str | None, *,
+                  shape: tuple[int, ...] | None = None, fix: str = _FINITE_FIX) -> None:
+    """Refuse NaN and ±Inf in the flat ``values``, naming how many and where the first is:
+    a flat index, or (row, column) when ``shape`` gives the matrix they are read as."""
     n_bad = n_nan = 0
     first = -1
     for index, block in enumerate(arrays.blocks(values)):
@@ -390,11 +405,14 @@ def _check_finite(values: np.ndarray, what: str, file: str | None) -> None:
             if first < 0:
                 first = index * arrays.BLOCK + int(np.argmax(bad))
     if n_bad:
+        where = f"index {first} (0-based, flattened)"
+        if shape is not None and len(shape) == 2:
+            row, col = (int(i) for i in np.unravel_index(first, shape))
+            where = f"row {row}, column {col} (0-based)"
         raise WeightDataError(
             f"{what} has {_plural(n_bad, 'NaN or Inf value')} ({n_nan} NaN, {n_bad - n_nan} Inf); "
-            f"the first is at index {first} (0-based, flattened).",
-            "Replace or remove those entries (drop the pairs where either value is missing) "
-            "and upload again.",
+            f"the first is at {where}.",
+            fix,
             file=file,
         )
 
@@ -1023,8 +1041,11 @@ def _read_safetensors(paths: list[Path], names: list[str], include_all: bool) ->
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-def _torch_tensors(path: Path, name: str) -> tuple[dict[str, _Tensor], list[str]]:
-    """Tensors of a checkpoint loaded with weights_only=True, plus names of non-tensor entries."""
+def _torch_tensors(path: Path, name: str, lone: str | None = None,
+                   ) -> tuple[dict[str, _Tensor], list[str]]:
+    """Tensors of a checkpoint loaded with weights_only=True, plus names of non-tensor entries.
+    A file holding one bare tensor (``torch.save(tensor, path)``) is refused, or read as the
+    one tensor named ``lone`` when given."""
     import torch  # imported here only: the web backend must start without torch
 
     kind = "a PyTorch checkpoint"
@@ -1054,6 +1075,8 @@ def _torch_tensors(path: Path, name: str) -> tuple[dict[str, _Tensor], list[str]
     except Exception as exc:  # torch reports bad files with many exception types
         raise _corrupt(name, kind, exc) from exc
 
+    if lone is not None and isinstance(obj, torch.Tensor):
+        obj = {lone: obj}
     if not isinstance(obj, Mapping):
         raise WeightDataError(
             f"The checkpoint holds a {type(obj).__name__}, not a state dict (a mapping from "

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from syngeo.formatting import format_bytes, format_seconds
+from syngeo.io.matrices import ACTIVATIONS, CHECKPOINT, NamedMatrices
 from syngeo.io.weights import WeightPairs
 
 #: Every kind's spec: unknown fields are refused (a typo must not pass silently) and so are
@@ -24,6 +25,22 @@ SPEC_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 #: ``Dataset.format`` of an upload holding one column of positive values (one observed
 #: distribution, e.g. spine volumes), as opposed to before/after weight pairs.
 DISTRIBUTION_FORMAT = "distribution"
+
+#: ``Dataset.format`` of uploads of named 2-D matrices: activations (samples × features per
+#: layer, POST /api/datasets/activations) and one model checkpoint's weight layers (out × in,
+#: POST /api/datasets/checkpoint).
+MATRIX_FORMATS = (ACTIVATIONS, CHECKPOINT)
+
+# What a stored dataset of each special format holds, and where that kind of data is uploaded.
+_HOLDS = {
+    DISTRIBUTION_FORMAT: "one distribution (a single column of values)",
+    ACTIVATIONS: "activation matrices (samples × features per layer)",
+    CHECKPOINT: "one model checkpoint's weight matrices",
+}
+_UPLOAD = {
+    ACTIVATIONS: "Upload activations (samples × features; POST /api/datasets/activations)",
+    CHECKPOINT: "Upload one model checkpoint (POST /api/datasets/checkpoint)",
+}
 
 
 class Cancelled(Exception):
@@ -54,25 +71,54 @@ class RunContext(Protocol):
         problem and the fix when the dataset is missing, holds before/after weights, or its
         values cannot be used."""
 
+    def load_matrices(self, dataset: str, want: str, *,
+                      include_all: bool = False) -> NamedMatrices:
+        """Load named 2-D matrices by dataset id (server) or file path (CLI): ``want`` is
+        "activations" (samples × features per layer, :func:`syngeo.io.matrices.read_activations`)
+        or "checkpoint" (one checkpoint's weight layers, out × in,
+        :func:`syngeo.io.matrices.read_checkpoint`, which alone uses ``include_all``).
+
+        Raises :class:`~syngeo.io.weights.WeightDataError` naming the problem and the fix
+        when the dataset is missing, holds another kind of data, or cannot be used."""
+
+
+def _holds(dataset_id: str, format: str) -> str:
+    what = _HOLDS.get(format, f"weights before and after learning (format {format})")
+    return f"Dataset {dataset_id!r} holds {what}"
+
 
 def pairs_dataset_problem(dataset_id: str, format: str) -> tuple[str, str] | None:
     """(problem, fix) when a stored dataset does not hold before/after weight pairs."""
-    if format != DISTRIBUTION_FORMAT:
-        return None
-    return (f"Dataset {dataset_id!r} holds one distribution (a single column of values), not "
-            "weights before and after learning.",
-            "Upload before/after weights (POST /api/datasets) and use that id; fit a single "
-            "distribution with the 'spine_fit' kind.")
+    if format == DISTRIBUTION_FORMAT:
+        return (f"{_holds(dataset_id, format)}, not weights before and after learning.",
+                "Upload before/after weights (POST /api/datasets) and use that id; fit a "
+                "single distribution with the 'spine_fit' kind.")
+    if format in MATRIX_FORMATS:
+        return (f"{_holds(dataset_id, format)}, not weights before and after learning.",
+                "Upload before/after weights (POST /api/datasets) and use that id; matrices "
+                "are read by the eigenspectrum kinds.")
+    return None
 
 
 def distribution_dataset_problem(dataset_id: str, format: str) -> tuple[str, str] | None:
     """(problem, fix) when a stored dataset does not hold one distribution."""
     if format == DISTRIBUTION_FORMAT:
         return None
-    return (f"Dataset {dataset_id!r} holds weights before and after learning (format "
-            f"{format}), not a single distribution.",
+    return (f"{_holds(dataset_id, format)}, not a single distribution.",
             "Upload one column of positive values (POST /api/datasets/distribution) and use "
             "that id, or use 'example'.")
+
+
+def matrices_dataset_problem(dataset_id: str, format: str, want: str,
+                             ) -> tuple[str, str] | None:
+    """(problem, fix) when a stored dataset does not hold the matrices ``want`` names
+    ("activations" or "checkpoint")."""
+    if want not in MATRIX_FORMATS:
+        raise ValueError(f"want must be one of {MATRIX_FORMATS}, not {want!r}")
+    if format == want:
+        return None
+    return (f"{_holds(dataset_id, format)}, not {_HOLDS[want]}.",
+            f"{_UPLOAD[want]} and use that id.")
 
 
 @dataclass(frozen=True)
@@ -235,8 +281,9 @@ class ExperimentKind(ABC):
     @abstractmethod
     def estimate(self, spec: BaseModel, inputs: list[int]) -> CostEstimate:
         """Time and peak memory of a run of ``spec`` on one CPU worker. ``inputs``: the sizes of
-        the dataset it reads (weight pairs per layer, or the number of values of a
-        distribution), empty when it reads none. Kept free of torch: the API checks every
+        the dataset it reads (weight pairs per layer, the number of values of a
+        distribution, or for matrices rows then columns of each layer, pairwise), empty when
+        it reads none. Kept free of torch: the API checks every
         spec against its limits before queueing it."""
 
     def chunks(self, spec: BaseModel) -> list[Chunk]:

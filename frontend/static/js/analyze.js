@@ -440,6 +440,11 @@ async function preload() {
       box.append(el("p", {}, el("a", { href: `/new/spine_fit?dataset=${encodeURIComponent(ds.id)}` }, "Fit this distribution")));
       return;
     }
+    if (ds.format === "activations" || ds.format === "checkpoint") {
+      const what = ds.format === "activations" ? "activation matrices" : "one model checkpoint’s weight matrices";
+      showError($("upload-error"), new ApiError(422, `Dataset ${shortId(ds.id)} holds ${what}, not weights before and after learning, so the geometry analysis cannot read it.`, "Upload weights before and after here, or open the dataset from an eigenspectrum experiment."), "This dataset cannot be analysed here.");
+      return;
+    }
     setDataset(ds);
   } catch (err) {
     showError($("upload-error"), err, "Could not open that dataset.");

@@ -16,7 +16,8 @@ const EXAMPLE = "example";
 const ACCEPT = ".csv,.tsv,.txt,.npy,text/csv,text/tab-separated-values,text/plain";
 const ID_FORM = /^[A-Za-z0-9_-]{1,40}$/;
 
-function uploadIcon() {
+/** The upload arrow of the drop zones (shared with matrices.js). */
+export function uploadIcon() {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   for (const [k, v] of Object.entries({ width: "26", height: "26", viewBox: "0 0 24 24", fill: "none", stroke: "currentColor", "stroke-width": "1.8", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true" })) svg.setAttribute(k, v);
   for (const d of ["M12 16V4m0 0-4.5 4.5M12 4l4.5 4.5", "M4 15v3a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2v-3"]) {

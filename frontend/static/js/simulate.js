@@ -2,10 +2,12 @@
 // JSON Schema (GET /api/kinds); submitting queues a run (POST /api/runs) and opens it.
 // /new/{kind}?from={run id} fills the form with that run's spec (its seed included);
 // /new/{kind}?dataset={id} fills in the dataset. A field whose schema says
-// `"x-upload": "distribution"` (spine_fit's dataset) gets an upload panel (distribution.js).
+// `"x-upload": "distribution"` (spine_fit's dataset) gets an upload panel (distribution.js);
+// `"x-upload": "activations"` or `"checkpoint"` one for matrices (matrices.js).
 
 import { api, ApiError, clearError, el, shortId, showError, showVersion } from "./api.js";
 import { attachDistributionUpload } from "./distribution.js";
+import { attachMatrixUpload } from "./matrices.js";
 import { attachEstimate } from "./estimate.js";
 import { buildForm, fieldsNamedIn } from "./form.js";
 
@@ -76,7 +78,8 @@ let kind = null;
 let uploaders = []; // {refresh()} of the upload panels of fields that take an upload
 let estimator = null; // the cost estimate under the form (estimate.js)
 
-/** The kind of upload a spec field takes ("distribution"), or undefined. */
+/** The kind of upload a spec field takes ("distribution", "activations", "checkpoint"), or
+ * undefined. */
 function uploadOf(key) {
   const prop = kind && kind.schema && kind.schema.properties ? kind.schema.properties[key] : null;
   return prop ? prop["x-upload"] : undefined;
@@ -162,6 +165,9 @@ async function submit(event) {
   }
 }
 
+// Dataset formats that are not before/after weights.
+const OTHER_UPLOADS = new Set(["distribution", "activations", "checkpoint"]);
+
 /** Suggest uploaded datasets of the right type in a text field named `dataset` (best effort). */
 async function offerDatasets() {
   const f = form.field("dataset");
@@ -169,7 +175,8 @@ async function offerDatasets() {
   const wanted = uploadOf("dataset");
   try {
     const all = await api(`/api/datasets?limit=50${wanted ? `&format=${encodeURIComponent(wanted)}` : ""}`);
-    const datasets = wanted ? all : all.filter((ds) => ds.format !== "distribution");
+    // Without an x-upload the field takes before/after weights: no other uploads are offered.
+    const datasets = wanted ? all : all.filter((ds) => !OTHER_UPLOADS.has(ds.format));
     const list = el("datalist", { id: `${f.control.id}-list` },
       ...datasets.map((ds) => el("option", { value: ds.id }, ds.name || shortId(ds.id))));
     f.node.append(list);
@@ -242,8 +249,8 @@ async function showForm(found) {
   }
   form = buildForm($("spec-fields"), kind.schema, { idPrefix: "spec" });
   uploaders = form.fields
-    .filter((f) => uploadOf(f.key) === "distribution")
-    .map((f) => attachDistributionUpload(f));
+    .filter((f) => ["distribution", "activations", "checkpoint"].includes(uploadOf(f.key)))
+    .map((f) => (uploadOf(f.key) === "distribution" ? attachDistributionUpload(f) : attachMatrixUpload(f, uploadOf(f.key))));
   estimator = attachEstimate($("cost-estimate"), kind.name, () => form.preview());
   $("spec-form").addEventListener("submit", submit);
   $("spec-form").addEventListener("input", () => estimator.refresh());
