@@ -31,7 +31,9 @@ def test_every_kind_states_a_conclusion() -> None:
                           "curl_order_parameter",
                           "curl_stability", "curl_spectrum", "curl_two_neuron",
                           "curl_single_run",
-                          "curl_convergence"}  # a new kind needs its tests here
+                          "curl_convergence", "spectra_representation",
+                          "spectra_layers", "spectra_ssl",
+                          "spectra_geometry"}  # a new kind needs its tests here
 
 
 # --- geometry: the verdict's headline ---------------------------------------------------------
@@ -334,3 +336,121 @@ def test_curl_convergence_conclusion() -> None:
         "counting as the slower) — faster at 500; 1 value cannot be decided (no seed "
         "converged under either rule); 9 of 30 curl runs and 12 of 30 gradient runs never "
         "got below 0.00100 within 10,000 epochs.")
+
+
+# --- spectra_representation: α per layer and whether to believe it ---------------------------
+
+def test_spectra_representation_conclusion() -> None:
+    text, summary = conclude("spectra_representation", {"dataset": "example", "bootstrap": 0,
+                                                       "layers": ["power_law"]})
+    fit = summary["layers"][0]["fit"]
+    assert text == (f"Layer 'power_law': α = {format_number(fit['alpha_req']['alpha'])} by "
+                    f"α-ReQ, {format_number(fit['likelihood']['alpha'])} by maximum "
+                    "likelihood; a power law, and the two fits agree.")
+    text, summary = conclude("spectra_representation", {"dataset": "example", "bootstrap": 0})
+    alpha = summary["layers"][0]["fit"]["alpha_req"]["alpha"]
+    assert text == (f"α-ReQ α = {alpha:.3g} in 'power_law', the one layer with a trusted "
+                    "power law; 1 layer flagged as not a trustworthy power law "
+                    "('exponential': decays exponentially).")
+
+
+# --- spectra_layers: α per layer and what lies beyond the random-matrix bulk ------------------
+
+def test_spectra_layers_conclusion() -> None:
+    text, _ = conclude("spectra_layers", {"dataset": "example"})
+    assert text.endswith("; 1 layer of 2 has eigenvalues beyond the Marchenko–Pastur bulk of "
+                         "a random matrix of the same shape and scale.")
+    text, _ = conclude("spectra_layers", {"dataset": "example", "compare": "example"})
+    assert text.startswith("No layer's α-ReQ α changed by 0.005 or more between the two "
+                           "checkpoints")
+
+
+# --- spectra_ssl: does α rank the models, and what selection by α cost ------------------------
+
+def test_spectra_ssl_conclusion() -> None:
+    text, summary = conclude("spectra_ssl", {
+        "redundancy_weights": [1e-3, 5e-2], "projector_dims": [16], "views": [2, 3],
+        "epochs": 2, "hidden": 64, "features": 32, "rank_max": 20, "min_tail": 10,
+        "models_per_round": 2, "keep": 2, "seed": 4})
+    a, p = summary["selection"]["alpha"], summary["selection"]["probe"]
+    corr = summary["correlation"]
+    found = ("the best model" if a["found_best"]
+             else f"a model of accuracy {format_number(a['chosen_accuracy'])}")
+    strength = ("were rank-correlated" if corr["p_value"] < 0.05
+                else "showed no rank correlation that the sweep can establish")
+    flagged = sum(1 for r in summary["configurations"] if r["fit"]["flags"])
+    assert text == (
+        f"Over 4 Barlow Twins configurations, α and probe accuracy {strength} (Spearman ρ = "
+        f"{format_number(corr['rho'])}, p = {format_number(corr['p_value'])}, 4 models); "
+        f"selection by α (Algorithm 1) found {found} with {a['evaluations']} linear "
+        f"evaluation{'s' if a['evaluations'] != 1 else ''}, against 4 to find the best "
+        f"({format_number(p['best_accuracy'])}) by probing every model; the untrained "
+        f"network's features already reach {format_number(summary['baseline']['probe_accuracy'])}"
+        + (f"; {flagged} of 4 spectra were flagged as not a clean power law" if flagged else "")
+        + ".")
+
+
+# --- spectra_geometry: α before and after fine-tuning with each potential ---------------------
+
+def test_spectra_geometry_conclusion() -> None:
+    from syngeo.examples import QUICK_SPECS
+    from syngeo.kinds.spectra.figures import FLAG_WORDS
+
+    text, summary = conclude("spectra_geometry", QUICK_SPECS["spectra_geometry"])
+    nets = {n["name"]: n for n in summary["networks"]}
+    words = {"ne": "negative entropy", "p2": "p = 2"}
+
+    def moved(layer: dict) -> float:
+        return max(abs(a["delta_mean"] or 0.0) for a in layer["after"])
+
+    def clause(layer: dict, word: str) -> str:
+        b = layer["before"]["alpha_req"]
+        flags = layer["before"]["flags"] + [c for a in layer["after"] for c in a["flags"]]
+        assert moved(layer) >= 0.005  # this run moves every headline layer visibly
+        return (f"{word} α of {layer['name']!r} went from {format_number(b)} to "
+                + ", ".join(f"{format_number(a['mean'])} with {words[a['potential']]}"
+                            for a in layer["after"])
+                + (f" (flagged: {FLAG_WORDS[flags[0]]})" if flags else ""))
+
+    mlp_act = max(nets["mlp"]["activations"], key=moved)
+    mlp_w = max(nets["mlp"]["weights"], key=moved)
+    cnn_act = max(nets["cnn"]["activations"], key=moved)
+    rnn_act = nets["rnn"]["activations"][0]
+    rnn_w = nets["rnn"]["weights"][1]  # weight_ih (16 × 8) has too few eigenvalues for α
+    # The CNN's kernels (4 × 9 and 8 × 36) have 4 and 8 eigenvalues: no α-ReQ fit.
+    assert all(w["before"]["alpha_req"] is None for w in nets["cnn"]["weights"])
+    assert nets["rnn"]["weights"][0]["before"]["alpha_req"] is None
+    fits = [(layer["before"]["flags"], [s for a in layer["after"] for s in a["seeds"]])
+            for n in summary["networks"] for layer in n["activations"] + n["weights"]]
+    n_fits = sum(1 + len(seeds) for _, seeds in fits)
+    n_flagged = sum(bool(b) + sum(bool(s["flags"]) for s in seeds) for b, seeds in fits)
+    short = [f"{t} with {words[f['potential']]}" for t, n in (("MLP", "mlp"), ("CNN", "cnn"),
+                                                                ("RNN", "rnn"))
+             for f in nets[n]["finetuning"] if not f["all_reached_100"]]
+    # Every layer with an α that moved by 0.005 or more: do the two potentials' means differ
+    # by more than twice the standard error of their difference (2 seeds each)?
+    apart, tested = [], 0
+    for title, n in (("MLP", "mlp"), ("CNN", "cnn"), ("RNN", "rnn")):
+        for what in ("activations", "weights"):
+            for layer in nets[n][what]:
+                if layer["before"]["alpha_req"] is None or moved(layer) < 0.005:
+                    continue
+                x, y = layer["after"]
+                tested += 1
+                se = (x["sd"] ** 2 / 2 + y["sd"] ** 2 / 2) ** 0.5
+                if abs(x["mean"] - y["mean"]) > 2 * se:
+                    apart.append(f"{title} {layer['name']!r} {what}")
+    verdict = ("the seeds cannot tell the potentials apart in any layer that moved"
+               if not apart else
+               f"the potentials differ beyond the seeds' spread in {len(apart)} of {tested} "
+               "layers that moved (" + (", ".join(apart[:-1]) + " and " + apart[-1]
+                                        if len(apart) > 1 else apart[0]) + ")")
+    expected = (
+        "Fine-tuning (α-ReQ α, mean over 2 seeds): "
+        f"in the MLP, {clause(mlp_act, 'activation')} and {clause(mlp_w, 'weight')}; "
+        f"in the CNN, {clause(cnn_act, 'activation')} and no weight α could be fitted; "
+        f"in the RNN, {clause(rnn_act, 'activation')} and {clause(rnn_w, 'weight')}; "
+        f"{verdict}; {n_flagged} of {n_fits} fits are flagged as not a trustworthy power law"
+        + (f"; not every seed reached 100% training accuracy ({' and '.join(short)})"
+           if short else "") + ".")
+    assert text == expected

@@ -75,6 +75,8 @@ GROWS = [
     ("power", {}, [], "replicates", 200, "seconds"),
     ("power", {}, [], "n_values", [100, 10**6], "memory"),
     ("curl_two_neuron", {}, [], "t_max", 300.0, "seconds"),
+    ("spectra_geometry", {}, [], "bootstrap", 500, "seconds"),
+    ("spectra_geometry", {"bootstrap": 0}, [], "seeds", 10, "seconds"),
 ]
 
 

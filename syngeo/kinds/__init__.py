@@ -21,6 +21,10 @@ from syngeo.kinds.geometry import GeometryKind
 from syngeo.kinds.linear_regression import LinearRegressionKind
 from syngeo.kinds.power import PowerKind
 from syngeo.kinds.robustness import RobustnessKind
+from syngeo.kinds.spectra.geometry_representations import GeometryRepresentationsKind
+from syngeo.kinds.spectra.layers import LayerSpectraKind
+from syngeo.kinds.spectra.representation import RepresentationKind
+from syngeo.kinds.spectra.ssl_testbed import SSLTestbedKind
 from syngeo.kinds.spine_fit import SpineFitKind
 
 KINDS: dict[str, ExperimentKind] = {
@@ -28,7 +32,8 @@ KINDS: dict[str, ExperimentKind] = {
     for kind in (GeometryKind(), LinearRegressionKind(), RobustnessKind(), FinetuningKind(),
                  SpineFitKind(), PowerKind(), PhaseDiagramKind(), OrderParameterKind(),
                  CurlStabilityKind(), TwoNeuronKind(), CurlSpectrumKind(), SingleRunKind(),
-                 ConvergenceKind())
+                 ConvergenceKind(), RepresentationKind(), LayerSpectraKind(),
+                 SSLTestbedKind(), GeometryRepresentationsKind())
 }
 
 

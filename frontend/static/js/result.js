@@ -640,7 +640,12 @@ function tableColumns(rows, declared) {
 
 function columnCell(row, column) {
   const v = row[column.key];
-  if (column.interval) return fmtInterval(v, [row[column.interval[0]], row[column.interval[1]]]);
+  if (column.interval) {
+    const ci = [row[column.interval[0]], row[column.interval[1]]];
+    // A row without an interval (none was computed for it) shows its estimate alone.
+    if (ci.every((b) => b === null || b === undefined)) return cellValue(v, column.key);
+    return fmtInterval(v, ci);
+  }
   if (column.spread) return fmtPM(v, row[column.spread]);
   if (column.values && typeof v === "string" && column.values[v]) return column.values[v];
   return cellValue(v, column.key);

@@ -71,6 +71,7 @@ __all__ = [
     "FinetuneRun",
     "FinetuningResult",
     "FinetuningSettings",
+    "KeptRun",
     "LrSearch",
     "Pretraining",
     "analysed_weights",
@@ -339,6 +340,30 @@ class FinetuneRun:
 
 
 @dataclass(frozen=True)
+class KeptRun:
+    """What :func:`run_finetuning`'s ``inspect`` callback sees of one kept fine-tuning run
+    (the run the learning-rate search chose for a network, training potential and seed).
+
+    ``pretrained`` is a private copy of the pretrained network and ``state`` a copy of the
+    fine-tuned ``state_dict``, so nothing the callback does reaches the experiment.
+    ``images`` are all images as the networks see them (centred and scaled, on the run's
+    device); ``pool`` indexes the held-out pool in them and ``subset`` this seed's
+    fine-tuning set (a subset of the pool).
+    """
+
+    network: NetworkName
+    potential: Potential
+    seed_index: int
+    pretrained: nn.Module = field(repr=False)
+    state: dict[str, Tensor] = field(repr=False)
+    diverged: bool
+    final_accuracy: float
+    images: Tensor = field(repr=False)
+    pool: Tensor = field(repr=False)
+    subset: Tensor = field(repr=False)
+
+
+@dataclass(frozen=True)
 class LrSearch:
     """The learning-rate search of appendix B.3 on one fine-tuning set.
 
@@ -599,6 +624,9 @@ class FinetuningResult:
     search_accuracy: np.ndarray
     search_epochs: np.ndarray
     seconds: float
+    #: What ``inspect`` returned for each kept run, keyed (network, potential key, seed);
+    #: empty without a callback. Not part of the summary or the arrays.
+    inspections: dict[tuple[str, str, int], Any] = field(default_factory=dict)
 
     def n_weights(self, network: str) -> int:
         """D: the number of analysed weights of ``network``."""
@@ -772,6 +800,7 @@ def run_finetuning(
     seed: int = 0,
     device: str = "auto",
     progress: ProgressCallback | None = None,
+    inspect: Callable[[KeptRun], Any] | None = None,
 ) -> FinetuningResult:
     """The fine-tuning experiment of §4.3 / appendix B.3 (see the module docstring).
 
@@ -788,6 +817,10 @@ def run_finetuning(
         device: "auto" (CUDA when available), "cpu" or "cuda".
         progress: ``progress(fraction, message)`` after every training run and pretraining
             epoch; whatever it raises (e.g. cancellation) stops the run and propagates.
+        inspect: ``inspect(kept)`` once per kept run (every network, training potential and
+            seed, diverged runs included) with a :class:`KeptRun`; its returns are collected
+            in ``FinetuningResult.inspections``. It works on copies and inside its own
+            random-number state, so the rest of the result is the same with or without it.
 
     Raises:
         ValueError: on malformed images or labels, unsupported potentials or bad settings.
@@ -803,7 +836,7 @@ def run_finetuning(
     dev = resolve_device(device)
     with deterministic():
         return _Experiment(x_all, y_all, train_pots, eval_pots, settings, int(seeds),
-                           int(seed), dev, progress).run(started)
+                           int(seed), dev, progress, inspect).run(started)
 
 
 class _Experiment:
@@ -813,10 +846,12 @@ class _Experiment:
         self, x_all: np.ndarray, y_all: np.ndarray, train_pots: tuple[Potential, ...],
         eval_pots: tuple[Potential, ...], settings: FinetuningSettings, seeds: int, seed: int,
         dev: torch.device, progress: ProgressCallback | None,
+        inspect: Callable[[KeptRun], Any] | None = None,
     ) -> None:
         self.settings, self.seeds, self.seed, self.dev = settings, seeds, seed, dev
         self.train_pots, self.eval_pots = train_pots, eval_pots
         self.progress = progress
+        self.inspect = inspect
         n_images, self.height, self.width = x_all.shape
         self.n_images = n_images
         self.classes = int(y_all.max()) + 1
@@ -879,6 +914,7 @@ class _Experiment:
         search_epochs = np.zeros((*shape, rounds), dtype=np.int64)
         # Only the curves of each kept run are held on to (not its weights).
         curves: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        inspections: dict[tuple[str, str, int], Any] = {}
         pretraining: dict[str, Pretraining] = {}
         layer_sizes: dict[str, list[int]] = {}
         n_requested: dict[str, int] = {}
@@ -930,6 +966,17 @@ class _Experiment:
                         search_epochs[key][r] = e
                         search_loss[key][r] = losses
                         search_acc[key][r] = accs
+                    if self.inspect is not None:
+                        # Copies, and the global random state restored afterwards: the
+                        # callback cannot change anything the experiment computes.
+                        with torch.random.fork_rng(devices=[]):
+                            inspections[(name, pot.key, s)] = self.inspect(KeptRun(
+                                network=name, potential=pot, seed_index=s,
+                                pretrained=copy.deepcopy(model),
+                                state={k: v.detach().clone() for k, v in run.state.items()},
+                                diverged=run.diverged, final_accuracy=run.final_accuracy,
+                                images=self.x.clone(), pool=pool_t.clone(),
+                                subset=subsets[s].clone()))
                     if run.diverged:  # every grid point diverged: nothing to score
                         continue
                     after = {k: run.state[k].cpu().double().numpy() for k in analysed}
@@ -967,7 +1014,7 @@ class _Experiment:
             initial_accuracy=initial_acc, sign_flips=flips, zero_change=zero_change,
             loss_curves=loss_curves, accuracy_curves=acc_curves, search_loss=search_loss,
             search_accuracy=search_acc, search_epochs=search_epochs,
-            seconds=time.perf_counter() - started)
+            seconds=time.perf_counter() - started, inspections=inspections)
 
 
 def _nan(value: float | None) -> float:
