@@ -28,6 +28,8 @@ state ("after"), through :func:`run_finetuning`'s ``inspect`` callback:
 The before and after fits of a representation use the same bootstrap resamples of the
 images (the same seed), so the replicates are paired and the change Δα = α_after − α_before
 gets a paired basic bootstrap interval (:func:`~syngeo.engine.spectra.fits.basic_interval`).
+Like α-ReQ's own interval it is somewhat too narrow: a 95% interval covered a known change
+of 0.2 in 84 of 100 simulated data sets (tests/test_spectra_fits.py).
 
 Only torch, numpy and the engine are used (engine rule).
 """

@@ -21,12 +21,13 @@ estimate it:
 repeated on each resample and the interval is the basic (reverse-percentile) bootstrap
 interval [2α̂ − q_hi, 2α̂ − q_lo], which removes the bootstrap's estimate of the bias of the
 sample covariance to first order. Its coverage of the population α is measured in
-tests/test_spectra_fits.py (Gaussian data with λ_i = i^−α): 92% for a nominal 95% over 100
-data sets with 40 samples per feature, about 87% with 10 (the sample covariance then bends
-the spectrum more than the resamples show). The likelihood fit gets no interval: its own
-standard error assumes independent values, which ranked eigenvalues are not, and a
-bootstrap of it covered the population α in only about 62% of data sets at 40 samples per
-feature.
+tests/test_spectra_fits.py (Gaussian data with λ_i = i^−α, 100 data sets each): 85–95% for a
+nominal 95% at 40 samples per feature, depending on the sizes and the rank range, and about
+87% at 10 — the sample covariance bends the spectrum in a way resampling does not fully
+reproduce, so the interval is somewhat too narrow, and the page says so. The likelihood
+fit gets no interval: its own standard error assumes independent values, which ranked
+eigenvalues are not, and a bootstrap of it covered the population α in only about 62% of
+data sets at 40 samples per feature.
 
 Quality flags say when a number should not be believed, each with its reason: too few
 eigenvalues, a rank-deficient tail, an exponential decay that fits better than a power law,

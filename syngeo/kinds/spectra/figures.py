@@ -77,7 +77,7 @@ def spectrum_figure(title: str, names: Sequence[str], spectra: Sequence[np.ndarr
         ranks = drawn_ranks(positive.size)
         first = len(fig.data)
         fig.add_trace(go.Scatter(
-            x=ranks, y=positive[ranks - 1], mode="markers", name="eigenvalues",
+            x=ranks.tolist(), y=positive[ranks - 1].tolist(), mode="markers", name="eigenvalues",
             marker=dict(size=4, color=figures.BLUE), visible=i == 0,
             hovertemplate="rank %{x}<br>λ = %{y:.4g}<extra></extra>"))
         layer_shapes = []

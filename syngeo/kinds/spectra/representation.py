@@ -230,7 +230,9 @@ def fit_columns(interval: bool) -> list[Column]:
     req = Column("alpha_req", "α (α-ReQ)",
                  interval=("alpha_req_low", "alpha_req_high") if interval else None,
                  help="Least squares of log λ on log rank with weights 1/rank over the ranks "
-                 "shown" + ("; bootstrap interval over samples." if interval else "."))
+                 "shown" + ("; bootstrap interval over samples, somewhat too narrow: a 95% "
+                            "interval covered the true α in 85–95% of simulated data sets "
+                            "with 40 samples per feature." if interval else "."))
     return [req, *FIT_COLUMNS]
 
 
