@@ -71,10 +71,12 @@ def spectrum_figure(title: str, names: Sequence[str], spectra: Sequence[np.ndarr
     fig = go.Figure()
     groups: list[list[int]] = []
     shapes: list[list[dict[str, Any]]] = []
+    axes: list[dict[str, Any]] = []
     for i, (values, fit) in enumerate(zip(spectra, fits, strict=True)):
         values = np.asarray(values, dtype=float)
         positive = values[values > 0]
         ranks = drawn_ranks(positive.size)
+        axes.append(_layer_axes(ranks, positive, edges[i] if edges else None))
         first = len(fig.data)
         fig.add_trace(go.Scatter(
             x=ranks.tolist(), y=positive[ranks - 1].tolist(), mode="markers", name="eigenvalues",
@@ -117,11 +119,15 @@ def spectrum_figure(title: str, names: Sequence[str], spectra: Sequence[np.ndarr
         visible = [j in groups[i] for j in range(n_traces)]
         buttons.append(dict(label=str(name), method="update",
                             args=[{"visible": visible},
-                                  {"title.text": f"{title} — {name}", "shapes": shapes[i]}]))
+                                  {"title.text": f"{title} — {name}", "shapes": shapes[i],
+                                   **axes[i]}]))
+    first_axes = axes[0] if axes else {}
     layout = figures._base_layout(
         f"{title} — {names[0]}" if names else title,
-        xaxis=dict(type="log", title=dict(text="rank i")),
-        yaxis=dict(type="log", title=dict(text="eigenvalue λ_i"), exponentformat="power"),
+        xaxis=dict(type="log", title=dict(text="rank i"), **{
+            k.split(".")[1]: v for k, v in first_axes.items() if k.startswith("xaxis")}),
+        yaxis=dict(type="log", title=dict(text="eigenvalue λ_i"), **{
+            k.split(".")[1]: v for k, v in first_axes.items() if k.startswith("yaxis")}),
         shapes=shapes[0] if shapes else [],
         margin=dict(l=72, r=24, t=96, b=56),
         meta=dict(keys=list(names), selected=names[0] if names else None),
@@ -134,7 +140,27 @@ def spectrum_figure(title: str, names: Sequence[str], spectra: Sequence[np.ndarr
     layout["title"]["y"] = 0.97
     layout["title"]["yanchor"] = "top"
     fig.update_layout(layout)
-    return figures.figure_json(fig)
+    # Not figures.figure_json: its ticks would span every layer's traces, hidden ones too.
+    out = figures.json_safe(fig.to_plotly_json())
+    out["layout"].pop("template", None)
+    return out
+
+
+def _layer_axes(ranks: np.ndarray, positive: np.ndarray, edge: float | None) -> dict[str, Any]:
+    """One layer's log axes: ranges around its eigenvalues (and bulk edge), so a fitted line
+    far outside them (a flagged fit) does not squash them, and labelled ticks for them."""
+    if positive.size == 0:
+        return {}
+    ys = [float(positive.min()), float(positive.max())] + ([edge] if edge else [])
+    lo, hi = min(ys), max(ys)
+    out: dict[str, Any] = {
+        "xaxis.range": [math.log10(0.8), math.log10(float(ranks[-1]) * 1.25)],
+        "yaxis.range": [math.log10(lo) - 0.15, math.log10(hi) + 0.15]}
+    for axis, values in (("xaxis", ranks.tolist()), ("yaxis", [lo, hi])):
+        for key, value in figures.log_ticks(values).items():
+            if key != "tickmode":
+                out[f"{axis}.{key}"] = value
+    return out
 
 
 def alpha_figure(title: str, names: Sequence[str],
