@@ -221,6 +221,23 @@ def finetuning_cost(spec: FinetuningSpec) -> CostEstimate:
         lower_memory="pretrain_batch, batch_size or the network sizes")
 
 
+def engine_settings(spec: Any):  # noqa: ANN201  (torch-free until called)
+    """The engine's FinetuningSettings from a spec with the fine-tuning protocol's fields
+    (this kind's, and the geometry-and-representations kind's, which shares them)."""
+    from syngeo.engine.geometry.finetuning import FinetuningSettings
+
+    return FinetuningSettings(
+        networks=tuple(spec.networks), mlp_hidden=spec.mlp_hidden,
+        cnn_channels=(spec.cnn_channels_1, spec.cnn_channels_2),
+        rnn_hidden=spec.rnn_hidden, holdout_fraction=spec.holdout_fraction,
+        pretrain_epochs=spec.pretrain_epochs, pretrain_lr=spec.pretrain_lr,
+        pretrain_batch=spec.pretrain_batch, data_exponent=spec.data_exponent,
+        lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
+        epochs=spec.epochs, epoch_increment=spec.epoch_increment,
+        max_extensions=spec.max_extensions, momentum=spec.momentum,
+        batch_size=spec.batch_size)
+
+
 def load_digits_images() -> tuple[np.ndarray, np.ndarray, str]:
     """The 8×8 digits (images, labels) and the SHA-256 of both, for the run record."""
     from sklearn.datasets import load_digits
@@ -243,21 +260,12 @@ class FinetuningKind(ExperimentKind):
     Spec: ClassVar[type[BaseModel]] = FinetuningSpec
 
     def run(self, spec: FinetuningSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.geometry.finetuning import FinetuningSettings, run_finetuning
+        from syngeo.engine.geometry.finetuning import run_finetuning
         from syngeo.engine.geometry.potentials import parse_potential
 
         ctx.progress(0.0, "Loading the digits")
         images, labels, digest = load_digits_images()
-        settings = FinetuningSettings(
-            networks=tuple(spec.networks), mlp_hidden=spec.mlp_hidden,
-            cnn_channels=(spec.cnn_channels_1, spec.cnn_channels_2),
-            rnn_hidden=spec.rnn_hidden, holdout_fraction=spec.holdout_fraction,
-            pretrain_epochs=spec.pretrain_epochs, pretrain_lr=spec.pretrain_lr,
-            pretrain_batch=spec.pretrain_batch, data_exponent=spec.data_exponent,
-            lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
-            epochs=spec.epochs, epoch_increment=spec.epoch_increment,
-            max_extensions=spec.max_extensions, momentum=spec.momentum,
-            batch_size=spec.batch_size)
+        settings = engine_settings(spec)
         result = run_finetuning(
             images, labels, [parse_potential(k) for k in spec.training_potentials],
             [parse_potential(k) for k in (spec.evaluation_potentials or DEFAULT_POTENTIALS)],

@@ -36,6 +36,7 @@ from syngeo.kinds.finetuning import (
     FinetuningSpec,
     NetworkName,
     _canonical,
+    engine_settings,
     finetuning_cost,
     load_digits_images,
 )
@@ -202,22 +203,12 @@ class GeometryRepresentationsKind(ExperimentKind):
             lower_memory=f"{tune.lower_memory}, or holdout_fraction")
 
     def run(self, spec: GeometryRepresentationsSpec, ctx: RunContext) -> KindResult:
-        from syngeo.engine.geometry.finetuning import FinetuningSettings
         from syngeo.engine.geometry.potentials import parse_potential
         from syngeo.engine.spectra.finetuned import SpectraSettings, run_finetuning_spectra
 
         ctx.progress(0.0, "Loading the digits")
         images, labels, digest = load_digits_images()
-        settings = FinetuningSettings(
-            networks=tuple(spec.networks), mlp_hidden=spec.mlp_hidden,
-            cnn_channels=(spec.cnn_channels_1, spec.cnn_channels_2),
-            rnn_hidden=spec.rnn_hidden, holdout_fraction=spec.holdout_fraction,
-            pretrain_epochs=spec.pretrain_epochs, pretrain_lr=spec.pretrain_lr,
-            pretrain_batch=spec.pretrain_batch, data_exponent=spec.data_exponent,
-            lr_min=spec.lr_min, lr_max=spec.lr_max, lr_points=spec.lr_points,
-            epochs=spec.epochs, epoch_increment=spec.epoch_increment,
-            max_extensions=spec.max_extensions, momentum=spec.momentum,
-            batch_size=spec.batch_size)
+        settings = engine_settings(spec)
         device = ctx.device if spec.device == "auto" else spec.device
         out = run_finetuning_spectra(
             images, labels, [parse_potential(k) for k in spec.training_potentials],
