@@ -27,7 +27,11 @@ import plotly.graph_objects as go
 from syngeo.formatting import format_interval, format_number
 
 __all__ = [
+    "MAX_CURVE_POINTS",
     "NE_X",
+    "compact",
+    "curve_indices",
+    "grid_indices",
     "label_log_axes",
     "log_ticks",
     "tick_text",
@@ -37,6 +41,7 @@ __all__ = [
     "json_safe",
     "layer_table",
     "qq_figure",
+    "scatter_indices",
 ]
 
 #: Where negative entropy sits on a p axis (paper footnote 2: NE is the p → 1 limit).
@@ -109,6 +114,132 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+# --------------------------------------------------------------------------- payload
+#
+# What a figure sends to the browser must not grow with the data beyond what it draws: a
+# plot is about 1,000 px wide, so a line of 10⁵ points draws no more than one through the
+# first, last, lowest and highest point of each pixel column, and a marker cloud no more than
+# one marker per occupied pixel. The stored arrays (and the npz download) keep every value.
+
+#: Most points a line trace sends: about two pixel columns per bucket of a wide plot.
+MAX_CURVE_POINTS = 2000
+#: Values kept per axis by :func:`grid_indices`: a heatmap cell per pixel or two at most.
+MAX_GRID_POINTS = 256
+#: Marker plots: the data's box is cut into this many cells per axis (two pixels or so of a
+#: wide plot; markers are 4 px and more).
+SCATTER_CELLS = 500
+
+
+def curve_indices(x: Any, ys: Any, max_points: int = MAX_CURVE_POINTS,
+                  log_x: bool = False) -> np.ndarray:
+    """Indices of the points of a line plot that draw it at screen resolution.
+
+    ``x`` (n,) are the positions, ``ys`` one series (n,) or several ((k, n) or a list) drawn
+    against the same ``x`` (a median and its band, say), so that all keep the same points.
+    With n ≤ ``max_points`` every index is returned. Otherwise the x range is cut into
+    equal buckets (equal in log x for ``log_x``; by position when x is not ascending) and
+    each bucket keeps its first and last point and, for every series, its lowest and highest
+    finite value: the reduced line passes through the extremes of every bucket, so its
+    envelope and the global extremes, the end points and the gaps (a point next to a NaN is
+    kept) are those of the full line. Sorted, so x keeps its order.
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    n = x.size
+    if n <= max_points:
+        return np.arange(n)
+    series = np.asarray(ys, dtype=float).reshape(-1, n)
+    per_bucket = 2 + 2 * series.shape[0]
+    n_buckets = max(1, (max_points - 2) // per_bucket)
+    pos = np.arange(n, dtype=float)
+    if log_x:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log10(x)
+        if np.all(np.diff(logs) >= 0) and np.isfinite(logs).all():
+            pos = logs
+    elif np.isfinite(x).all() and np.all(np.diff(x) >= 0):
+        pos = x
+    span = pos[-1] - pos[0]
+    bucket = (np.zeros(n, dtype=np.int64) if span <= 0 else
+              np.minimum(((pos - pos[0]) / span * n_buckets).astype(np.int64), n_buckets - 1))
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], n] - 1
+    keep = [starts, ends]
+    for y in series:
+        finite = np.isfinite(y)
+        # A point next to a NaN keeps the gap where it is; the extremes of each bucket keep
+        # its envelope.
+        change = np.flatnonzero(finite[1:] != finite[:-1])
+        keep += [change, change + 1]
+        if not finite.any():
+            continue
+        owner = np.repeat(np.arange(starts.size), ends - starts + 1)
+        for fill, reduce in ((np.inf, np.minimum), (-np.inf, np.maximum)):
+            values = np.where(finite, y, fill)
+            extreme = reduce.reduceat(values, starts)
+            hits = np.flatnonzero(finite & (values == extreme[owner]))
+            keep.append(hits[np.r_[True, owner[hits][1:] != owner[hits][:-1]]])
+    return np.unique(np.concatenate(keep))
+
+
+def grid_indices(n: int, max_points: int = MAX_GRID_POINTS) -> np.ndarray:
+    """Every k-th of ``n`` grid values, the last always, so that at most about
+    ``max_points`` remain: a heatmap's axis thinned to what a plot draws, its values exact."""
+    step = max(1, math.ceil(n / max_points))
+    idx = np.arange(0, n, step)
+    return idx if n == 0 or idx[-1] == n - 1 else np.append(idx, n - 1)
+
+
+def scatter_indices(x: Any, y: Any, cells: int = SCATTER_CELLS,
+                    box: tuple[float, float, float, float] | None = None,
+                    keep_all_below: int = 10_000) -> np.ndarray:
+    """Indices of a marker plot's points to send: the last (drawn on top) in each occupied
+    cell of a ``cells`` × ``cells`` grid over the points' box (where a plot draws markers on
+    top of each other), and the points with the lowest and highest x and y. Points with
+    a non-finite coordinate are not drawn and not kept. ``box`` (x_lo, x_hi, y_lo, y_hi):
+    the grid's extent when several traces share a plot (default: these points' box).
+    Fewer than ``keep_all_below`` finite points are all kept (they cost little). Sorted."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    if ok.size < keep_all_below:
+        return ok
+    xs, ys = x[ok], y[ok]
+
+    def cell(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        if not hi > lo:
+            return np.zeros(v.size, dtype=np.int64)
+        return np.clip(((v - lo) / (hi - lo) * cells).astype(np.int64), 0, cells - 1)
+
+    x_lo, x_hi, y_lo, y_hi = box if box is not None else (
+        float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max()))
+    # The last point of each cell: a plot draws later points over earlier ones.
+    codes = (cell(xs, x_lo, x_hi) * cells + cell(ys, y_lo, y_hi))[::-1]
+    _, last = np.unique(codes, return_index=True)
+    ends = [np.argmin(xs), np.argmax(xs), np.argmin(ys), np.argmax(ys)]
+    return np.unique(ok[np.concatenate([xs.size - 1 - last, ends])])
+
+
+def compact(values: Any, digits: int = 7, shown: int = 4) -> list[float | None]:
+    """``values`` as a JSON list with ``digits`` significant digits, for traces whose hover
+    shows at most ``shown`` (the product's numbers show 3): 17-digit floats are most of a
+    large figure's bytes. A value is kept exactly when rounding could change what is shown:
+    near a tie at any precision up to ``shown`` digits, or 1,000 and above (shown in whole
+    units there). Non-finite values become None (a gap)."""
+    raw = np.asarray(values, dtype=float).ravel()
+    finite = np.isfinite(raw) & (raw != 0)
+    v = np.where(finite, raw, 1.0)
+    mag = np.abs(v)
+    exponent = np.floor(np.log10(mag))
+    scale = 10.0 ** (digits - 1 - exponent)
+    rounded = np.round(v * scale) / scale
+    safe = finite & (mag < 1000)
+    for p in range(1, shown + 1):
+        units = np.abs(v) / 10.0 ** (exponent - p + 1)
+        # Rounding moves a value by at most 0.5·10^(p − digits) of these units.
+        safe &= np.abs(units - np.floor(units) - 0.5) > 10.0 ** (p - digits)
+    out = np.where(safe, rounded, raw)
+    return [float(a) if math.isfinite(a) else None for a in out.tolist()]
 
 
 def is_negative_entropy(candidate: Mapping[str, Any]) -> bool:

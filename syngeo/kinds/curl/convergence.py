@@ -372,6 +372,10 @@ def convergence_figure(summary: dict[str, Any]) -> dict[str, Any]:
     return figures.figure_json(go.Figure(data=traces, layout=layout))
 
 
+#: Most points of one curve or band edge of the test-error figure.
+_DRAWN = 600
+
+
 def curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Test error over epochs, mean ± s.e.m. over seeds, both rules, one panel per value
     shown through a selector (Fig. 5b)."""
@@ -394,12 +398,21 @@ def curves_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dic
                     np.isfinite(curves).sum(axis=0))
             visible = vi == len(values) // 2
             lower = np.maximum(mean - sem, mean * 1e-3)
+            upper = mean + sem
+            # The mean and its band through the extremes of every few pixels (log x):
+            # all values' curves are sent, up to 20 of them.
+            band = figures.curve_indices(x, [upper, lower], _DRAWN, log_x=True)
+            line = figures.curve_indices(x, mean, _DRAWN, log_x=True)
+            bx = figures.compact(np.asarray(x)[band])
             traces.append(go.Scatter(
-                x=x + x[::-1], y=figures.json_safe(np.concatenate([mean + sem, lower[::-1]])),
+                x=bx + bx[::-1], y=figures.compact(np.concatenate([upper[band],
+                                                                   lower[band][::-1]])),
                 fill="toself", fillcolor=color + "33", line=dict(width=0),
                 hoverinfo="skip", showlegend=False, visible=visible))
-            traces.append(go.Scatter(x=x, y=figures.json_safe(mean), mode="lines", name=label,
-                                     line=dict(color=color, width=2), visible=visible))
+            traces.append(go.Scatter(x=figures.compact(np.asarray(x)[line]),
+                                     y=figures.compact(mean[line]), mode="lines",
+                                     name=label, line=dict(color=color, width=2),
+                                     visible=visible))
     for vi, value in enumerate(values):
         flags = [k // per_value == vi for k in range(len(traces))]
         buttons.append(dict(label=f"{SWEPT_SYMBOL[summary['sweep']]} = "

@@ -237,7 +237,7 @@ def heatmap(summary: dict[str, Any], arrays: dict[str, np.ndarray], name: str,
              f"{format_number(values[ci, ai])}{click}" for ci, c in enumerate(cs)]
             for ai, a in enumerate(alphas)]
     heat = go.Heatmap(
-        x=cs.tolist(), y=alphas.tolist(), z=figures.json_safe(logs.T),
+        x=cs.tolist(), y=alphas.tolist(), z=[figures.compact(row) for row in logs.T],
         colorscale="Viridis", colorbar=dict(title=dict(text="log₁₀ error")),
         text=text, hovertemplate="%{text}<extra></extra>", name=what)
     meta = None

@@ -270,6 +270,12 @@ def conclusion(summary: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- figures
 
+#: Most points a line of these figures sends (figures.curve_indices keeps its extremes).
+_DRAWN = 1000
+#: The principal-component plot's markers (5 px in a plot of about 400 px): one per cell
+#: of this many per axis.
+_PC_CELLS = 160
+
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return figures._base_layout(title, height=380, margin=dict(l=64, r=24, t=64, b=56),
                                 legend=dict(orientation="h", x=0, y=-0.22, yanchor="top"),
@@ -303,8 +309,10 @@ def weights_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> di
     traces = []
     for j in range(weights.shape[1]):
         first = j == 0 or layers[j] != layers[j - 1]
+        # Each line through the extremes of every pixel column (the arrays keep them all).
+        idx = figures.curve_indices(epochs, weights[:, j], _DRAWN)
         traces.append(go.Scatter(
-            x=epochs, y=figures.json_safe(weights[:, j]), mode="lines",
+            x=np.asarray(epochs)[idx].tolist(), y=figures.compact(weights[idx, j]), mode="lines",
             name="W1 (input → hidden)" if layers[j] == 1 else "W2 (hidden → output)",
             legendgroup=f"W{layers[j]}", showlegend=bool(first),
             line=dict(width=1.2, color=figures.BLUE if layers[j] == 1 else figures.BEST)))
@@ -319,15 +327,20 @@ def autocorrelation_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray
                            ) -> dict[str, Any]:
     import plotly.graph_objects as go
 
-    lags = np.asarray(arrays["lags"], dtype=float).tolist()
+    lags = np.asarray(arrays["lags"], dtype=float)
     acf = np.asarray(arrays["autocorrelation"], dtype=float)
-    traces = [go.Scatter(x=lags, y=figures.json_safe(acf[:, j]), mode="lines",
-                         line=dict(width=1, color="rgba(47, 102, 144, 0.45)"),
-                         name="sampled weights", legendgroup="sample", showlegend=j == 0)
+    mean_acf = np.asarray(arrays["mean_autocorrelation"], dtype=float)
+
+    def line(y: np.ndarray, **style: Any) -> go.Scatter:
+        idx = figures.curve_indices(lags, y, _DRAWN)
+        return go.Scatter(x=figures.compact(lags[idx]), y=figures.compact(y[idx]),
+                          mode="lines", **style)
+
+    traces = [line(acf[:, j], line=dict(width=1, color="rgba(47, 102, 144, 0.45)"),
+                   name="sampled weights", legendgroup="sample", showlegend=j == 0)
               for j in range(acf.shape[1])]
-    traces.append(go.Scatter(x=lags, y=figures.json_safe(arrays["mean_autocorrelation"]),
-                             mode="lines", name="all weights (variance-weighted)",
-                             line=dict(width=3, color=figures.INK)))
+    traces.append(line(mean_acf, name="all weights (variance-weighted)",
+                       line=dict(width=3, color=figures.INK)))
     layout = _layout(
         "Weight autocorrelation functions<br><sup>Over the second half of the run; a "
         "settled weight has no fluctuation and no curve.</sup>",
@@ -348,15 +361,21 @@ def pc_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[st
         return f"PC {k + 1}" + ("" if share is None else f" ({format_number(100 * share)}% "
                                                           "of the variance)")
 
+    # The path through the extremes of both scores in every run of snapshots, and one
+    # marker per cell of a grid finer than the 5 px markers (the one drawn on top).
+    path = figures.curve_indices(np.arange(len(scores)), scores.T, _DRAWN)
+    dots = figures.scatter_indices(scores[:, 0], scores[:, 1], _PC_CELLS)
     traces = [
-        go.Scatter(x=figures.json_safe(scores[:, 0]), y=figures.json_safe(scores[:, 1]),
+        go.Scatter(x=figures.compact(scores[path, 0]), y=figures.compact(scores[path, 1]),
                    mode="lines", line=dict(color=figures.AXIS, width=1), hoverinfo="skip",
                    showlegend=False),
-        go.Scatter(x=figures.json_safe(scores[:, 0]), y=figures.json_safe(scores[:, 1]),
+        go.Scatter(x=figures.compact(scores[dots, 0]), y=figures.compact(scores[dots, 1]),
                    mode="markers", name="weights at a snapshot",
-                   marker=dict(size=5, color=epochs.tolist(), colorscale="Viridis",
+                   marker=dict(size=5, color=epochs[dots].tolist(), colorscale="Viridis",
+                               cmin=float(epochs.min()) if epochs.size else None,
+                               cmax=float(epochs.max()) if epochs.size else None,
                                colorbar=dict(title=dict(text="epoch"))),
-                   text=[f"epoch {int(e):,}" for e in epochs],
+                   text=[f"epoch {int(e):,}" for e in epochs[dots]],
                    hovertemplate="%{text}<extra></extra>")]
     layout = _layout(
         "The trajectory on its first two principal components<br><sup>Every weight at "

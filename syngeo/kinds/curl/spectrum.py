@@ -477,12 +477,24 @@ def jacobian_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
     real, imag = arrays["jacobian_real"], arrays["jacobian_imag"]
     m = summary["m"]
     jac = summary["jacobian"]
+
+    finite = np.isfinite(real) & np.isfinite(imag)
+    box = ((float(real[finite].min()), float(real[finite].max()),
+            float(imag[finite].min()), float(imag[finite].max())) if finite.any() else None)
+
+    def points(cols: slice) -> dict[str, list[float | None]]:
+        # Up to 2,000 eigenvalues a network and 50 networks: one marker per cell of a grid
+        # over the whole plot (both traces share it), the extremes always.
+        x, y = real[:, cols].ravel(), imag[:, cols].ravel()
+        keep = figures.scatter_indices(x, y, box=box)
+        return dict(x=figures.compact(x[keep]), y=figures.compact(y[keep]))
+
     data = [
-        go.Scatter(x=real[:, m:].ravel(), y=imag[:, m:].ravel(), mode="markers",
+        go.Scatter(**points(slice(m, None)), mode="markers",
                    name=f"zero modes ({jac['zero_modes']:,} per network)",
                    marker=dict(color=figures.MUTED, size=5, symbol="circle-open"),
                    hovertemplate="%{x:.2e} + %{y:.2e}i<extra></extra>"),
-        go.Scatter(x=real[:, :m].ravel(), y=imag[:, :m].ravel(), mode="markers",
+        go.Scatter(**points(slice(None, m)), mode="markers",
                    name=f"nonzero eigenvalues ({m:,} per network: −eig X)",
                    marker=dict(color=figures.BLUE, size=7),
                    hovertemplate="%{x:.4g} + %{y:.3g}i<extra></extra>"),

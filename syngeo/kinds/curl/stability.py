@@ -536,6 +536,12 @@ def diagram_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray],
                  f"({n_seeds} per point), blue circles stable and red crosses unstable by "
                  "their mean margin; rings: where they disagree with the theory. Hover a "
                  "marker for its margin.")
+    # Up to 5,000 curve points: the boundary through the extremes of each run of them.
+    keep = figures.curve_indices(np.arange(len(curve_x)), [curve_x, curve_y])
+    curve_x = np.asarray(curve_x)[keep].tolist()
+    curve_y = np.asarray(curve_y)[keep].tolist()
+    region_x = [region_x[0], *curve_x, region_x[-1]]
+    region_y = [region_y[0], *curve_y, region_y[-1]]
     data = [
         go.Scatter(x=region_x, y=region_y, mode="lines", fill="toself",
                    fillcolor=_STABLE_FILL, line=dict(width=0), name="stable (large networks)",

@@ -52,6 +52,8 @@ MAX_STEPS = 1_000_000
 MAX_STEP_RATE = 0.5
 #: States kept per trajectory (the figures and arrays): about this many, evenly spaced.
 RECORD = 2001
+#: Most heatmap values drawn per axis: a panel is about 400 px square.
+HEATMAP_DRAWN = 200
 #: The heatmap's floor, relative to s² (L is 0 on the hyperbola).
 LOSS_FLOOR = 1e-12
 # Cost model, timed on a 2-core CPU shared with other jobs: one RK4 step of one flow for a
@@ -474,21 +476,30 @@ def phase_plane_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
     theta = np.linspace(0, 2 * np.pi, 361)
     radius = math.sqrt(2 * s)
     idx = _thin(arrays["t"])
+    # The heatmap is sent twice (one per panel), so only what a panel of about 400 px
+    # draws: every k-th grid value (at most HEATMAP_DRAWN per axis), its log loss to the
+    # digits its hover shows (.3g) and more; the arrays keep the whole grid.
+    cells = figures.grid_indices(len(grid), HEATMAP_DRAWN)
+    shown_grid = figures.compact(np.asarray(grid)[cells])
+    heat = np.asarray(arrays["log10_loss"], dtype=float)[np.ix_(cells, cells)]
+    heat_z = [figures.compact(row, digits=5, shown=3) for row in heat]
     for col, flow in enumerate(toy.FLOWS, start=1):
         fig.add_trace(go.Heatmap(
-            x=grid, y=grid, z=arrays["log10_loss"], coloraxis="coloraxis",
+            x=shown_grid, y=shown_grid, z=heat_z, coloraxis="coloraxis",
             name="log₁₀ loss", hovertemplate="w1 = %{x:.3g}, w2 = %{y:.3g}<br>log₁₀ L = "
             "%{z:.3g}<extra></extra>"), row=1, col=col)
         ax, ay = _arrow_segments(arrays["arrow_w"], arrays[f"flow_{flow}"])
         fig.add_trace(go.Scatter(
-            x=ax, y=ay, mode="lines", name=f"direction of {_FLOW_WORDS[flow]}",
+            x=figures.compact(ax), y=figures.compact(ay), mode="lines",
+            name=f"direction of {_FLOW_WORDS[flow]}",
             line=dict(color=_FLOW_COLORS[flow], width=1), opacity=0.7, hoverinfo="skip",
             legendgroup=f"arrows-{flow}"), row=1, col=col)
         if flow == "gradient":
             whole = np.concatenate([hyper["stable"], [[np.nan, np.nan]], hyper["unstable"]])
             fig.add_trace(go.Scatter(
-                x=whole[:, 0], y=whole[:, 1], mode="lines", name="w1·w2 = s (stable under "
-                "gradient flow)", line=dict(color=_HYPERBOLA, width=3), hoverinfo="skip"),
+                x=whole[:, 0], y=whole[:, 1], mode="lines",
+                name="w1·w2 = s (stable under gradient flow)",
+                line=dict(color=_HYPERBOLA, width=3), hoverinfo="skip"),
                 row=1, col=col)
             fig.add_trace(go.Scatter(
                 x=[lo, hi], y=[-lo, -hi], mode="lines", name="w2 = −w1 (into the saddle)",
@@ -513,10 +524,13 @@ def phase_plane_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -
             color = _START_COLORS[i % len(_START_COLORS)]
             w = arrays[f"traj_{flow}"][i][idx]
             fig.add_trace(go.Scatter(
-                x=w[:, 0], y=w[:, 1], mode="lines", name=f"start {i + 1} {_start_text(row)}",
+                x=figures.compact(w[:, 0]), y=figures.compact(w[:, 1]), mode="lines",
+                name=f"start {i + 1} {_start_text(row)}",
                 legendgroup=f"start-{i}", showlegend=col == 1,
                 line=dict(color=color, width=2.5),
-                customdata=np.stack([arrays["t"][idx], arrays[f"loss_{flow}"][i][idx]], -1),
+                customdata=list(zip(figures.compact(arrays["t"][idx]),
+                                    figures.compact(arrays[f"loss_{flow}"][i][idx]),
+                                    strict=True)),
                 hovertemplate=(f"start {i + 1}, {_FLOW_WORDS[flow]}<br>t = %{{customdata[0]:.3g}}"
                                "<br>w1 = %{x:.3g}, w2 = %{y:.3g}<br>L = %{customdata[1]:.3g}"
                                "<extra></extra>")), row=1, col=col)
@@ -571,7 +585,7 @@ def loss_figure(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[
                           np.nan)
             for col, idx in ((1, full), (2, early)):
                 fig.add_trace(go.Scatter(
-                    x=t[idx], y=lo[idx], mode="lines",
+                    x=figures.compact(t[idx]), y=figures.compact(lo[idx]), mode="lines",
                     name=f"start {i + 1} {_start_text(row)}, {_FLOW_WORDS[flow]}",
                     legendgroup=f"{i}-{flow}", showlegend=col == 1,
                     line=dict(color=color, width=2, dash=dash),
