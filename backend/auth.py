@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from syngeo.backend import deps
@@ -38,7 +38,7 @@ def _presented_token(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE) or None
 
 
-def user_for_token(session: Session, token: str) -> Caller | None:
+def user_for_token(session: Session | Connection, token: str) -> Caller | None:
     row = session.execute(select(User.id, User.name).join(ApiToken, ApiToken.user_id == User.id)
                           .where(ApiToken.token_sha256 == hash_token(token))).first()
     return Caller(row.id, row.name) if row else None
@@ -50,7 +50,7 @@ def _unauthenticated(problem: str) -> ApiError:
                     "'syngeo users add NAME'.")
 
 
-def current_user(request: Request, session: Session = Depends(deps.session),
+def current_user(request: Request, session: Session | Connection = Depends(deps.session),
                  settings: Settings = Depends(deps.settings)) -> Caller:
     if not settings.auth:
         return Caller(LOCAL_USER, LOCAL_USER)

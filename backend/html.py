@@ -11,6 +11,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from syngeo.backend.assets import asset_url, plotly_url
+
 # Pages are revalidated on each visit: they change with the installed package.
 NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -22,7 +24,10 @@ def frontend_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def templates() -> Jinja2Templates:
-    return Jinja2Templates(directory=frontend_dir())
+    found = Jinja2Templates(directory=frontend_dir())
+    # Static files are linked by content-hashed URLs: {{ asset('js/run.js') }}, plotly_src().
+    found.env.globals.update(asset=asset_url, plotly_src=plotly_url)
+    return found
 
 
 def render_page(request: Request, name: str, status_code: int = 200,

@@ -180,7 +180,8 @@ class SharedRunView(BaseModel):
 
 class SharedRunOut(BaseModel):
     run: SharedRunView
-    result: ResultOut | None
+    result_url: str | None = Field(description="Where the result is read (GET, no login) "
+                                   "once the run has succeeded; else null.")
 
 
 class KindOut(BaseModel):

@@ -258,6 +258,9 @@ def serve(
     allow_remote_without_auth: Annotated[bool, typer.Option(
         help="Listen on a non-loopback address without multi-user mode: anyone who can "
         "reach the port can read, start and delete everything.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Server processes answering requests (one per core serves "
+        "many readers of a shared result at once; with PostgreSQL).")] = 1,
 ) -> None:
     """Start the dashboard (and, by default, a local worker). With no SYNGEO_* settings it
     uses the embedded default: a SQLite file, local artifacts and a filesystem broker."""
@@ -295,7 +298,8 @@ def serve(
     # worker below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run("syngeo.backend.app:create_app", factory=True, host=host, port=port)
+        uvicorn.run("syngeo.backend.app:create_app", factory=True, host=host, port=port,
+                    workers=workers)
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -366,6 +370,43 @@ def _check(response: Any) -> None:
 
 
 # --- accounts (multi-user mode) ----------------------------------------------------------------
+
+@app.command("rebuild-pages")
+def rebuild_pages(
+    every: Annotated[bool, typer.Option("--all", help="Rebuild every stored page, not only "
+                                        "missing or outdated ones.")] = False,
+) -> None:
+    """Build the stored result pages (figures, table, summary) of succeeded runs that have
+    none or whose figure code has changed since: after an upgrade, so that no viewer waits
+    for a page to be built on its first view."""
+    from syngeo.result_pages import figure_version, store_page
+    from syngeo.settings import get_settings
+    from syngeo.store import crud
+    from syngeo.store.artifacts import artifact_store
+    from syngeo.store.db import engine_for, migrate, session_factory
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    migrate(engine_for(url))
+    sessions = session_factory(url)
+    store = artifact_store(settings.artifact_location)
+    with sessions() as session:
+        todo = crud.runs_needing_pages(session, None if every else figure_version())
+    failed = 0
+    with progress_bar() as report:
+        for done, (run_id, kind_name) in enumerate(todo):
+            report(done / len(todo), f"run {run_id} ({kind_name})")
+            try:
+                with sessions.begin() as session:
+                    store_page(session, store, run_id, kind_name)
+            except Exception as exc:  # one unreadable result does not stop the others
+                failed += 1
+                err.print(f"[red]run {run_id}:[/] {exc.__class__.__name__}: {exc}")
+    err.print(f"built {len(todo) - failed} result page(s) of figure version "
+              f"{figure_version()}" + (f"; {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
 
 users_app = typer.Typer(help="Users and API tokens of a multi-user server (SYNGEO_AUTH=1).",
                         no_args_is_help=True)

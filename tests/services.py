@@ -381,8 +381,9 @@ def start_celery_worker(env: dict[str, str], workdir: Path,
     )
 
 
-def start_api_server(env: dict[str, str], workdir: Path) -> ServiceProcess:
-    """uvicorn serving the app factory; ready when GET /api/health answers 200."""
+def start_api_server(env: dict[str, str], workdir: Path, processes: int = 1) -> ServiceProcess:
+    """uvicorn serving the app factory (in ``processes`` worker processes); ready when GET
+    /api/health answers 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -395,6 +396,7 @@ def start_api_server(env: dict[str, str], workdir: Path) -> ServiceProcess:
         "127.0.0.1",
         "--port",
         str(port),
+        *(["--workers", str(processes)] if processes > 1 else []),
     ]
     return start_process(
         cmd,

@@ -176,8 +176,11 @@ def test_share_links_revoke_expire_and_reveal_nothing(app_client: TestClient,
 
     # The link's holder sees the result and its provenance, and nothing internal.
     shared = c.get(f"/api/share/{keep['token']}")
-    assert shared.status_code == 200 and shared.json()["result"]["summary"]["best"]
-    text = shared.text + c.get(f"/api/share/{keep['token']}/download?format=json").text
+    assert shared.status_code == 200
+    page = c.get(shared.json()["result_url"])
+    assert page.status_code == 200 and page.json()["summary"]["best"]
+    text = shared.text + page.text + \
+        c.get(f"/api/share/{keep['token']}/download?format=json").text
     with session_factory(multi_user_env["SYNGEO_DATABASE_URL"])() as s:
         worker = s.get(Run, run["id"]).worker
     for secret in (run["id"], dataset["id"], worker, "Traceback", "usr_"):
@@ -194,7 +197,8 @@ def test_share_links_revoke_expire_and_reveal_nothing(app_client: TestClient,
         s.execute(update(ShareLink).where(ShareLink.id == expire["id"])
                   .values(expires_at=utcnow() - timedelta(seconds=1)))
     for token in (revoke["token"], expire["token"]):
-        for path in (f"/api/share/{token}", f"/api/share/{token}/download?format=csv"):
+        for path in (f"/api/share/{token}", f"/api/share/{token}/result",
+                     f"/api/share/{token}/download?format=csv"):
             gone = c.get(path)
             assert gone.status_code == 404 and "revoked or has expired" in gone.json()["problem"]
     assert c.get(f"/api/share/{keep['token']}").status_code == 200

@@ -160,7 +160,9 @@ def test_upload_then_analyse_then_share(client: TestClient, queued: list[str],
     assert shared["run"]["spec"]["dataset"] == dataset["name"]  # the name, not the id
     assert shared["run"]["inputs"] == [{"name": dataset["name"], "sha256": dataset["sha256"],
                                         "format": "csv", "n_pairs": 3000}]
-    assert shared["result"]["summary"]["best"] == result["summary"]["best"]
+    assert shared["result_url"] == f"/api/share/{token}/result"
+    assert client.get(shared["result_url"]).json() == client.get(
+        f"/api/runs/{run['id']}/result").json()  # the same page, read without login
     assert client.get("/api/share/not-a-token").status_code == 404
 
 

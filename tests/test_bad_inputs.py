@@ -171,7 +171,7 @@ ID_ROUTES = [
     ("POST", "/api/runs/{}/cancel"), ("POST", "/api/runs/{}/share"), ("DELETE", "/api/runs/{}"),
     ("GET", "/api/runs/{}/shares"), ("DELETE", "/api/runs/{}/shares/sh_1"),
     ("DELETE", "/api/runs/{done}/shares/{}"), ("GET", "/api/share/{}"),
-    ("GET", "/api/share/{}/download"),
+    ("GET", "/api/share/{}/result"), ("GET", "/api/share/{}/download"),
 ]
 NUL_IDS = [("%00", "nul"), ("ds_abc%00def", "nul"), ("{done}%00", "nul")]
 WRONG_IDS = [("x" * 5000, "long"), ("%C3%BCn%C3%AFc%C3%B6d%C3%A9-%F0%9F%98%80", "unicode"),

@@ -59,6 +59,7 @@ def test_each_operation_is_listed_under_one_tag_and_docs_link_home(client: TestC
     assert {op: t for op, t in tags.items() if len(t) != 1} == {}
     assert tags["GET /api/share/{token}"] == ["share"]
     assert tags["GET /api/share/{token}/download"] == ["share"]
+    assert tags["GET /api/share/{token}/result"] == ["share"]
     assert "](/)" in schema["info"]["description"]  # a link back to the dashboard
 
 

@@ -6,6 +6,8 @@ tests/test_faults.py runs one over two real workers and kills one of them."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -14,12 +16,13 @@ import numpy as np
 import pytest
 
 from syngeo.kinds.base import MAX_CHUNKS, pack_chunks
+from syngeo.result_pages import encode, figure_version, page_body
 from syngeo.runner import run_local
 from syngeo.settings import get_settings
 from syngeo.store import crud
 from syngeo.store.artifacts import artifact_store
 from syngeo.store.db import engine_for, migrate, session_factory
-from syngeo.store.models import Run, RunChunk, utcnow
+from syngeo.store.models import ResultPage, Run, RunChunk, utcnow
 
 #: A small grid: 2 c × 1 a × 3 widths = 6 cells.
 GRID = {"potentials": ["ne", "p2"], "c_values": [1.0, 2.0], "n_exponents": [0.5],
@@ -197,6 +200,11 @@ def test_a_split_run_through_the_task_equals_one_piece(sessions) -> None:  # noq
         stored = crud.result_arrays(session, store, result)
         assert crud.chunk_artifacts(session, run_id) == []  # partial results dropped
         assert result.summary["conclusion"]
+        # The assembled result's page is stored as the run succeeds, built from it.
+        page = session.get(ResultPage, run_id)
+        assert page is not None and page.figure_version == figure_version()
+        assert json.loads(gzip.decompress(page.body_gzip)) == json.loads(encode(
+            page_body("linear_regression", result.summary, stored)))
     _, whole = run_local("linear_regression", GRID, device="cpu")
     _same(stored, whole.arrays)
     assert run_experiment.run(run_id) == "succeeded"  # delivered again: nothing to do

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syngeo.kinds import Cancelled, KindResult, UnknownKind, get_kind
 from syngeo.kinds.base import Chunk
+from syngeo.result_pages import store_page
 from syngeo.settings import get_settings
 from syngeo.store import crud
 from syngeo.store.artifacts import ArtifactStore, artifact_store
@@ -156,7 +157,10 @@ def _execute(sessions: sessionmaker[Session], run_id: str, attempt: int, kind_na
         crud.set_status(run, "succeeded", "Done", attempt=attempt)
         return "succeeded"
 
-    return _patiently(sessions, run_id, store_result)
+    outcome = _patiently(sessions, run_id, store_result)
+    if outcome == "succeeded":
+        _store_page(sessions, run_id, kind.name)
+    return outcome
 
 
 def _device(spec: Any) -> str:
@@ -268,7 +272,6 @@ def _assemble(sessions: sessionmaker[Session], store: ArtifactStore, kind: Any, 
     except Exception:
         log.exception("run %s: assembling its chunks failed", run_id)
         return _fail_split(sessions, run_id, internal_error_message(run_id))
-
     def store_result(session: Session) -> str:
         run = session.get(Run, run_id, populate_existing=True, with_for_update=True)
         if run is None or run.status != "running":
@@ -282,7 +285,22 @@ def _assemble(sessions: sessionmaker[Session], store: ArtifactStore, kind: Any, 
         crud.set_status(run, "succeeded", "Done")
         return "succeeded"
 
-    return _patiently(sessions, run_id, store_result)
+    outcome = _patiently(sessions, run_id, store_result)
+    if outcome == "succeeded":
+        _store_page(sessions, run_id, kind.name)
+    return outcome
+
+
+def _store_page(sessions: sessionmaker[Session], run_id: str, kind_name: str) -> None:
+    """Build the succeeded run's result page now, so that its first viewers read it stored.
+    A kind whose figures fail here keeps its result (the page is tried again on its first
+    view, which then reports the error)."""
+    try:
+        with sessions.begin() as session:
+            store_page(session, artifact_store(get_settings().artifact_location), run_id,
+                       kind_name)
+    except Exception:
+        log.exception("run %s: building its result page failed", run_id)
 
 
 def internal_error_message(run_id: str) -> str:

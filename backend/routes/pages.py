@@ -3,42 +3,22 @@
 The frontend is HTML (Jinja2 templates sharing ``_layout.html``) + vanilla JS modules + CSS
 under ``syngeo.frontend`` (the ``frontend/`` folder); nothing is built and nothing is fetched
 from a CDN. Plotly.js is served from the installed ``plotly`` Python package so the dashboard
-works offline; the pages load it after their text (static/js/plotly.js).
+works offline; the pages load it after their text (static/js/plotly.js). Static files are
+served under content-hashed URLs, gzipped once and cached for good (see ``assets``).
 
 The app factory calls ``install_static(app)`` and ``app.include_router(router)``.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import HTMLResponse
 
-from syngeo.backend.html import frontend_dir, render_page
+from syngeo.backend.assets import STATIC_PREFIX, serve_static
+from syngeo.backend.html import render_page
 from syngeo.kinds import KINDS
 
 router = APIRouter(include_in_schema=False)
-
-PLOTLY_JS_URL = "/static/vendor/plotly.min.js"
-
-# plotly.min.js is large and only changes with the plotly package, so it may be cached for
-# a day (pages are revalidated on each visit: see html.NO_CACHE).
-_PLOTLY_CACHE = {"Cache-Control": "public, max-age=86400"}
-
-
-@lru_cache(maxsize=1)
-def plotly_js_path() -> Path:
-    """``plotly.min.js`` shipped inside the installed plotly Python package."""
-    path = Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
-    if not path.is_file():  # pragma: no cover - a broken plotly install
-        raise FileNotFoundError(
-            f"plotly.min.js is missing from the plotly package ({path}); reinstall plotly."
-        )
-    return path
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -84,18 +64,7 @@ def share_page(request: Request, token: str) -> HTMLResponse:
     return render_page(request, "share.html")
 
 
-def _plotly_js() -> FileResponse:
-    return FileResponse(
-        plotly_js_path(), media_type="text/javascript; charset=utf-8", headers=_PLOTLY_CACHE
-    )
-
-
 def install_static(app: FastAPI) -> None:
-    """Serve ``/static`` (the frontend's assets) and Plotly.js at ``/static/vendor/plotly.min.js``.
-
-    The Plotly route is added before the ``/static`` mount so that the mount does not
-    shadow it.
-    """
-    app.add_api_route(PLOTLY_JS_URL, _plotly_js, methods=["GET", "HEAD"],
+    """Serve ``/static/...``: the frontend's assets and Plotly.js, hashed or not (``assets``)."""
+    app.add_api_route(f"{STATIC_PREFIX}/{{path:path}}", serve_static, methods=["GET", "HEAD"],
                       include_in_schema=False)
-    app.mount("/static", StaticFiles(directory=frontend_dir() / "static"), name="static")

@@ -9,7 +9,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from syngeo.backend.auth import Caller, current_user
 from syngeo.backend.errors import ApiError
 from syngeo.backend.routes import costs
 from syngeo.backend.schemas import (
-    ResultOut,
     RunIn,
     RunOut,
     SharedInput,
@@ -54,20 +52,6 @@ def _run_or_404(session: Session, run_id: str, caller: Caller) -> Run:
         raise ApiError(404, f"Run {run_id!r} does not exist.",
                        "List runs with GET /api/runs; check the id in the link.")
     return run
-
-
-def result_body(session: Session, store: ArtifactStore, run: Run) -> ResultOut | None:
-    result = session.get(Result, run.id)
-    if result is None or run.status != "succeeded":
-        return None
-    kind = get_kind(run.kind)
-    arrays = crud.result_arrays(session, store, result)
-    summary = result.summary
-    if "conclusion" not in summary:  # stored before kinds stated one
-        summary = {**summary, "conclusion": kind.conclusion(summary)}
-    return ResultOut(summary=summary, figures=kind.figures(summary, arrays),
-                     table=kind.table_rows(summary),
-                     columns=[asdict(c) for c in kind.table_columns(summary)])
 
 
 @router.post("/runs", response_model=RunOut, status_code=201,
@@ -185,18 +169,6 @@ def delete_run(run_id: str, session: Session = Depends(deps.session),
     crud.delete_run(session, store, run)
     session.commit()
     return Response(status_code=204)
-
-
-@router.get("/runs/{run_id}/result", response_model=ResultOut)
-def get_result(run_id: str, session: Session = Depends(deps.session),
-               store: ArtifactStore = Depends(deps.store),
-               caller: Caller = Depends(current_user)) -> ResultOut:
-    run = _run_or_404(session, run_id, caller)
-    body = result_body(session, store, run)
-    if body is None:
-        raise ApiError(409, f"Run {run_id} has no result: it is {run.status}.",
-                       "Wait until its status is 'succeeded' (GET /api/runs/{id}).")
-    return body
 
 
 #: format=json: the run record and its summary; csv: the kind's table rows; npz: the result
@@ -353,11 +325,12 @@ def _shared_view(session: Session, run: Run) -> SharedRunView:
 
 
 @share_router.get("/share/{token}", response_model=SharedRunOut,
-            summary="A shared run and its result, read-only, no login")
-def shared(token: str, session: Session = Depends(deps.session),
-           store: ArtifactStore = Depends(deps.store)) -> SharedRunOut:
+                  summary="A shared run's status and provenance, read-only, no login")
+def shared(token: str, session: Session = Depends(deps.session)) -> SharedRunOut:
     run = _shared_run(session, token)
-    return SharedRunOut(run=_shared_view(session, run), result=result_body(session, store, run))
+    return SharedRunOut(run=_shared_view(session, run),
+                        result_url=f"/api/share/{token}/result"
+                        if run.status == "succeeded" else None)
 
 
 @share_router.get("/share/{token}/download",

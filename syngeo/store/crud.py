@@ -8,10 +8,10 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from syngeo.store.accounts import hash_token, new_secret
@@ -21,12 +21,16 @@ from syngeo.store.models import (
     TERMINAL_STATUSES,
     Dataset,
     Result,
+    ResultPage,
     Run,
     RunChunk,
     ShareLink,
     Worker,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from syngeo.result_pages import Page
 
 
 def new_id(prefix: str) -> str:
@@ -519,6 +523,78 @@ def result_arrays(session: Session, store: ArtifactStore, result: Result) -> dic
         return {}
     with tempfile.TemporaryDirectory() as tmp:
         return load_arrays(session, store, result.arrays_artifact, Path(tmp))
+
+
+def save_page(session: Session, run_id: str, page: Page) -> None:
+    """Store (or replace) the run's result page."""
+    row = session.get(ResultPage, run_id)
+    if row is None:
+        row = ResultPage(run_id=run_id)
+        session.add(row)
+    row.figure_version, row.etag = page.figure_version, page.etag
+    row.body_gzip, row.size, row.created_at = page.body_gzip, page.size, utcnow()
+
+
+def page_etag(session: Session, run_id: str) -> tuple[str, str] | None:
+    """The stored page's (ETag, figure version), without reading its body."""
+    row = session.execute(select(ResultPage.etag, ResultPage.figure_version)
+                          .where(ResultPage.run_id == run_id)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def page_body(session: Session | Connection, run_id: str) -> tuple[str, bytes] | None:
+    """The stored page's (ETag, gzip body)."""
+    row = session.execute(select(ResultPage.etag, ResultPage.body_gzip)
+                          .where(ResultPage.run_id == run_id)).first()
+    return None if row is None else (row[0], row[1])
+
+
+@dataclass(frozen=True)
+class PageState:
+    """What serving a run's page needs to know, read in one query."""
+
+    run_id: str
+    owner_id: str
+    status: str
+    kind: str
+    etag: str | None  # None: no page stored
+    figure_version: str | None
+
+
+# Built once: a result page's readers arrive many at a time, and building the statement
+# cost three times its execution (0.4 ms against 0.1 ms on PostgreSQL).
+_PAGE_STATE = (select(Run.id, Run.owner_id, Run.status, Run.kind, ResultPage.etag,
+                      ResultPage.figure_version)
+               .outerjoin(ResultPage, ResultPage.run_id == Run.id))
+_OWN_PAGE_STATE = _PAGE_STATE.where(Run.id == bindparam("run_id"))
+_SHARED_PAGE_STATE = _PAGE_STATE.join(ShareLink, ShareLink.run_id == Run.id).where(
+    ShareLink.token_sha256 == bindparam("token_sha256"), ShareLink.revoked_at.is_(None),
+    or_(ShareLink.expires_at.is_(None),
+        ShareLink.expires_at > bindparam("now", type_=ShareLink.expires_at.type)))
+
+
+def page_state(session: Session | Connection, run_id: str) -> PageState | None:
+    row = session.execute(_OWN_PAGE_STATE, {"run_id": run_id}).first()
+    return None if row is None else PageState(*row)
+
+
+def shared_page_state(session: Session | Connection, token: str) -> PageState | None:
+    """The page state of the run a live share link opens (as ``live_share_link``)."""
+    row = session.execute(_SHARED_PAGE_STATE, {"token_sha256": hash_token(token),
+                                               "now": utcnow()}).first()
+    return None if row is None else PageState(*row)
+
+
+def runs_needing_pages(session: Session, figure_version: str | None) -> list[tuple[str, str]]:
+    """(id, kind) of succeeded runs with a result whose stored page is missing or was built
+    by another figure version (every one when ``figure_version`` is None), oldest first."""
+    query = (select(Run.id, Run.kind).join(Result, Result.run_id == Run.id)
+             .outerjoin(ResultPage, ResultPage.run_id == Run.id)
+             .where(Run.status == "succeeded").order_by(Run.created_at))
+    if figure_version is not None:
+        query = query.where(or_(ResultPage.run_id.is_(None),
+                                ResultPage.figure_version != figure_version))
+    return [(run_id, kind) for run_id, kind in session.execute(query)]
 
 
 # --- share links -------------------------------------------------------------------------

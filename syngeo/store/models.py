@@ -1,5 +1,5 @@
-"""Database records: datasets, runs and their chunks, results, share links and artifact
-chunks (SQLAlchemy 2)."""
+"""Database records: datasets, runs and their chunks, results and their stored pages, share
+links and artifact chunks (SQLAlchemy 2)."""
 
 from __future__ import annotations
 
@@ -161,6 +161,23 @@ class Result(Base):
                                         primary_key=True)
     summary: Mapped[dict[str, Any]] = mapped_column()
     arrays_artifact: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ResultPage(Base):
+    """A result page's body as the browser reads it (summary, figures, table, columns:
+    compact JSON, gzip-compressed), built once when the run succeeds and served as stored.
+    ``figure_version`` is the version of the code that built it (result_pages.figure_version):
+    a page built by other code is rebuilt from the result on its next view."""
+
+    __tablename__ = "result_pages"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    figure_version: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(64))  # SHA-256 of the uncompressed JSON
+    body_gzip: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)  # uncompressed bytes
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -17,7 +17,7 @@ from tests.browser.support import new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
-PLOTLY = "**/static/vendor/plotly.min.js"
+PLOTLY = "**/static/vendor/plotly*.min.js"  # hashed: plotly-<hash>.min.js
 
 
 def _succeeded_run(client: httpx.Client) -> str:

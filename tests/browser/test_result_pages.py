@@ -21,7 +21,7 @@ from tests.browser.support import new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.services, pytest.mark.slow]  # ~60 s
 
-PLOTLY = "**/static/vendor/plotly.min.js"
+PLOTLY = "**/static/vendor/plotly*.min.js"  # hashed: plotly-<hash>.min.js
 WIDTH = 1400
 
 # Cards wider than their box (content cut off or pushing the page sideways) and a page wider

@@ -18,9 +18,17 @@ async function poll() {
     showProgress(run);
     showOutcome(run);
     showProvenance(run);
-    if (run.status === "succeeded" && shared.result) showResult(run, shared.result);
-    // A shared run that is still going: keep watching it (the result comes with the share).
-    if (!TERMINAL.has(run.status) || (run.status === "succeeded" && !shared.result)) setTimeout(poll, POLL_MS);
+    let pending = !TERMINAL.has(run.status); // a shared run that is still going: keep watching
+    if (run.status === "succeeded" && shared.result_url) {
+      try {
+        showResult(run, await api(shared.result_url));
+      } catch (err) {
+        // 409 right after the status flipped: the result may be a moment behind.
+        if (!(err instanceof ApiError) || err.status !== 409) throw err;
+        pending = true;
+      }
+    }
+    if (pending) setTimeout(poll, POLL_MS);
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
       $("run-title").textContent = "Shared result not found";
