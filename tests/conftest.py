@@ -1,4 +1,5 @@
-"""Session-wide real servers (PostgreSQL, Redis) and per-test worker/API factories.
+"""Session-wide real servers (PostgreSQL, Redis) and per-test worker/API factories, and the
+markers that say which tests need them.
 
 Nothing here imports the backend or the worker: the factories start them as subprocesses.
 """
@@ -10,13 +11,45 @@ from pathlib import Path
 
 import pytest
 
+from tests import services
 from tests.services import (
     PostgresServer,
     ServiceProcess,
     start_api_server,
     start_celery_worker,
     start_redis,
+    start_syngeo_worker,
 )
+
+#: A test that uses one of these fixtures, directly or through another fixture, gets the
+#: marker: the markers follow the fixtures and cannot go stale.
+MARKER_OF_FIXTURE = {
+    "postgres_server": "services",  # and, through it, postgres_url, make_postgres_database,
+    "redis_url": "services",  # fresh_postgres_url
+    "celery_worker_factory": "services",
+    "syngeo_worker_factory": "services",
+    "api_server_factory": "services",
+    "browser": "browser",  # tests/browser/conftest.py: headless Chromium
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needed = {MARKER_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ())
+                  if name in MARKER_OF_FIXTURE}
+        for marker in sorted(needed):
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN201
+    # Lets tests/services.py refuse a server started by a test without the marker.
+    outer, services.current_test = services.current_test, item
+    try:
+        return (yield)
+    finally:
+        services.current_test = outer
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +110,12 @@ def _factory(
 def celery_worker_factory(tmp_path: Path) -> Iterator[Callable[[dict], ServiceProcess]]:
     """`start(env)` → a running Celery worker (env merged over os.environ); stopped after."""
     yield from _factory(start_celery_worker, tmp_path)
+
+
+@pytest.fixture
+def syngeo_worker_factory(tmp_path: Path) -> Iterator[Callable[[dict], ServiceProcess]]:
+    """`start(env)` → a running `syngeo worker` (env merged over os.environ); stopped after."""
+    yield from _factory(start_syngeo_worker, tmp_path)
 
 
 @pytest.fixture

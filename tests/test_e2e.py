@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.test_api import csv_bytes, ne_pairs, npy_bytes
@@ -29,7 +28,9 @@ def stack_env(fresh_postgres_url: str, redis_url: str, tmp_path: Path) -> dict[s
     return {"SYNGEO_DATABASE_URL": fresh_postgres_url,
             "SYNGEO_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db)}",
             "SYNGEO_ARTIFACTS": "database", "SYNGEO_DATA_DIR": str(tmp_path / "data"),
-            "SYNGEO_STALE_AFTER_S": "6"}
+            # A dead worker's run is handed back by its heartbeat process at once; the stale
+            # limit is only the last resort, and a tight one fails healthy runs under load.
+            "SYNGEO_STALE_AFTER_S": "30"}
 
 
 def wait_for(client: httpx.Client, run_id: str, done: Callable[[dict], bool],
@@ -43,10 +44,10 @@ def wait_for(client: httpx.Client, run_id: str, done: Callable[[dict], bool],
     raise AssertionError(f"run {run_id} did not get there in {timeout} s: {run}")
 
 
-def test_analysis_through_redis_and_a_celery_worker(stack_env, api_server_factory,
-                                                    celery_worker_factory) -> None:
+def test_analysis_through_redis_and_a_syngeo_worker(stack_env, api_server_factory,
+                                                    syngeo_worker_factory) -> None:
     api = api_server_factory(stack_env)
-    celery_worker_factory(stack_env)
+    syngeo_worker_factory(stack_env)  # `syngeo worker`: Celery under a name of its own
     with httpx.Client(base_url=api.url, timeout=60) as client:
         dataset = client.post("/api/datasets", files=[
             ("files", ("w.csv", csv_bytes(*ne_pairs(20000))))]).json()
@@ -54,7 +55,7 @@ def test_analysis_through_redis_and_a_celery_worker(stack_env, api_server_factor
             "dataset": dataset["id"], "bootstrap": 100}}).json()
         run = wait_for(client, run["id"], lambda r: r["status"] not in {"queued", "running"})
         assert run["status"] == "succeeded", run["error"]
-        assert run["worker"] and run["device"] == "cpu"
+        assert run["worker"].startswith("worker-") and run["device"] == "cpu"
         result = client.get(f"/api/runs/{run['id']}/result").json()
         assert result["summary"]["best"]["family"] == "negative_entropy"
         assert len(result["summary"]["candidates"]) == 21
@@ -72,7 +73,10 @@ def test_cancel_then_worker_death(stack_env, api_server_factory, celery_worker_f
 
         # Cancel: the worker stops at its next progress step and takes the next job.
         run = client.post("/api/runs", json=slow).json()
-        wait_for(client, run["id"], lambda r: r["status"] == "running" and r["progress"] > 0.02)
+        seen: list[float] = []  # the progress a user watching the run sees: it never goes back
+        wait_for(client, run["id"], lambda r: seen.append(r["progress"]) is None
+                 and r["status"] == "running" and r["progress"] > 0.02)
+        assert seen == sorted(seen), seen
         assert client.post(f"/api/runs/{run['id']}/cancel").json()["status"] == "cancelled"
         quick = client.post("/api/runs", json={"kind": "geometry", "spec": {
             "dataset": dataset["id"], "potentials": ["ne"], "bootstrap": 0}}).json()
@@ -86,7 +90,7 @@ def test_cancel_then_worker_death(stack_env, api_server_factory, celery_worker_f
         os.kill(worker.pid, signal.SIGKILL)
         run = wait_for(client, run["id"], lambda r: r["status"] != "running", timeout=30)
         assert run["status"] == "queued" and run["history"][-1]["reason"] == "worker lost"
-        assert np.isfinite(quick["progress"])
+        assert quick["progress"] == 1.0  # a succeeded run reads as complete
 
 
 def test_fit_an_uploaded_distribution_on_a_celery_worker(stack_env, api_server_factory,

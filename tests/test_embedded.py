@@ -11,19 +11,20 @@ from pathlib import Path
 
 import httpx
 
-from tests.services import free_port, start_process
+from tests.services import start_on_free_port
 from tests.test_api import csv_bytes, ne_pairs
 
 
 def test_serve_embedded_runs_the_example(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNGEO_")}
     env["SYNGEO_DATA_DIR"] = str(tmp_path / "var")
-    server = start_process([sys.executable, "-m", "syngeo.cli", "serve", "--port", str(port)],
-                           env, tmp_path / "serve.log", name="syngeo serve", cwd=tmp_path,
-                           timeout=60, url=url,
-                           ready=lambda: httpx.get(f"{url}/api/health").status_code == 200)
+    server, port = start_on_free_port(
+        lambda port: [sys.executable, "-m", "syngeo.cli", "serve", "--port", str(port)],
+        env, tmp_path / "serve.log", name="syngeo serve", cwd=tmp_path, timeout=60,
+        url=lambda port: f"http://127.0.0.1:{port}",
+        ready=lambda _, port: httpx.get(f"http://127.0.0.1:{port}/api/health").status_code
+        == 200)
+    url = server.url
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             dataset = client.post("/api/datasets/example").json()

@@ -20,9 +20,8 @@ import sqlalchemy as sa
 from tests.services import (
     PostgresServer,
     ServiceProcess,
-    free_port,
     start_celery_worker,
-    start_process,
+    start_on_free_port,
     start_redis,
 )
 from tests.test_api import ne_pairs, npy_bytes
@@ -195,9 +194,10 @@ def test_postgres_restarted_mid_run(stack, own_postgres: PostgresServer, api_ser
 
 
 def test_gil_held_longer_than_the_stale_limit(tmp_path: Path, api_server_factory) -> None:
-    """The engine holds the GIL for 3 × the stale limit: the run's heartbeat comes from
-    another process, so the watchdog (here the API's, every 0.5 s) leaves the run alone."""
-    hold_s, stale_s = 9, 3
+    """The engine holds the GIL for twice the stale limit: the run's heartbeat comes from
+    another process, so the watchdog (here the API's, every second) leaves the run alone.
+    (A limit of 6 s leaves that process time to start on a loaded machine.)"""
+    hold_s, stale_s = 12, 6
     env = {"SYNGEO_DATA_DIR": str(tmp_path / "data"), "SYNGEO_STALE_AFTER_S": str(stale_s),
            "PYTHONPATH": str(ROOT), "SYNGEO_TEST_HOLD_GIL_S": str(hold_s)}
     api = Api(api_server_factory(env).url)
@@ -225,19 +225,22 @@ def _embedded_worker(serve: ServiceProcess) -> int | None:
     return None
 
 
-def _start_serve(env: dict, tmp_path: Path, port: int) -> ServiceProcess:
-    url = f"http://127.0.0.1:{port}"
-    return start_process([sys.executable, "-m", "syngeo.cli", "serve", "--port", str(port)],
-                         env, tmp_path / "serve.log", name="syngeo serve", cwd=tmp_path,
-                         timeout=90, url=url,
-                         ready=lambda: httpx.get(f"{url}/api/health").status_code == 200)
+def _start_serve(env: dict, tmp_path: Path, port: int | None = None
+                 ) -> tuple[ServiceProcess, int]:
+    """`syngeo serve` on a free port (started again on another if it was taken meanwhile),
+    or on ``port`` (a restart)."""
+    return start_on_free_port(
+        lambda port: [sys.executable, "-m", "syngeo.cli", "serve", "--port", str(port)],
+        env, tmp_path / "serve.log", name="syngeo serve", cwd=tmp_path, timeout=90,
+        url=lambda port: f"http://127.0.0.1:{port}", port=port,
+        ready=lambda _, port: httpx.get(f"http://127.0.0.1:{port}/api/health").status_code
+        == 200)
 
 
 def test_serve_restarted_mid_run_and_its_worker_killed(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNGEO_")}
     env |= {"SYNGEO_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1"}
-    port = free_port()
-    serve = _start_serve(env, tmp_path, port)
+    serve, port = _start_serve(env, tmp_path)
     try:
         api = Api(serve.url)
         dataset = api.upload()
@@ -246,7 +249,7 @@ def test_serve_restarted_mid_run_and_its_worker_killed(tmp_path: Path) -> None:
         # A normal restart: the worker hands the run back, serve exits, the run waits.
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(timeout=90) == 0, serve.log_tail()
-        serve = _start_serve(env, tmp_path, port)
+        serve, _ = _start_serve(env, tmp_path, port)
         run = api.finished(run_id)
         assert run["attempts"] == 2 and reasons(run) == ["worker stopped"]
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select, text
 
 from syngeo.store import crud
 from syngeo.store.db import MIGRATIONS, migrate, session_factory
-from syngeo.store.models import LOCAL_USER, Dataset, Run
+from syngeo.store.models import LOCAL_USER, Base, Dataset, Run
 
 
 def _upgrade_to(url: str, revision: str) -> None:
@@ -23,11 +25,12 @@ def _upgrade_to(url: str, revision: str) -> None:
         command.upgrade(cfg, revision)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.services)])
 def test_upgrade_from_the_first_schema(backend: str, tmp_path: Path,
-                                       make_postgres_database) -> None:
+                                       request: pytest.FixtureRequest) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite'}" if backend == "sqlite" else \
-        make_postgres_database()
+        request.getfixturevalue("make_postgres_database")()
     _upgrade_to(url, "0001")
     with create_engine(url).begin() as conn:
         for i, sha in enumerate(["a" * 64, "a" * 64, "b" * 64]):  # two duplicates of one file
@@ -56,3 +59,20 @@ def test_upgrade_from_the_first_schema(backend: str, tmp_path: Path,
         link = crud.live_share_link(session, "an-old-token")  # a link already sent still works
         assert link is not None and link.run_id == "run_1"
         assert crud.live_share_link(session, "another-token") is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.services)])
+def test_migrations_build_the_schema_the_models_describe(backend: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """Upgraded from empty to head, the database has exactly the tables, columns, types,
+    indexes and constraints of the models (alembic's autogenerate finds nothing to add)."""
+    url = f"sqlite:///{tmp_path / 'new.sqlite'}" if backend == "sqlite" else \
+        request.getfixturevalue("make_postgres_database")()
+    engine = create_engine(url)
+    migrate(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                Base.metadata)
+    engine.dispose()
+    assert diff == []

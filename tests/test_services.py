@@ -1,46 +1,33 @@
-"""The server fixtures give real, working PostgreSQL and Redis servers."""
+"""The test servers never lose their port to another process: one that finds the port it
+was given already taken (between choosing and binding it) is started again on another, and
+is recognised as itself rather than as whoever answers on the port. (That the servers work
+is shown by every test that uses them.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
-import sqlalchemy as sa
+
+from tests import services
 
 pytestmark = pytest.mark.services
 
 
-def test_postgres_answers(postgres_url: str) -> None:
-    engine = sa.create_engine(postgres_url)
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version()")).scalar_one().startswith("PostgreSQL")
-        assert conn.execute(sa.text("SELECT current_database()")).scalar_one() == "syngeo_test"
-    engine.dispose()
-
-
-def test_fresh_database_round_trip(fresh_postgres_url: str) -> None:
-    engine = sa.create_engine(fresh_postgres_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE t (id serial PRIMARY KEY, name text NOT NULL)"))
-        conn.execute(sa.text("INSERT INTO t (name) VALUES ('a'), ('b')"))
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT name FROM t ORDER BY id")).scalars().all() == ["a", "b"]
-    engine.dispose()
-
-
-def test_fresh_databases_are_isolated(make_postgres_database) -> None:
-    first, second = make_postgres_database(), make_postgres_database()
-    assert first != second
-    one, two = sa.create_engine(first), sa.create_engine(second)
-    with one.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE only_here (x int)"))
-    assert sa.inspect(one).has_table("only_here")
-    assert not sa.inspect(two).has_table("only_here")
-    one.dispose()
-    two.dispose()
-
-
-def test_redis_set_get(redis_url: str) -> None:
-    with redis.Redis.from_url(redis_url) as client:
-        assert client.ping()
-        client.set("syngeo:test", "value")
-        assert client.get("syngeo:test") == b"value"
+def test_a_taken_port_is_given_up_for_another(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with services.listening_socket() as taken:
+        port = taken.getsockname()[1]
+        offered = iter([port])  # the first port offered is taken; then free ones
+        real_free_port = services.free_port
+        monkeypatch.setattr(services, "free_port", lambda: next(offered, None) or
+                            real_free_port())
+        process, url = services.start_redis(tmp_path)
+        try:
+            assert not url.startswith(f"redis://127.0.0.1:{port}/")
+            assert "Address already in use" in process.log_path.read_text()
+            with redis.Redis.from_url(url) as client:
+                assert client.info("server")["process_id"] == process.pid
+        finally:
+            process.stop()

@@ -67,7 +67,11 @@ def main(argv: list[str]) -> int:
         parent_gone.set()
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    while not parent_gone.wait(settings.heartbeat_s):
+    # The first beat goes out as soon as this process is up, not one interval later: the
+    # claim's beat is all the run has until then, while the task may be busy importing the
+    # engine, and on a loaded machine start-up plus a whole interval came close to the stale
+    # limit (a healthy run was requeued).
+    while True:
         try:
             with sessions.begin() as session:
                 alive = (crud.heartbeat(session, run_id, attempt) if chunk is None else
@@ -75,9 +79,11 @@ def main(argv: list[str]) -> int:
                 crud.touch_worker(session, worker)
         except SQLAlchemyError as exc:  # the database is restarting: keep trying
             log.warning("cannot reach the database: %s", exc.__class__.__name__)
-            continue
+            alive = True
         if not alive:  # cancelled, requeued or finished: nothing left to watch
             return 0
+        if parent_gone.wait(settings.heartbeat_s):
+            break
 
     deadline = time.monotonic() + settings.stale_after_s
     while True:
