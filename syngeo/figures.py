@@ -425,7 +425,7 @@ def delta_cdf_figure(
             continue
         ci = c.get("delta_cdf_ci")
         lo = hi = None
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        if isinstance(ci, (list, tuple, np.ndarray)) and len(ci) == 2:
             lo, hi = _finite(ci[0]), _finite(ci[1])
         rows.append(dict(
             x=x, y=value, lo=lo, hi=hi, ne=ne, label=_label(c), key=str(c.get("key") or ""),

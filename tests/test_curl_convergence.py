@@ -102,6 +102,19 @@ def test_curl_descent_converges_faster_at_reduced_size() -> None:
     assert epochs.shape == (2, 2, 12)
     figures = get_kind("curl_convergence").figures(result.summary, result.arrays)
     json.dumps(figures, allow_nan=False)
+    # Each rule's line is its mean epoch over the seeds that converged (NaN: never), at each
+    # N_train, and both points carry the significance star.
+    lines = {t["name"]: t for t in figures["convergence"]["data"]}
+    for name, rule in (("gradient descent", 0), ("curl descent", 1)):
+        assert lines[name]["x"] == [500, 1000]
+        assert lines[name]["y"] == pytest.approx(np.nanmean(epochs[:, rule], axis=-1).tolist())
+        assert [p[f"{name.split()[0]}_never"] for p in (small, large)] == \
+            np.isnan(epochs[:, rule]).sum(axis=-1).tolist()
+    stars = next(t for t in figures["convergence"]["data"] if t["mode"] == "text")
+    assert stars["x"] == [500, 1000] and stars["text"] == ["*", "*"]
+    # The curves: a band and a mean per rule for each N_train, one N_train shown at a time.
+    curves = figures["test_error"]["data"]
+    assert len(curves) == 2 * 2 * 2 and sum(t["visible"] is True for t in curves) == 4
 
 
 @pytest.mark.parametrize(("spec", "field"), [

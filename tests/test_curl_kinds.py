@@ -73,8 +73,17 @@ def test_q_is_near_zero_before_the_transition_and_large_beyond() -> None:
     cs = np.asarray(result.summary["c_values"])
     assert 0.25 < c_star < 0.35
     assert (q_c[cs < c_star] < 1e-6).all() and (q_c[cs > 2 * c_star] > 0.01).all(), q_c
-    json.dumps(get_kind("curl_order_parameter").figures(result.summary, result.arrays),
-               allow_nan=False)
+    fig = get_kind("curl_order_parameter").figures(result.summary, result.arrays)["q"]
+    json.dumps(fig, allow_nan=False)
+    # Each panel draws the mean q at its grid (log q: a q of 0 is left out), and its dashed
+    # line at the analytical transition.
+    q_lines = [t for t in fig["data"] if t["name"] == "q (mean ± s.e.m.)"]
+    for trace, x, q in ((q_lines[0], result.summary["alphas"], q_alpha), (q_lines[1], cs, q_c)):
+        assert trace["x"] == pytest.approx(list(x))
+        assert trace["y"] == [pytest.approx(v) if v > 0 else None for v in q]
+    transitions = [t["x"] for t in fig["data"] if t["name"] == "analytical transition"]
+    assert transitions == [[0.0, 0.0], [pytest.approx(c_star)] * 2]
+    assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["xaxis2"]["type"] == "log"
 
 
 def test_the_grid_in_chunks_equals_the_grid_in_one_piece(chunk_seconds) -> None:  # noqa: ANN001

@@ -32,6 +32,10 @@ def _candidates(*, missing: tuple[str, ...] = ()) -> list[dict]:
     return out
 
 
+# The p-norm scores _candidates draws, written out: 0.05 + 0.1 (p − 1) at p = 1.1, 1.5, 2, 3.
+PNORM_Y = [0.06, 0.10, 0.15, 0.25]
+
+
 def _dumps(fig: dict) -> str:
     # allow_nan=False: browsers' JSON.parse rejects NaN, so the figures must not hold any.
     return json.dumps(fig, allow_nan=False)
@@ -51,6 +55,10 @@ def test_delta_cdf_figure_serialises_and_has_named_traces():
     names = [t["name"] for t in fig["data"]]
     assert names == ["best's interval", "p-norm", "negative entropy", "best: negative entropy"]
     assert all(t["type"] == "scatter" for t in fig["data"])
+    # Each candidate's score is plotted at its p, the best's marker on top of NE's.
+    pnorm = fig["data"][1]
+    assert pnorm["x"] == [1.1, 1.5, 2.0, 3.0] and pnorm["y"] == pytest.approx(PNORM_Y)
+    assert (fig["data"][3]["x"], fig["data"][3]["y"]) == ([1.0], [pytest.approx(0.04)])
     # The figure round-trips through plotly, so it is a valid figure.
     go.Figure(fig)
 
@@ -83,7 +91,7 @@ def test_delta_cdf_skips_candidates_without_a_score():
     _dumps(fig)
     pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
     assert pnorm["x"] == [1.1, 2.0]
-    assert None not in pnorm["y"]
+    assert pnorm["y"] == pytest.approx([PNORM_Y[0], PNORM_Y[2]])
 
 
 def test_delta_cdf_highlights_the_best_candidate():
@@ -159,7 +167,22 @@ def test_delta_cdf_accepts_numpy_values():
         c["delta_cdf"] = np.float64(c["delta_cdf"])
         c["delta_cdf_ci"] = np.array(c["delta_cdf_ci"])
         c["n_used"] = np.int64(c["n_used"])
-    _dumps(delta_cdf_figure(cands))
+    fig = delta_cdf_figure(cands)
+    _dumps(fig)
+    pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
+    assert pnorm["y"] == pytest.approx(PNORM_Y)
+    assert [row[3] for row in pnorm["customdata"]] == ["500"] * 4
+
+
+def test_delta_cdf_draws_numpy_intervals_like_lists():
+    cands = _candidates()
+    for c in cands:
+        c["delta_cdf_ci"] = np.array(c["delta_cdf_ci"])
+    fig = delta_cdf_figure(cands)
+    pnorm = next(t for t in fig["data"] if t["name"] == "p-norm")
+    assert pnorm["error_y"]["array"] == pytest.approx([0.01] * 4)
+    # The same figure as from plain lists, band included.
+    assert json.loads(_dumps(fig)) == json.loads(_dumps(delta_cdf_figure(_candidates())))
 
 
 # ------------------------------------------------------------------ histogram
@@ -168,10 +191,15 @@ KEYS = ["ne", "p1.5", "p2"]
 LABELS = ["negative entropy", "p = 1.5", "p = 2"]
 
 
-def _hist(selected: str | None = "p1.5", per_candidate_edges: bool = False) -> dict:
+def _densities() -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(0)
     edges = np.linspace(-4, 4, 33)
-    densities = [np.histogram(rng.normal(size=500), bins=edges, density=True)[0] for _ in KEYS]
+    return edges, [np.histogram(rng.normal(size=500), bins=edges, density=True)[0]
+                   for _ in KEYS]
+
+
+def _hist(selected: str | None = "p1.5", per_candidate_edges: bool = False) -> dict:
+    edges, densities = _densities()
     e = [edges] * len(KEYS) if per_candidate_edges else edges
     return dual_change_histogram_figure(e, densities, KEYS, LABELS, selected)
 
@@ -187,8 +215,17 @@ def test_histogram_serialises_with_one_trace_per_candidate_and_the_normal_curve(
     assert isinstance(bar["x"], list) and len(bar["x"]) == 32
     assert bar["x"][0] == pytest.approx(-3.875)
     assert bar["width"][0] == pytest.approx(0.25)
+    # Each candidate's bars are its own densities, at the bin centres.
+    edges, densities = _densities()
+    for trace, density in zip(fig["data"][:-1], densities, strict=True):
+        assert trace["x"] == pytest.approx((edges[:-1] + edges[1:]) / 2)
+        assert trace["y"] == pytest.approx(density)
+    assert len({tuple(t["y"]) for t in fig["data"][:-1]}) == 3
     curve = fig["data"][-1]
     assert max(curve["y"]) == pytest.approx(1 / np.sqrt(2 * np.pi), rel=1e-3)
+    # The curve is the N(0, 1) density wherever it is drawn.
+    xs = np.array(curve["x"])
+    assert curve["y"] == pytest.approx(np.exp(-xs ** 2 / 2) / np.sqrt(2 * np.pi), rel=1e-6)
 
 
 def test_histogram_shows_the_selected_candidate_first():
@@ -245,10 +282,13 @@ def test_histogram_rejects_mismatched_inputs():
 # ------------------------------------------------------------------ Q-Q
 
 
-def _qq(selected: str | None = "p2") -> dict:
+def _qq_inputs() -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(1)
-    theoretical = np.linspace(-2.5, 2.5, 50)
-    sample = [np.sort(rng.normal(size=50)) for _ in KEYS]
+    return np.linspace(-2.5, 2.5, 50), [np.sort(rng.normal(size=50)) for _ in KEYS]
+
+
+def _qq(selected: str | None = "p2") -> dict:
+    theoretical, sample = _qq_inputs()
     return qq_figure(theoretical, sample, KEYS, LABELS, selected)
 
 
@@ -257,6 +297,10 @@ def test_qq_serialises_with_candidates_and_the_identity_line():
     _dumps(fig)
     go.Figure(fig)
     assert [t["name"] for t in fig["data"]] == [*LABELS, "y = x"]
+    # Each candidate's sorted sample against the same normal quantiles.
+    theoretical, sample = _qq_inputs()
+    for trace, quantiles in zip(fig["data"][:-1], sample, strict=True):
+        assert trace["x"] == pytest.approx(theoretical) and trace["y"] == pytest.approx(quantiles)
     line = fig["data"][-1]
     assert line["x"] == line["y"]
     lo = min(min(t["x"] + t["y"]) for t in fig["data"][:-1])

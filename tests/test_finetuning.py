@@ -1,8 +1,8 @@
 """Tests of the fine-tuning experiment (paper §4.3, Fig. 4B and 7A, appendix B.3): the engine
 (syngeo.engine.geometry.finetuning) and its kind (syngeo.kinds.finetuning), on the 8×8 digits.
 
-One reduced run (2 seeds, a smaller CNN and RNN, the paper's Fig. 4B evaluation potentials
-NE, 1.5, 2, 2.5, 3) is shared by most tests; it takes about 5–10 s on two cores.
+One reduced run (2 seeds, the default networks, the paper's Fig. 4B evaluation potentials
+NE, 1.5, 2, 2.5, 3) is shared by most tests; it takes about 10 s on two cores.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -35,10 +34,12 @@ from syngeo.kinds.finetuning import FinetuningKind, FinetuningSpec, load_digits_
 from tests.kind_context import RecordingContext as Ctx
 
 PAPER_EVALUATION = ["ne", "p1.5", "p2", "p2.5", "p3"]  # the paper's code for Fig. 4B / 7A
-# The MLP keeps its default width (64): it is the cheapest network, and Theorem 1 needs
-# width (at h = 32 the 3-norm-trained MLP's change was most Gaussian near p = 2.5).
-REDUCED = dict(seeds=2, cnn_channels_1=8, cnn_channels_2=16, rnn_hidden=32,
-               evaluation_potentials=PAPER_EVALUATION, seed=0, device="cpu")
+# Every network keeps its default size (MLP h = 64, CNN 16/32 channels, RNN 64 units):
+# Theorem 1 needs width, and smaller networks missed the claim (at h = 32 the 3-norm-trained
+# MLP's change was most Gaussian near p = 2.5; a CNN with 8/16 channels, D = 1224, N = 34,
+# at 1.5, 3 and 2.5 when trained with NE, 2 and 3; an RNN with 32 units trained with p = 2
+# moved far (dual change 4.4) and was most Gaussian in NE). Only the seeds are fewer (2).
+REDUCED = dict(seeds=2, evaluation_potentials=PAPER_EVALUATION, seed=0, device="cpu")
 TINY = dict(seeds=1, mlp_hidden=16, cnn_channels_1=4, cnn_channels_2=8, rnn_hidden=16,
             pretrain_epochs=3, lr_points=2, lr_min=0.01, lr_max=0.1, epochs=10,
             max_extensions=0, evaluation_potentials=["ne", "p2"], seed=3, device="cpu")
@@ -47,12 +48,10 @@ TINY = dict(seeds=1, mlp_hidden=16, cnn_channels_1=4, cnn_channels_2=8, rnn_hidd
 
 
 @pytest.fixture(scope="module")
-def reduced() -> tuple[FinetuningSpec, KindResult, Ctx, float]:
+def reduced() -> tuple[FinetuningSpec, KindResult, Ctx]:
     spec = FinetuningSpec(**REDUCED)
     ctx = Ctx()
-    started = time.perf_counter()
-    result = FinetuningKind().run(spec, ctx)
-    return spec, result, ctx, time.perf_counter() - started
+    return spec, FinetuningKind().run(spec, ctx), ctx
 
 
 # --------------------------------------------------------------------------- spec
@@ -165,11 +164,10 @@ def test_search_adds_epochs_while_accuracy_is_below_100() -> None:
 # --------------------------------------------------------------------------- the reduced run
 
 
-def test_reduced_run_fits_every_set(reduced: tuple[FinetuningSpec, KindResult, Ctx, float],
+def test_reduced_run_fits_every_set(reduced: tuple[FinetuningSpec, KindResult, Ctx],
                                     ) -> None:
-    _, result, ctx, seconds = reduced
+    _, result, ctx = reduced
     arrays, summary = result.arrays, result.summary
-    assert seconds < 40.0, f"the reduced run took {seconds:.1f} s"
     # B.3: fine-tuned "until 100 % training accuracy".
     assert (arrays["final_accuracy"] == 1.0).all(), arrays["final_accuracy"]
     assert (arrays["epochs"] >= 30).all()
@@ -187,8 +185,8 @@ def test_reduced_run_fits_every_set(reduced: tuple[FinetuningSpec, KindResult, C
     assert all(0.0 <= a <= b <= 1.0 for a, b in zip(fractions, fractions[1:], strict=False))
 
 
-def test_reduced_run_result_shape(reduced: tuple[FinetuningSpec, KindResult, Ctx, float]) -> None:
-    spec, result, _, _ = reduced
+def test_reduced_run_result_shape(reduced: tuple[FinetuningSpec, KindResult, Ctx]) -> None:
+    spec, result, _ = reduced
     arrays, summary = result.arrays, result.summary
     n_a, n_t, n_s, n_e = 3, 3, spec.seeds, len(PAPER_EVALUATION)
     assert arrays["delta_cdf"].shape == (n_a, n_t, n_s, n_e)
@@ -218,37 +216,50 @@ def test_reduced_run_result_shape(reduced: tuple[FinetuningSpec, KindResult, Ctx
     assert len(rows) == n_a * n_t * n_e and sum(r["lowest"] for r in rows) == n_a * n_t
 
 
-def test_reduced_run_training_potential_is_most_gaussian_for_the_mlp(
-        reduced: tuple[FinetuningSpec, KindResult, Ctx, float]) -> None:
-    """Fig. 4B's claim on the reduced run: scored in NE, 1.5, 2, 2.5 and 3 (the paper's set),
-    the MLP's change is most Gaussian in the potential it was trained with.
-
-    Observed here (seed 0, 2 seeds) mean ΔCDF, NE/1.5/2/2.5/3: MLP trained with NE
-    0.26/0.32/0.41/0.48/0.53, with p = 2 0.57/0.45/0.27/0.33/0.41, with p = 3
-    0.62/0.63/0.46/0.31/0.27. It does not hold for every network of this reduced run: the
-    CNN shrunk to 8/16 channels (D = 1224, N = 34) was most Gaussian at 1.5, 3 and 2.5 when
-    trained with NE, 2 and 3; the RNN with 32 units matched all three. On the finer default
-    grid (p = 1.1 … 3.0) the 3-norm-trained MLP is usually most Gaussian at p = 2.9, 0.001–0.005
-    below p = 3 (see the kind's report), as the paper found for some EfficientNets (§4.3).
-    """
-    _, result, _, _ = reduced
-    mlp = [row for row in result.summary["results"] if row["network"] == "mlp"]
-    assert len(mlp) == 3
-    for row in mlp:
-        assert row["training_is_lowest"], (row["training"]["key"], row["mean_delta_cdf"])
-        assert row["training_rank"] == 1
+# Observed on the reduced run (seed 0, 2 seeds), mean ΔCDF scored in NE/1.5/2/2.5/3:
+#   MLP trained with NE 0.26/0.32/0.41/0.48/0.53, p = 2 0.75/0.45/0.27/0.33/0.41,
+#       p = 3 0.70/0.63/0.46/0.31/0.27;
+#   CNN trained with NE 0.13/0.20/0.31/0.40/0.48, p = 2 0.77/0.38/0.16/0.21/0.30,
+#       p = 3 0.77/0.70/0.51/0.23/0.14;
+#   RNN trained with NE 0.06/0.14/0.25/0.35/0.42, p = 2 0.73/0.35/0.06/0.14/0.25,
+#       p = 3 0.63/0.55/0.34/0.13/0.06.
+# The MLP and the RNN match with master seeds 0, 1 and 2 too; the CNN is the closest call:
+# with master seed 1 its NE-trained change scored 0.197 in NE against 0.192 at p = 1.5 and
+# its 2-norm-trained one 0.25 at p = 2 against 0.23 at 2.5 (with 4 seeds it matched for
+# master seeds 0–2, by as little as 0.005).
+@pytest.mark.parametrize("network", ["mlp", "cnn", "rnn"])
+def test_reduced_run_training_potential_is_most_gaussian(
+        reduced: tuple[FinetuningSpec, KindResult, Ctx], network: str) -> None:
+    """Fig. 4B / 7A's claim on the reduced run: scored in NE, 1.5, 2, 2.5 and 3 (the paper's
+    set), each network's change is most Gaussian in the potential it was trained with. On
+    the finer default grid (p = 1.1 … 3.0) the 3-norm-trained MLP is usually most Gaussian
+    at p = 2.9, 0.001–0.005 below p = 3 (see the kind's report), as the paper found for some
+    EfficientNets (§4.3)."""
+    _, result, _ = reduced
+    summary, arrays = result.summary, result.arrays
+    a = list(arrays["network_keys"]).index(network)
+    trained = [p["key"] for p in summary["training_potentials"]]
+    rows = [row for row in summary["results"] if row["network"] == network]
+    assert [row["training"]["key"] for row in rows] == trained == ["ne", "p2", "p3"]
+    for t, row in enumerate(rows):
+        # The mean over seeds of the per-seed scores, and its lowest entry, found here.
+        mean = arrays["delta_cdf"][a, t].mean(axis=0)
+        assert row["mean_delta_cdf"] == pytest.approx(mean.tolist(), rel=1e-9)
+        assert PAPER_EVALUATION[int(np.argmin(mean))] == trained[t], (network, trained[t],
+                                                                     mean.round(3))
+        assert row["training_is_lowest"] and row["training_rank"] == 1
     # Multiplicative and additive updates are told apart clearly (§4.3): NE-trained is far
     # from Gaussian in the 2- and 3-norm, and p-norm-trained far from Gaussian in NE.
-    by_key = {row["training"]["key"]: row["mean_delta_cdf"] for row in mlp}
+    by_key = {row["training"]["key"]: row["mean_delta_cdf"] for row in rows}
     assert by_key["ne"][0] + 0.1 < min(by_key["ne"][2:])
     assert by_key["p2"][2] + 0.2 < by_key["p2"][0] and by_key["p3"][4] + 0.2 < by_key["p3"][0]
     # The change is small in the dual space (lazy regime behind Eq. 14).
-    for row in mlp:
+    for row in rows:
         assert row["own_dual_change"] < 0.3
 
 
-def test_figures(reduced: tuple[FinetuningSpec, KindResult, Ctx, float]) -> None:
-    _, result, _, _ = reduced
+def test_figures(reduced: tuple[FinetuningSpec, KindResult, Ctx]) -> None:
+    _, result, _ = reduced
     figs = FinetuningKind().figures(result.summary, result.arrays)
     assert set(figs) == {"delta_cdf", "curves", "pretraining"}
     json.dumps(figs, allow_nan=False)

@@ -91,7 +91,21 @@ def test_power_kind_runs_from_a_spec_and_states_its_conclusion() -> None:
     # One line per noise level in each of the two panels, and the 80% line's legend entry.
     assert [t["name"] for t in fig["data"]] == ["noise 0%", "noise 0%", "80% power"]
     assert "exact binomial intervals over 20 data sets" in fig["layout"]["title"]["text"]
-    json.dumps(fig)
+    json.dumps(fig, allow_nan=False)
+    # Each panel plots the share of the 20 data sets at each n, its error bar reaching the
+    # 95% Clopper–Pearson bounds (beta quantiles, written out here).
+    from scipy import stats
+
+    for trace, what in zip(fig["data"][:2], ("potential", "family"), strict=True):
+        rates = [row[0] for row in summary[what]["rate"]]
+        assert trace["x"] == [20, 200] and trace["y"] == pytest.approx(rates)
+        bars = trace["error_y"]
+        for rate, up, down in zip(rates, bars["array"], bars["arrayminus"], strict=True):
+            k = round(rate * 20)
+            assert rate == pytest.approx(k / 20)
+            low = stats.beta.ppf(0.025, k, 21 - k) if k > 0 else 0.0
+            high = stats.beta.ppf(0.975, k + 1, 20 - k) if k < 20 else 1.0
+            assert (rate - down, rate + up) == pytest.approx((low, high), abs=1e-9)
     rows = kind.table_rows(summary)
     assert len(rows) == 2 and {"n", "noise", "potential_rate", "family_high"} <= set(rows[0])
 

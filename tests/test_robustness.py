@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -23,19 +22,21 @@ from tests.kind_context import RecordingContext as Ctx
 
 
 @pytest.fixture(scope="module")
-def default_run() -> tuple[dict[str, Any], dict[str, np.ndarray], float, Ctx]:
-    kind = RobustnessKind()
+def default_run() -> tuple[dict[str, Any], dict[str, np.ndarray], Ctx]:
     ctx = Ctx()
-    start = time.perf_counter()
-    result = kind.run(RobustnessSpec(seed=0), ctx)
-    return result.summary, result.arrays, time.perf_counter() - start, ctx
+    result = RobustnessKind().run(RobustnessSpec(seed=0), ctx)
+    return result.summary, result.arrays, ctx
 
 
 def test_default_run_recovers_the_true_potential(default_run) -> None:
     """Acceptance: with the paper's settings (30 seeds, D = 100, n = 1000, s = 0.1) the most
-    Gaussian hypothesised potential is NE for NE, and within ±0.3 of p for p = 2 and 3,
-    for Gaussian and log-normal starts."""
-    summary, arrays, seconds, _ = default_run
+    Gaussian hypothesised potential is NE for NE, and within one grid step (0.1) of p for
+    p = 2 and 3, for Gaussian and log-normal starts.
+
+    Measured over master seeds 0–19: the best p was never more than 0.1 from the true p
+    (exactly p in every p-norm row for seed 0), so 0.15 allows one step of the 0.1 grid and
+    no more; a change generated 0.2 away from the stated p fails it."""
+    summary, arrays, _ = default_run
     assert summary["seeds"] == 30 and summary["d"] == 100 and summary["n_weights"] == 1000
     assert arrays["delta_cdf"].shape == (3, 2, 21, 30)
     assert np.isfinite(arrays["delta_cdf"]).all()
@@ -47,7 +48,7 @@ def test_default_run_recovers_the_true_potential(default_run) -> None:
             assert row["best"]["key"] == "ne", row
         else:
             assert row["best"]["family"] == "p_norm", row
-            assert abs(row["best"]["p"] - row["true"]["p"]) <= 0.3 + 1e-9, row
+            assert abs(row["best"]["p"] - row["true"]["p"]) <= 0.15, row
         # The change is Gaussian by construction in the true dual space (small ΔCDF).
         assert row["best_mean_delta_cdf"] < 0.06
     # The paper's "very pronounced" NE vs p-norm distinction (§4.2): scoring an NE change
@@ -62,7 +63,6 @@ def test_default_run_recovers_the_true_potential(default_run) -> None:
     assert (mean[0, :, hyp.index("p1.2")] - mean[0, :, 0] > 0.002).all()
     assert (mean[0, :, hyp.index("p3")] > 0.4).all()
     assert (mean[2, :, hyp.index("ne")] > 0.5).all()
-    print(f"default robustness run: {seconds:.2f} s")  # the brief asks for a few seconds
 
 
 def test_true_potential_scores_match_a_direct_computation() -> None:
@@ -119,7 +119,7 @@ def test_start_distributions_match_appendix_b2() -> None:
 
 
 def test_sign_flips_only_for_p_norms(default_run) -> None:
-    summary, arrays, _, _ = default_run
+    summary, arrays, _ = default_run
     flips = arrays["sign_flip_fraction"]
     assert flips.shape == (3, 2)
     assert (flips[0] == 0).all()  # negative entropy keeps every sign (appendix C)
@@ -165,7 +165,7 @@ def test_spec_validation_and_defaults() -> None:
 
 
 def test_figures_are_json_and_follow_the_paper(default_run) -> None:
-    summary, arrays, _, _ = default_run
+    summary, arrays, _ = default_run
     figs = RobustnessKind().figures(summary, arrays)
     assert set(figs) == {"heatmap", "lines"}
     for fig in figs.values():
@@ -176,7 +176,9 @@ def test_figures_are_json_and_follow_the_paper(default_run) -> None:
     assert heat["type"] == "heatmap"
     assert heat["x"][0] == "NE" and heat["x"][1:3] == ["1.1", "1.2"] and heat["x"][-1] == "3"
     assert len(heat["y"]) == 6 and heat["y"][0] == "true NE · gaussian"
-    assert heat["z"][0][0] == pytest.approx(summary["mean_delta_cdf"][0][0][0])
+    # Each cell is the mean over seeds of that (true, start, hypothesised) ΔCDF.
+    mean = arrays["delta_cdf"].mean(axis=-1).reshape(6, 21)
+    np.testing.assert_allclose(np.array(heat["z"], dtype=float), mean, rtol=1e-3)
     ring = figs["heatmap"]["data"][1]
     assert ring["x"] == ["NE", "NE", "2", "2", "3", "3"]
 
@@ -196,7 +198,7 @@ def test_figures_are_json_and_follow_the_paper(default_run) -> None:
 
 
 def test_progress_and_cancellation(default_run) -> None:
-    _, _, _, ctx = default_run
+    _, _, ctx = default_run
     fractions = [f for f, _ in ctx.calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert fractions == sorted(fractions)

@@ -250,8 +250,15 @@ def test_figure(point_mass_run) -> None:
     assert np.sum(np.array(hist["y"][:-1]) * np.diff(np.log10(edges))) == pytest.approx(1.0)
     assert [c["name"] for c in curves] == ["NE · point masses (best BIC)",
                                            "p = 2 · point masses"]
-    # The best fit's point masses are marked (Fig. 5's vertical bars).
-    assert len(fig["layout"]["shapes"]) == 2
+    # Each fit's density curve is drawn as computed, in the order of fit_keys.
+    for curve, density in zip(curves, arrays["curve_density"], strict=True):
+        assert curve["x"] == pytest.approx(arrays["curve_w"].tolist())
+        assert curve["y"] == pytest.approx(density.tolist())
+    # The best fit's point masses are marked (Fig. 5's vertical bars) at its µ₁ and µ₂.
+    best = next(f for f in summary["fits"] if f["key"] == summary["best"]["key"])
+    marks = sorted(shape["x0"] for shape in fig["layout"]["shapes"])
+    assert marks == pytest.approx(sorted(10.0 ** best["params"][f"log10_mu_{k}"]
+                                         for k in (1, 2)))
 
 
 def test_cancellation() -> None:
