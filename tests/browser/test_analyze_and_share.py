@@ -16,6 +16,10 @@ from tests.browser.support import new_page, wait_for_run_to_succeed
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
+# How the verdict names negative entropy as the best of several candidates that fit (2,000
+# weights cannot rule out p-norms near 1).
+NE_BEST = "The most Gaussian is negative entropy (multiplicative updates) (ΔCDF = "
+
 
 def _ne_csv(path: Path, n: int = 2000, seed: int = 0) -> Path:
     """Before/after weights whose change is Gaussian in negative entropy's dual space."""
@@ -60,17 +64,25 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
         page.locator("#delta-cdf-plot .plot-container svg.main-svg").first.wait_for()
         # The conclusion is the verdict's sentence, the same one the API stored.
         conclusion = page.locator("#conclusion").inner_text().strip()
-        assert conclusion and conclusion == page.locator("#verdict-text").inner_text().strip()
+        assert conclusion == page.locator("#verdict-text").inner_text().strip()
         run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
         assert " ".join(conclusion.split()) == " ".join(httpx.get(
             f"{api.url}/api/runs/{run_id}", timeout=10).json()["conclusion"].split())
+        # The weights changed under negative entropy: that is the best fit, for the API and
+        # in the page's headline and table.
+        summary = httpx.get(f"{api.url}/api/runs/{run_id}/result", timeout=10).json()["summary"]
+        assert summary["best"]["family"] == "negative_entropy", summary["best"]
+        assert NE_BEST in conclusion, conclusion
+        best_row = page.locator("#candidates-table tbody tr.is-best th")
+        assert best_row.inner_text().startswith("negative entropy")
         assert page.locator("#cancel-btn").is_hidden()
-        assert page.locator("#candidates-table tbody tr").count() == 21
+        n_candidates = len(summary["candidates"])
+        assert page.locator("#candidates-table tbody tr").count() == n_candidates
         assert page.locator("#qq-plot .plot-container").count() == 1
 
         # The histogram's potential selector shows one candidate at a time.
         select = page.locator("#histogram-select")
-        assert select.locator("option").count() >= 2
+        assert select.locator("option").count() == n_candidates
         before = _visible_trace(page, "histogram-plot")
         chosen = 1 if before[0] else 0
         select.select_option(index=chosen)
@@ -98,7 +110,7 @@ def test_upload_run_and_share(browser, stack_env, api_server_factory, celery_wor
         assert page.get_by_role("button", name="Cancel run").count() == 0
         assert page.get_by_role("button", name="Copy share link").count() == 0
         assert page.locator("input[type=file]").count() == 0
-        assert page.locator("#histogram-select option").count() >= 2
+        assert page.locator("#histogram-select option").count() == n_candidates
     finally:
         context.close()
     assert not page_errors, page_errors

@@ -1,9 +1,10 @@
 """Every kind's result page at 1,400 px in headless Chromium against the real stack (uvicorn,
 a Celery worker, Redis, PostgreSQL), on one small run of each kind (syngeo.examples
-QUICK_SPECS): the conclusion sentence opens the page and the share page shows it before
-Plotly has arrived; every figure is drawn; the table shows the kind's columns in the
-product's number format; no card is wider than its place; no console error and no failed
-request anywhere.
+QUICK_SPECS, finetuning included, and a tiny linear regression with the training solver):
+the conclusion sentence opens the page and the share page shows it before Plotly has
+arrived; every figure is drawn; the table shows the kind's columns in the product's number
+format; the training solver's loss curves and learning-rate search are drawn; no card is
+wider than its place; no console error and no failed request anywhere.
 
 Fixtures: tests/browser/conftest.py.
 """
@@ -41,16 +42,54 @@ NUMBER = r"-?\d[\d,]*(\.\d+)?(e-?\d+)?"
 CELL = re.compile(rf"^({NUMBER}( \[{NUMBER}, {NUMBER}\]| ± {NUMBER})?|–|yes|no)$")
 
 
+# The quick linear-regression spec uses the exact solver, which trains nothing; this one
+# trains (two widths, three learning rates, 20 then 40 epochs), so the page has its loss
+# curves and learning-rate search too.
+TRAINING = "linear_regression (training)"
+TRAINING_SPEC = {"potentials": ["p2"], "c_values": [2.0], "n_exponents": [0.5], "d_min": 20,
+                 "d_max": 40, "n_widths": 2, "seeds": 2, "solver": "training",
+                 "lr_min": 1e-2, "lr_max": 1e-1, "lr_points": 3, "epochs": 20,
+                 "epochs_step": 20, "max_epochs": 40, "seed": 1}
+
+# The drawn traces of a figure: name, x values and whether shown.
+TRACES = """name => document.querySelector(`#figures [data-figure="${name}"]`).data
+    .map((t) => ({name: t.name, x: Array.from(t.x || []), mode: t.mode || '',
+                  visible: t.visible !== false}))"""
+
+
 def _submit_all(client: httpx.Client) -> dict[str, str]:
     runs = {}
-    for kind, spec in QUICK_SPECS.items():
+    for kind, spec in [*QUICK_SPECS.items(), (TRAINING, TRAINING_SPEC)]:
         spec = dict(spec)
         if kind == "geometry":
             spec["dataset"] = client.post("/api/datasets/example").json()["id"]
-        response = client.post("/api/runs", json={"kind": kind, "spec": spec})
+        response = client.post("/api/runs", json={"kind": kind.split()[0], "spec": spec})
         assert response.status_code == 201, response.text
         runs[kind] = response.json()["id"]
     return runs
+
+
+def _training_figures(page, result: dict) -> None:
+    """The training solver's page: the loss per epoch of each width and the learning-rate
+    search, with the rate each width chose (the table's) starred on the searched grid."""
+    cards = {h.strip() for h in page.locator("#figures .figure-card h2").all_inner_texts()}
+    assert {"Training loss (MSE) per epoch",
+            "Learning-rate search: final MSE per learning rate"} <= cards, cards
+    widths = [20, 40]  # rint(logspace(20, 40, 2))
+    assert [row["D"] for row in result["table"]] == widths
+    loss = [t for t in page.evaluate(TRACES, "loss_curves") if t["name"] in
+            {f"D = {d}" for d in widths}]
+    assert sorted(t["name"] for t in loss) == [f"D = {d}" for d in widths]
+    for trace in loss:  # the recorded epochs of a training run, in order
+        assert trace["x"] == sorted(trace["x"]) and 1 <= trace["x"][-1] <= 40, trace
+    search = page.evaluate(TRACES, "lr_search")
+    grid = [0.01, 0.1 ** 1.5, 0.1]  # 3 learning rates from 1e-2 to 1e-1, evenly in log
+    lines = [t for t in search if t["name"].startswith("D = ")]
+    assert lines and all(t["x"] == pytest.approx(grid, rel=1e-3) for t in lines)
+    stars = next(t for t in search if t["name"] == "chosen")
+    assert stars["x"] == pytest.approx([row["learning_rate"] for row in result["table"]],
+                                       rel=1e-3)
+    assert all(min(abs(x / g - 1) for g in grid) < 1e-3 for x in stars["x"])
 
 
 def _await(client: httpx.Client, run_id: str) -> None:
@@ -106,6 +145,8 @@ def test_every_kind_reads_at_a_glance(browser, stack_env, api_server_factory,
                 for text in cells.all_inner_texts():
                     assert CELL.match(text.strip()), f"{kind}: {text!r}"
                 assert page.evaluate(OVERFLOW) == [], kind
+                if kind == TRAINING:
+                    _training_figures(page, result)
 
             # The linear-regression run fails a check, and its conclusion names it.
             lr = client.get(f"/api/runs/{runs['linear_regression']}").json()["conclusion"]
@@ -117,6 +158,8 @@ def test_every_kind_reads_at_a_glance(browser, stack_env, api_server_factory,
         # Share pages: the conclusion is there while Plotly is still on its way.
         held: list = []
         for kind, run_id in runs.items():
+            if kind == TRAINING:  # a second linear-regression page: nothing new to share
+                continue
             share = client.post(f"/api/runs/{run_id}/share", json={}).json()
             context, page = new_page(browser, page_errors)
             page.set_viewport_size({"width": WIDTH, "height": 900})

@@ -6,7 +6,13 @@ Fixtures: tests/browser/conftest.py.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
 import httpx
+import numpy as np
 import pytest
 
 from tests.browser.support import new_page, wait_for_run_to_succeed
@@ -14,6 +20,11 @@ from tests.browser.support import new_page, wait_for_run_to_succeed
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 KIND = "robustness"
+# Every figure card on the page holds a drawn Plotly plot.
+ALL_CARDS_DRAWN = """() => {
+    const cards = [...document.querySelectorAll('#figures .figure-card')];
+    return cards.length > 0 && cards.every((c) => c.querySelector('.js-plotly-plot'));
+}"""
 
 
 def _open_form(page, api) -> None:
@@ -24,6 +35,26 @@ def _open_form(page, api) -> None:
     card.locator("a.kind-link").click()
     page.wait_for_url(f"**/new/{KIND}")
     page.locator("#spec-seeds").wait_for()
+
+
+def _downloads_match_the_api(page, base: str, run_id: str, n_rows: int) -> None:
+    """Each download button saves the file the API serves for the run, under its name."""
+    for fmt in ("json", "csv", "npz"):
+        with page.expect_download() as saved:
+            page.locator(f"#download-{fmt}").click()
+        assert saved.value.suggested_filename == f"{run_id}.{fmt}"
+        body = Path(saved.value.path()).read_bytes()
+        served = httpx.get(f"{base}/api/runs/{run_id}/download", params={"format": fmt},
+                           timeout=30)
+        assert served.status_code == 200 and body == served.content, fmt
+        if fmt == "json":
+            assert json.loads(body)["run"]["id"] == run_id
+        elif fmt == "csv":
+            assert len(list(csv.DictReader(io.StringIO(body.decode())))) == n_rows
+        else:
+            with np.load(io.BytesIO(body), allow_pickle=False) as arrays:
+                assert arrays.files
+    assert page.locator("#download-error").is_hidden()
 
 
 def test_launch_from_the_form_and_see_the_result(
@@ -47,14 +78,27 @@ def test_launch_from_the_form_and_see_the_result(
         page.wait_for_url("**/runs/*")
         wait_for_run_to_succeed(page, api, worker)
 
-        # Every figure of the result gets a card titled from its layout.title.
-        page.locator("#figures .plot-container svg.main-svg").first.wait_for()
+        run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        result = httpx.get(f"{api.url}/api/runs/{run_id}/result", timeout=10).json()
+
+        # Every figure of the result is drawn, each in a card titled from its layout.title
+        # (the heading is the title's first line).
+        page.wait_for_function(ALL_CARDS_DRAWN)
         cards = page.locator("#figures .figure-card")
-        assert cards.count() >= 1
-        assert all(h.strip() for h in cards.locator("h2").all_inner_texts())
+        assert cards.count() == len(result["figures"])
+        titles = [fig["layout"]["title"]["text"].split("<br>")[0]
+                  for fig in result["figures"].values()]
+        assert [h.strip() for h in cards.locator("h2").all_inner_texts()] == titles
         assert page.locator("#summary-facts").is_visible()
-        assert page.locator("#result-table tbody tr").count() >= 1
-        assert page.locator("#download-json").is_visible()
+        # Every row of the table: the first 50, then all of them on request.
+        n_rows = len(result["table"])
+        rows = page.locator("#result-table tbody tr")
+        assert rows.count() == min(n_rows, 50)
+        assert page.locator("#table-heading + span").inner_text() == f"{n_rows:,} rows"
+        if n_rows > 50:
+            page.get_by_role("button", name=f"Show all {n_rows:,} rows").click()
+            assert rows.count() == n_rows
+        _downloads_match_the_api(page, api.url, run_id, n_rows)
         assert page.locator("#verdict-text").count() == 0  # no geometry-specific view
         # The kind's conclusion opens the result.
         conclusion = page.locator("#conclusion").inner_text()
@@ -67,7 +111,6 @@ def test_launch_from_the_form_and_see_the_result(
         assert heading.get_attribute("aria-sort") == "ascending"
 
         # The server recorded the spec as submitted, with the seed it filled in.
-        run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
         spec = httpx.get(f"{api.url}/api/runs/{run_id}", timeout=10).json()["spec"]
         assert spec["seeds"] == 2
         assert isinstance(spec["seed"], int)
