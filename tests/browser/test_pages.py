@@ -57,6 +57,8 @@ def test_share_page_text_before_plotly_and_a_failed_download_says_why(
             page.locator("#run-status .badge").wait_for()
             assert page.locator("#run-status .badge").text_content() == "succeeded"
             assert page.locator("#run-title").inner_text().strip()
+            # The result is read after the run's status (GET /api/share/{token}/result).
+            page.locator("#candidates-table tbody tr").first.wait_for()
             assert page.locator("#candidates-table tbody tr").count() == 21
             assert page.locator("#download-csv").is_visible()
             assert page.locator("#delta-cdf-plot .plot-loading").is_visible()
