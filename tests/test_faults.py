@@ -103,8 +103,9 @@ def stack(own_postgres: PostgresServer, tmp_path: Path) -> Iterator[dict]:
     env = {"SYNGEO_DATABASE_URL": own_postgres.url(database), "SYNGEO_BROKER_URL": url,
            "SYNGEO_ARTIFACTS": "database", "SYNGEO_DATA_DIR": str(tmp_path / "data"),
            "SYNGEO_STALE_AFTER_S": "6", "SYNGEO_RESEND_AFTER_S": "3"}
-    yield {"env": env, "redis": redis, "tmp": tmp_path}
-    redis.stop()
+    services = {"env": env, "redis": redis, "tmp": tmp_path}
+    yield services
+    services["redis"].stop()  # the one running now: a test may have restarted it
     own_postgres.drop_database(database)
 
 
