@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import integrate
 
 from syngeo.engine.spectra.eigenspectrum import numerical_rank, second_moment_eigenvalues
@@ -126,6 +127,37 @@ def test_fits_that_disagree_are_flagged():
     _, fit, _ = fit_with_intervals(x, replicates=10, seed=1)
     assert abs(fit.alpha_req.alpha - 0.5) < 0.05
     assert "fits_disagree" in [f.code for f in fit.flags]
+
+
+def test_bootstrap_replicates_are_the_alpha_req_of_the_seeded_resamples():
+    """Each replicate is α-ReQ of one resample of the rows, drawn in order from the seed:
+    recomputed here with numpy (the covariance's eigenvalues, a line weighted 1/rank on the
+    squared residuals). 13 resamples cross the batches the worker threads take; on one
+    intra-op thread (no pool) the replicates are the same, and progress counts them in order."""
+    n, seed, replicates = 1500, 4, 13
+    x = power_law_data(1.0, n, 80, seed=12, rotate=False)
+    settings = FitSettings(rank_max=40)
+    seen: list[float] = []
+    _, fit, boot = fit_with_intervals(x, replicates=replicates, seed=seed, settings=settings,
+                                      progress=seen.append)
+    assert seen == pytest.approx([(b + 1) / replicates for b in range(replicates)])
+    lo, hi = fit.alpha_req.rank_lo, fit.alpha_req.rank_hi
+    ranks = np.arange(lo, hi + 1.0)
+    rng = np.random.default_rng(seed)
+    for b in range(replicates):
+        resample = x[rng.integers(0, n, size=n)]
+        values = np.linalg.eigvalsh(np.cov(resample, rowvar=False, bias=True))[::-1]
+        slope = np.polyfit(np.log(ranks), np.log(values[lo - 1:hi]), 1,
+                           w=np.sqrt(1.0 / ranks))[0]
+        assert boot[b] == pytest.approx(-slope, rel=1e-9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_thread = fit_with_intervals(x, replicates=replicates, seed=seed,
+                                        settings=settings)[2]
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(one_thread, boot, rtol=1e-12)
 
 
 def test_basic_interval_reflects_the_replicates_about_the_estimate():

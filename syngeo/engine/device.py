@@ -26,10 +26,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def single_cpu_thread(device: torch.device, enabled: bool = True) -> Iterator[None]:
     """One intra-op thread on CPU for small tensors: extra threads only add synchronisation,
     and on a busy machine their spin-waits made small runs many times slower."""
-    if device.type != "cpu" or not enabled:
+    before = torch.get_num_threads()
+    # Already one thread (e.g. inside a pool of single-threaded workers): nothing to set, so
+    # no thread changes the process-wide setting while others run.
+    if device.type != "cpu" or not enabled or before == 1:
         yield
         return
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield

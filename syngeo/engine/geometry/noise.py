@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from syngeo.engine.device import single_cpu_thread
 from syngeo.engine.geometry.delta_cdf import delta_cdf_of_change, normalise_rows_
 from syngeo.engine.geometry.gof import PValue
 from syngeo.engine.geometry.potentials import Potential
@@ -51,6 +52,11 @@ __all__ = ["MeasurementNoise", "calibrated_p_values", "calibration_work", "noisy
 
 _BLOCK_VALUES = 2**22
 _BISECTION_STEPS = 40
+#: Below this many pairs the calibration runs on one CPU thread. Its operations are small (the
+#: σ bisection is 40 passes over the pairs per candidate): a second thread gained nothing at
+#: 1,000 pairs and ≤ 15% at 10,000 when the machine was idle, and on a busy machine threads
+#: waiting on each other made it 1.7× slower, some runs 30× (bench/bench_busy_machine.py).
+_SINGLE_THREAD_PAIRS = 10_000
 
 
 @dataclass(frozen=True)
@@ -200,20 +206,21 @@ def calibrated_p_values(
         if pairs.shape[0] >= 2:
             befores.append(pairs[:, 0].to(device))
             afters.append(pairs[:, 1].to(device))
+    m = sum(b.numel() for b in befores)
     out: list[PValue | None] = []
-    for h, pot in enumerate(potentials):
-        if not np.isfinite(observed_delta[h]) or not befores:
-            out.append(None)
-            continue
-        observed = _pooled_delta([(pot.grad(a) - pot.grad(b)).unsqueeze(0)
-                                  for b, a in zip(befores, afters, strict=True)])[0]
-        sigmas = [_match_sigma(pot, b, a, noise, generator)
-                  for b, a in zip(befores, afters, strict=True)]
-        simulated = noisy_change_delta(pot, befores, sigmas, noise, replicates, generator)
-        exceed = int(np.sum(simulated >= observed))
-        out.append(PValue((1 + exceed) / (replicates + 1), exceed == 0))
-        if advance is not None:
-            m = sum(b.numel() for b in befores)
-            advance(3.0 * (replicates + _BISECTION_STEPS / 4) * m,
-                    f"Noise calibration: {pot.label}, {replicates} data sets")
+    with single_cpu_thread(device, m < _SINGLE_THREAD_PAIRS):
+        for h, pot in enumerate(potentials):
+            if not np.isfinite(observed_delta[h]) or not befores:
+                out.append(None)
+                continue
+            observed = _pooled_delta([(pot.grad(a) - pot.grad(b)).unsqueeze(0)
+                                      for b, a in zip(befores, afters, strict=True)])[0]
+            sigmas = [_match_sigma(pot, b, a, noise, generator)
+                      for b, a in zip(befores, afters, strict=True)]
+            simulated = noisy_change_delta(pot, befores, sigmas, noise, replicates, generator)
+            exceed = int(np.sum(simulated >= observed))
+            out.append(PValue((1 + exceed) / (replicates + 1), exceed == 0))
+            if advance is not None:
+                advance(3.0 * (replicates + _BISECTION_STEPS / 4) * m,
+                        f"Noise calibration: {pot.label}, {replicates} data sets")
     return out

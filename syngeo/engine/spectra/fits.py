@@ -41,11 +41,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from syngeo.engine.device import resolve_device, single_cpu_thread
 from syngeo.engine.spectra.eigenspectrum import numerical_rank, second_moment_eigenvalues
 
 
@@ -246,16 +249,8 @@ def fit_with_intervals(x: np.ndarray, *, center: bool = True, replicates: int = 
                        settings=settings)
     boot = np.full(replicates, np.nan)
     if replicates and fit.alpha_req is not None:
-        rng = np.random.default_rng(seed)
-        data = np.asarray(x)
-        lo, hi = fit.alpha_req.rank_lo, fit.alpha_req.rank_hi
-        for b in range(replicates):
-            values = second_moment_eigenvalues(data[rng.integers(0, n, size=n)],
-                                               center=center, device=device)
-            if numerical_rank(values, max(min(n, d), 1)) >= hi:
-                boot[b] = least_squares_fit(values, lo, hi, "1/rank")[0].alpha
-            if progress is not None:
-                progress((b + 1) / replicates)
+        boot = _resampled_alpha_req(np.asarray(x), fit.alpha_req, replicates, seed, center,
+                                    device, progress)
         interval = basic_interval(fit.alpha_req.alpha, boot, confidence)
         fit.intervals = {"alpha_req": interval}
         fit.confidence, fit.replicates = confidence, replicates
@@ -269,6 +264,40 @@ def fit_with_intervals(x: np.ndarray, *, center: bool = True, replicates: int = 
                 "samples per feature up")))
     _check_agreement(fit)
     return eigenvalues, fit, boot
+
+
+def _resampled_alpha_req(data: np.ndarray, alpha_req: LeastSquaresFit, replicates: int, seed: int,
+                         center: bool, device: str,
+                         progress: Callable[[float], None] | None) -> np.ndarray:
+    """α-ReQ over the same ranks of ``replicates`` resamples of the rows (NaN where a
+    resample's spectrum falls short of those ranks). On CPU the resamples are spread over one
+    Python thread per intra-op thread, each running single-threaded: one resample is a few
+    small operations, and splitting each over threads that must meet after every one made
+    them up to 10× slower on a busy machine (bench/bench_busy_machine.py)."""
+    n, d = data.shape
+    lo, hi = alpha_req.rank_lo, alpha_req.rank_hi
+    rng = np.random.default_rng(seed)
+
+    def alpha(rows: np.ndarray) -> float:
+        values = second_moment_eigenvalues(data[rows], center=center, device=device)
+        if numerical_rank(values, max(min(n, d), 1)) < hi:
+            return math.nan
+        return least_squares_fit(values, lo, hi, "1/rank")[0].alpha
+
+    dev = resolve_device(device)
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    boot = np.full(replicates, np.nan)
+    with single_cpu_thread(dev, workers > 1), ThreadPoolExecutor(workers) as pool:
+        # A few resamples per thread at a time: the row indices of all of them at once would
+        # hold replicates × n integers. They are drawn in order, so the seed fixes them.
+        step = 4 * workers
+        for start in range(0, replicates, step):
+            rows = [rng.integers(0, n, size=n) for _ in range(min(step, replicates - start))]
+            for b, value in enumerate(pool.map(alpha, rows), start):
+                boot[b] = value
+                if progress is not None:
+                    progress((b + 1) / replicates)
+    return boot
 
 
 def basic_interval(estimate: float, replicates: np.ndarray, confidence: float
