@@ -53,9 +53,9 @@ __all__ = ["MeasurementNoise", "calibrated_p_values", "calibration_work", "noisy
 _BLOCK_VALUES = 2**22
 _BISECTION_STEPS = 40
 #: Below this many pairs the calibration runs on one CPU thread. Its operations are small (the
-#: σ bisection is 40 passes over the pairs per candidate): a second thread gained nothing at
-#: 1,000 pairs and ≤ 15% at 10,000 when the machine was idle, and on a busy machine threads
-#: waiting on each other made it 1.7× slower, some runs 30× (bench/bench_busy_machine.py).
+#: σ bisection is 40 passes over the pairs per candidate): on an idle machine a second thread
+#: gained 7% at 1,000 pairs and 16% at 10,000, and beside busy processes threads waiting on
+#: each other made it 1.4× slower (bench/bench_busy_machine.py).
 _SINGLE_THREAD_PAIRS = 10_000
 
 

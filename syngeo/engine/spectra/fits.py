@@ -273,7 +273,7 @@ def _resampled_alpha_req(data: np.ndarray, alpha_req: LeastSquaresFit, replicate
     resample's spectrum falls short of those ranks). On CPU the resamples are spread over one
     Python thread per intra-op thread, each running single-threaded: one resample is a few
     small operations, and splitting each over threads that must meet after every one made
-    them up to 10× slower on a busy machine (bench/bench_busy_machine.py)."""
+    them 11× slower beside busy processes than idle (bench/bench_busy_machine.py)."""
     n, d = data.shape
     lo, hi = alpha_req.rank_lo, alpha_req.rank_hi
     rng = np.random.default_rng(seed)
